@@ -1,0 +1,1 @@
+"""policyd: compiles conduits into nftables and enforces them."""

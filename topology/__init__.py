@@ -1,0 +1,1 @@
+"""Topology files: parse, validate and evaluate a plant's zones and conduits."""

@@ -1,0 +1,326 @@
+"""The validated topology: immutable, typed, and the only input every other part reads.
+
+Everything downstream (the evaluator, policyd's compiler, tunneld's peer list, the
+Mininet builder) is a pure function of a `Topology`. Objects here are frozen and hold
+no I/O; `topology.load()` is the only way to make one from files.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
+from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo
+
+from topology.diagnostics import Location
+
+IdentityKind = Literal["user", "site", "service"]
+Transport = Literal["tcp", "udp"]
+
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
+    """A read-only view, so a validated model cannot be changed by accident."""
+    return MappingProxyType(dict(items or {}))
+
+
+@dataclass(frozen=True)
+class FunctionClass:
+    """A named group of protocol function codes matched in the packet payload."""
+
+    name: str
+    codes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Service:
+    """An application protocol: transport, ports and optional function-code classes.
+
+    `payload_offset` is the bit offset of the function code inside the transport
+    payload (nftables `@ih,OFFSET,8`); it is set only for services with classes.
+    """
+
+    name: str
+    transport: Transport
+    ports: tuple[int, ...]
+    description: str = ""
+    classes: Mapping[str, FunctionClass] = field(default_factory=frozen_map)
+    payload_offset: int | None = None
+    builtin: bool = True
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    """One entry of a conduit's `allow`: a service, narrowed to some classes or not."""
+
+    service: str
+    classes: tuple[str, ...] = ()  # empty: every function of the service
+
+    def __str__(self) -> str:
+        if not self.classes:
+            return self.service
+        return f"{self.service}/{'+'.join(self.classes)}"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A site's gateway: where tunnels terminate (underlay) and its tunnel address."""
+
+    underlay: str  # host or IP address reachable by peers
+    port: int
+    overlay: IPv4Address
+
+
+@dataclass(frozen=True)
+class Zone:
+    site: str
+    name: str
+    cidr: IPv4Network
+    security_level: int
+    description: str = ""
+    location: Location | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.site}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Asset:
+    site: str
+    name: str
+    zone: str  # zone name within the same site
+    address: IPv4Address
+    services: tuple[str, ...] = ()  # what the asset serves (for emulation and docs)
+    description: str = ""
+    location: Location | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.site}/{self.name}"
+
+    @property
+    def zone_ref(self) -> str:
+        return f"{self.site}/{self.zone}"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    gateway: Gateway
+    zones: Mapping[str, Zone]
+    assets: Mapping[str, Asset]
+    kem: str = "ml-kem-768"
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    description: str = ""
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A user, a site gateway or a service, with one fixed overlay address.
+
+    On a gateway, `iifname <tunnel> ip saddr <overlay>` is this identity: WireGuard
+    admits a packet from a peer only with that peer's allowed source address.
+    `keys` is the path of the identity's public key bundle (written by
+    `tunneld keygen`), resolved relative to the file that names it.
+    """
+
+    name: str
+    kind: IdentityKind
+    roles: tuple[str, ...] = ()
+    overlay: IPv4Address | None = None
+    keys: str | None = None
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    site: str | None = None  # for kind "site": the site whose gateway this is
+    description: str = ""
+    location: Location | None = None
+
+    def valid_at(self, at: datetime) -> bool:
+        if self.valid_from is not None and at < self.valid_from:
+            return False
+        return not (self.valid_until is not None and at >= self.valid_until)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Open on `days` between `start` and `end` (local time in `tz`).
+
+    `end` before `start` means the window crosses midnight (22:00-06:00).
+    """
+
+    days: frozenset[int]  # 0 = Monday
+    start: time
+    end: time
+    tz: str = "UTC"
+
+    def is_open(self, at: datetime) -> bool:
+        local = at.astimezone(ZoneInfo(self.tz))
+        t = local.time().replace(tzinfo=None)
+        day = local.weekday()
+        if self.start < self.end:
+            return day in self.days and self.start <= t < self.end
+        # Overnight window: the part after midnight belongs to the previous day's window.
+        if t >= self.start:
+            return day in self.days
+        if t < self.end:
+            return (day - 1) % 7 in self.days
+        return False
+
+    def describe(self) -> str:
+        days = ",".join(DAY_NAMES[d][:3] for d in sorted(self.days))
+        return f"{days} {self.start:%H:%M}-{self.end:%H:%M} {self.tz}"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who may approve a just-in-time grant (roles or identities) and for how long."""
+
+    by_roles: tuple[str, ...]
+    by_identities: tuple[str, ...]
+    max_duration: timedelta
+
+    def describe(self) -> str:
+        who = ", ".join([*self.by_roles, *self.by_identities])
+        return f"approval by {who}, at most {format_duration(self.max_duration)}"
+
+
+@dataclass(frozen=True)
+class Emergency:
+    """A break-glass conduit: opened without approval, for a short time, loudly."""
+
+    max_duration: timedelta
+
+
+@dataclass(frozen=True)
+class Sources:
+    identities: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    zones: tuple[str, ...] = ()  # "site/zone"
+
+
+class TargetKind(Enum):
+    ZONE = "zone"
+    ASSET = "asset"
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: TargetKind
+    site: str
+    name: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.site}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.ref}"
+
+
+@dataclass(frozen=True)
+class Conduit:
+    name: str
+    sources: Sources
+    target: Target
+    allow: tuple[ServiceRef, ...]
+    schedule: Schedule | None = None
+    approval: Approval | None = None
+    emergency: Emergency | None = None
+    record: bool = False
+    description: str = ""
+    location: Location | None = None
+
+    @property
+    def mark(self) -> int:
+        """The conntrack mark that attributes flows to this conduit.
+
+        Derived from the name, so it stays the same across reloads and file edits;
+        validation rejects the (unlikely) collision of two names.
+        """
+        return conduit_mark(self.name)
+
+    @property
+    def needs_grant(self) -> bool:
+        return self.approval is not None or self.emergency is not None
+
+
+def conduit_mark(name: str) -> int:
+    return 0x5A000000 | (zlib.crc32(name.encode()) & 0x00FFFFFF)
+
+
+Expect = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    """A declared expectation, run by `zonegate check` and as real traffic in Mininet."""
+
+    source: str  # identity, "site/zone" or "site/asset"
+    target: str  # "site/asset", "site/zone" or an IPv4 address
+    service: str  # "ssh", "modbus/write", "tcp/502"
+    expect: Expect
+    at: datetime | None = None
+    granted: bool = False  # evaluate as if an approved grant / emergency were active
+    location: Location | None = None
+
+    def describe(self) -> str:
+        when = f" at {self.at.isoformat()}" if self.at else ""
+        grant = " (granted)" if self.granted else ""
+        return f"{self.source} -> {self.target} {self.service}{when}{grant}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    sites: Mapping[str, Site]
+    roles: Mapping[str, Role]
+    identities: Mapping[str, Identity]
+    services: Mapping[str, Service]
+    conduits: Mapping[str, Conduit]
+    tests: tuple[PolicyTest, ...]
+    files: tuple[str, ...]
+
+    def zone(self, ref: str) -> Zone | None:
+        site, _, name = ref.partition("/")
+        s = self.sites.get(site)
+        return s.zones.get(name) if s else None
+
+    def asset(self, ref: str) -> Asset | None:
+        site, _, name = ref.partition("/")
+        s = self.sites.get(site)
+        return s.assets.get(name) if s else None
+
+    def members(self, role: str) -> tuple[Identity, ...]:
+        return tuple(i for i in self.identities.values() if role in i.roles)
+
+    def site_identity(self, site: str) -> Identity | None:
+        for ident in self.identities.values():
+            if ident.kind == "site" and ident.site == site:
+                return ident
+        return None
+
+
+def format_duration(d: timedelta) -> str:
+    secs = int(d.total_seconds())
+    if secs % 3600 == 0:
+        return f"{secs // 3600}h"
+    if secs % 60 == 0:
+        return f"{secs // 60}m"
+    return f"{secs}s"

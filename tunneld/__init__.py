@@ -1,0 +1,1 @@
+"""tunneld: WireGuard tunnels keyed by a hybrid post-quantum handshake."""
