@@ -1,0 +1,30 @@
+"""Names and numbers shared by the compiler, the flow recorder and the tests.
+
+Kept in one place so the rules policyd writes and the records it reads back agree.
+"""
+
+from __future__ import annotations
+
+from topology.model import conduit_mark
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "zonegate"  # policyd owns this table and never touches any other
+
+# Denied packets are copied to this NFLOG group (rate-limited) for the flow log.
+NFLOG_GROUP = 7
+NFLOG_DENY_PREFIX = "zg deny "  # followed by a short reason, e.g. "zg deny default"
+
+# ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
+# hash of the conduit name (see topology.model.conduit_mark).
+MARK_TAG = 0x5A000000
+MARK_TAG_MASK = 0xFF000000
+
+__all__ = [
+    "MARK_TAG",
+    "MARK_TAG_MASK",
+    "NFLOG_DENY_PREFIX",
+    "NFLOG_GROUP",
+    "TABLE_FAMILY",
+    "TABLE_NAME",
+    "conduit_mark",
+]
