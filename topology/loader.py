@@ -105,8 +105,13 @@ class Builder:
         except (OSError, UnicodeDecodeError) as exc:
             self.diags.error(Location(shown, 1, 1), f"cannot read file: {exc}")
             return
+        before = len(self.diags.items)
         root = parse_yaml(text, shown, self.diags)
         if root is None:
+            if len(self.diags.items) == before:
+                self.diags.error(
+                    Location(shown, 1, 1), "file is empty", "start it with 'version: 1'"
+                )
             return
         top = self.r.mapping(root, "a topology file")
         if top is None:
