@@ -116,3 +116,12 @@ def test_console_script_runs() -> None:
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "check" in result.stdout and "explain" in result.stdout
+
+
+def test_the_documented_example_is_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = (EXAMPLE.parents[1] / "docs" / "topology.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "doc.yaml").write_text(example)
+    assert main(["check", str(tmp_path / "doc.yaml"), "--strict"]) == 0, capsys.readouterr().err
