@@ -28,4 +28,4 @@ def test_dot_renders_with_graphviz() -> None:
         ["dot", "-Tsvg"], input=dot(load(EXAMPLE).topology), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert "vendor-maintenance" in result.stdout and "<svg" in result.stdout
+    assert "vendor&#45;maintenance" in result.stdout and "<svg" in result.stdout
