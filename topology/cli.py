@@ -6,6 +6,7 @@ Exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -216,7 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("grant", help="just-in-time access: request, approve, deny, revoke, list")
+    p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
+    _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")
     return parser
+
+
+def _lazy(module: str, name: str) -> Command:
+    """Subcommands from the daemons' packages load only when used."""
+
+    def run(args: argparse.Namespace) -> int:
+        func: Command = getattr(importlib.import_module(module), name)
+        return func(args)
+
+    return run
+
+
+def _lazy_arguments(parser: argparse.ArgumentParser, module: str, name: str) -> None:
+    getattr(importlib.import_module(module), name)(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
