@@ -261,7 +261,7 @@ class _Compiler:
         for win in self.windows(c):
             when: list[Json] = []
             if win is not None and len(win.days) < 7:
-                when.append(nj.match(nj.meta("day"), nj.anon_set(win.day_names())))
+                when.append(nj.match(nj.meta("day"), nj.one_or_set(win.day_names())))
             if win is not None and not win.whole_day:
                 when.append(nj.match(nj.meta("hour"), {"range": list(win.hour_range())}))
             for src in self.source_rules[c.name]:
@@ -342,12 +342,11 @@ def compile_ruleset(
             for (offset, codes), pp in sorted(restricted.items()):
                 for proto in sorted({p for p, _ in pp}):
                     nums = sorted(port for p, port in pp if p == proto)
-                    dport: Any = nums[0] if len(nums) == 1 else nj.anon_set(list(nums))
+                    dport = nj.one_or_set(list(nums))
                     expr = [
                         nj.match(nj.ct("direction"), "original"),
-                        nj.match(nj.meta("l4proto"), proto),
-                        nj.match(nj.payload("th", "dport"), dport),
-                        nj.match(nj.raw_payload("ih", offset, 8), nj.anon_set(list(codes)), "!="),
+                        nj.match(nj.payload(proto, "dport"), dport),
+                        nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(codes)), "!="),
                         nj.jump("deny_function"),
                     ]
                     fc_chains.append(nj.rule(name, expr, f"conduit {c.name}"))
@@ -418,7 +417,7 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions) -> list[Json]:
     }
     fwd = [nj.chain("forward", hook="forward"), nj.rule("forward", [states])]
     if comp.local:
-        local = nj.anon_set([nj.network(n) for n in comp.local])
+        local = nj.one_or_set([nj.network(n) for n in comp.local])
         spoof = [tunnels, nj.match(nj.payload("ip", "saddr"), local), nj.jump("deny_spoof")]
         fwd.append(nj.rule("forward", spoof, "local zone source arriving on a tunnel"))
     key = {"concat": [nj.payload("ip", "daddr"), nj.meta("l4proto"), nj.payload("th", "dport")]}

@@ -42,6 +42,11 @@ def anon_set(items: list[Any]) -> Json:
     return {"set": items}
 
 
+def one_or_set(items: list[Any]) -> Any:
+    """A single value as itself (nft stores a one-element anonymous set that way)."""
+    return items[0] if len(items) == 1 else {"set": items}
+
+
 def jump(chain: str) -> Json:
     return {"jump": {"target": chain}}
 

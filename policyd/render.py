@@ -6,6 +6,7 @@ for them). The output is valid `nft -f` input: a namespace test feeds it to `nft
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -137,6 +138,44 @@ def _set_block(kind: str, body: Json) -> list[str]:
         lines.append(f"\t\telements = {{ {joined} }}")
     lines.append("\t}")
     return lines
+
+
+def canonical(objects: Iterable[Json]) -> list[Json]:
+    """The same ruleset with what a kernel listing adds or reorders taken out.
+
+    Handles and element expiry/timeouts are dropped (they change by the second), set
+    elements and anonymous sets are sorted, `meta hour` is written HH:MM:SS. Used to
+    diff a compiled ruleset against `nft -j list table`.
+    """
+    return [_canon(o) for o in objects if "metainfo" not in o]
+
+
+def _sort_key(x: Any) -> str:
+    return json.dumps(x, sort_keys=True)
+
+
+def _canon(x: Any, key: str | None = None) -> Any:
+    if isinstance(x, dict):
+        if "elem" in x and isinstance(x["elem"], dict):  # a timed element
+            return _canon(x["elem"]["val"])
+        out = {k: _canon(v, k) for k, v in x.items() if k not in ("handle", "expires")}
+        if key in ("set", "map") and isinstance(out.get("elem"), list):
+            out["elem"] = sorted(out["elem"], key=_sort_key)
+        if "match" in out and out["match"]["left"] == {"meta": {"key": "hour"}}:
+            right = out["match"]["right"]
+            if isinstance(right, dict) and "range" in right:
+                right["range"] = [_hms(v) for v in right["range"]]
+        return out
+    if isinstance(x, list):
+        items = [_canon(v) for v in x]
+        return sorted(items, key=_sort_key) if key == "set" else items
+    return x
+
+
+def _hms(v: Any) -> Any:
+    if isinstance(v, str) and v.count(":") == 1:
+        return v + ":00"
+    return v
 
 
 def render_text(objects: Iterable[Json]) -> str:
