@@ -137,6 +137,10 @@ class _Compiler:
         self.plans: dict[str, ConduitPlan] = {}
         self.source_rules: dict[str, list[list[Json]]] = {}  # conduit -> expr prefixes
         self.names: set[str] = set()
+        self.members: dict[str, list[str]] = {}  # role -> identities, indexed once
+        for ident in topo.identities.values():
+            for role in ident.roles:
+                self.members.setdefault(role, []).append(ident.name)
 
     def unique(self, prefix: str, conduit: Conduit) -> str:
         name = f"{prefix}_{slug(conduit.name)}"
@@ -159,7 +163,7 @@ class _Compiler:
     def identities(self, c: Conduit) -> tuple[dict[str, IPv4Address], dict[str, datetime]]:
         names = set(c.sources.identities)
         for role in c.sources.roles:
-            names.update(i.name for i in self.topo.members(role))
+            names.update(self.members.get(role, ()))
         admitted: dict[str, IPv4Address] = {}
         expiry: dict[str, datetime] = {}
         for name in sorted(names):
