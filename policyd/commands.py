@@ -1,0 +1,83 @@
+"""`zonegate render` and `zonegate diff`, as functions the zonegate CLI wires in.
+
+    add_render_arguments(sub.add_parser("render")); set_defaults(func=render_command)
+    add_render_arguments(sub.add_parser("diff"));   set_defaults(func=diff_command)
+
+render prints the compiled ruleset (nft text, or libnftables JSON with --json); it is
+pure and needs no root. diff compares it with the table running in this network
+namespace (`nft -j list table inet zonegate`) and exits 1 when they differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+import topology
+from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.render import render_text
+from topology.diagnostics import TopologyError
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="topology file or directory")
+    parser.add_argument("--gateway", required=True, help="site whose gateway to compile for")
+    parser.add_argument("--json", action="store_true", help="libnftables JSON instead of text")
+    parser.add_argument(
+        "--tunnel", action="append", help="tunnel interface name (repeatable; default zg*)"
+    )
+    parser.add_argument("--api-port", type=int, default=None)
+    parser.add_argument(
+        "--at", default=None, help="compile as of this ISO time (default: now; UTC if naive)"
+    )
+
+
+def _compile(args: argparse.Namespace) -> Ruleset | None:
+    try:
+        topo = topology.load(args.path).topology
+    except TopologyError as e:
+        print(e, file=sys.stderr)
+        return None
+    at = datetime.now(UTC)
+    if args.at:
+        at = datetime.fromisoformat(args.at)
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    opts = CompileOptions(tunnels=tuple(args.tunnel or ("zg*",)), api_port=args.api_port)
+    try:
+        return compile_ruleset(topo, args.gateway, now=at, options=opts)
+    except CompileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def render_command(args: argparse.Namespace) -> int:
+    rs = _compile(args)
+    if rs is None:
+        return 2
+    if args.json:
+        print(json.dumps(rs.to_json(), indent=2))
+    else:
+        sys.stdout.write(render_text(rs.objects))
+    for note in rs.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    rs = _compile(args)
+    if rs is None:
+        return 2
+    from policyd.kernel import NftError, NftHandle
+
+    try:
+        text = NftHandle().diff_text(rs)
+    except NftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not text:
+        print(f"running ruleset matches the compiled policy for {rs.gateway}")
+        return 0
+    sys.stdout.write(text)
+    return 1

@@ -1,0 +1,329 @@
+"""The kernel adapter: one persistent libnftables handle, no policy logic.
+
+- `apply_ruleset` replaces table `inet zonegate` in one transaction (add-if-missing,
+  delete, re-create: the kernel commits all of it or none, so there is no instant with
+  no rules and no partial state). It is checked first (a dry run the kernel validates);
+  a failure raises `ApplyError` with libnftables' message and the running ruleset stays.
+  Active grants (elements of `grant_*`/`zgrant_*` sets) are carried over with their
+  remaining time when the conduit still exists and still names the source.
+- Membership changes are set-element adds and deletes through the same handle, never
+  a reload: `add_grant`/`remove_grant`, and `sync_members` for identity validity.
+- `running_objects` and `diff_text` read the table back (`nft -j list table`).
+
+libnftables parses `meta hour` in the local time zone of the process; the compiler
+emits UTC, so the handle is created with TZ=UTC (see docs/policyd.md).
+Every command is logged before it runs; nftables commands carry no secrets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from policyd.compiler import ConduitPlan, Ruleset
+from policyd.conventions import TABLE_FAMILY, TABLE_NAME
+from policyd.nftjson import Json, network, table, table_ref
+from policyd.render import canonical, render_text
+
+log = logging.getLogger("policyd.kernel")
+
+
+class NftError(Exception):
+    """libnftables refused a command; `str()` is its message."""
+
+
+class ApplyError(NftError):
+    """The new ruleset was rejected; the running ruleset is unchanged."""
+
+
+class GrantError(ValueError):
+    """A grant names a conduit or source the compiled policy does not allow."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    conduit: str
+    source: str  # identity name or "site/zone"
+    set_name: str
+    element: Any
+    expires: datetime
+
+
+def _utc_process() -> None:
+    if os.environ.get("TZ") != "UTC":
+        os.environ["TZ"] = "UTC"
+        time.tzset()
+
+
+class NftHandle:
+    """A persistent libnftables context for table `inet zonegate`."""
+
+    def __init__(self) -> None:
+        _utc_process()
+        import nftables  # Debian's python3-nftables; imported here so pure code never needs it
+
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(False)
+
+    # -- raw commands -------------------------------------------------------------------
+    def run(self, commands: list[Json] | str, what: str, check: bool = False) -> Any:
+        """Run a JSON batch (a list of commands, or already serialized) in one transaction."""
+        log.info("[#] nft -j%s -f - (%s)", " -c" if check else "", what)
+        text = commands if isinstance(commands, str) else json.dumps({"nftables": commands})
+        self._nft.set_dry_run(check)
+        try:
+            rc, out, err = self._nft.cmd(text)
+        finally:
+            self._nft.set_dry_run(False)
+        if rc != 0:
+            raise NftError((err or "").strip() or f"libnftables returned {rc}")
+        return json.loads(out) if out else {}
+
+    def list_table(self) -> list[Json] | None:
+        """The running table as JSON objects, or None when it does not exist."""
+        cmd = [{"list": {"table": table()}}]
+        try:
+            out = self.run(cmd, f"list table {TABLE_FAMILY} {TABLE_NAME}")
+        except NftError as e:
+            if "No such file" in str(e):
+                return None
+            raise
+        return [o for o in out.get("nftables", []) if "metainfo" not in o]
+
+    # -- whole-table apply ----------------------------------------------------------------
+    def apply_ruleset(self, ruleset: Ruleset, check: bool = True) -> int:
+        """Replace the table atomically; returns how many grants were carried over.
+
+        With `check` (the default) the batch is first run as a dry run (`nft -c`). The
+        commit itself is also all-or-nothing: libnftables evaluates the whole batch
+        before sending it and the kernel aborts the transaction on any error, so
+        `check=False` halves the cost without giving up atomicity.
+        """
+        kept = self._surviving_grants(ruleset)
+        objects = [_with_elements(o, kept) for o in ruleset.objects]
+        commands: list[Json] = [
+            {"add": {"table": table()}},
+            {"delete": {"table": table()}},
+            *({"add": o} for o in objects),
+        ]
+        what = f"replace table {TABLE_FAMILY} {TABLE_NAME}: {len(objects)} objects"
+        text = json.dumps({"nftables": commands})
+        try:
+            if check:
+                self.run(text, what, check=True)
+            self.run(text, what)
+        except NftError as e:
+            raise ApplyError(f"ruleset for {ruleset.gateway} rejected, nothing changed: {e}") from e
+        return sum(len(v) for v in kept.values())
+
+    def _surviving_grants(self, ruleset: Ruleset) -> dict[str, list[Any]]:
+        """Grant elements running now that the new ruleset still allows (grant sets only:
+        listing the whole table would cost as much as the apply at 100k identities)."""
+        allowed: dict[str, set[str]] = {}
+        for plan in ruleset.conduits.values():
+            if plan.needs_grant and plan.identity_set:
+                allowed[plan.identity_set] = {str(a) for a in plan.identities.values()}
+            if plan.needs_grant and plan.zone_set:
+                allowed[plan.zone_set] = {json.dumps(network(n)) for n in plan.zones.values()}
+        kept: dict[str, list[Any]] = {}
+        if not allowed or not self._table_exists():
+            return kept
+        for name in sorted(allowed):
+            try:
+                elements = self.set_elements(name)
+            except NftError:
+                continue  # a conduit that is new in this ruleset
+            for el in elements:
+                if not isinstance(el, dict) or "elem" not in el:
+                    continue
+                val, left = el["elem"]["val"], int(el["elem"].get("expires", 0))
+                key = val if isinstance(val, str) else json.dumps(val)
+                if left > 0 and key in allowed[name]:
+                    kept.setdefault(name, []).append({"elem": {"val": val, "timeout": left}})
+        return kept
+
+    def _table_exists(self) -> bool:
+        out = self.run([{"list": {"tables": None}}], "list tables")
+        return any(
+            o.get("table", {}).get("name") == TABLE_NAME
+            and o["table"].get("family") == TABLE_FAMILY
+            for o in out.get("nftables", [])
+        )
+
+    # -- elements ---------------------------------------------------------------------
+    def add_elements(self, set_name: str, elements: list[Any]) -> None:
+        body = {**table_ref(), "name": set_name, "elem": elements}
+        self.run([{"add": {"element": body}}], f"add element {set_name} ({len(elements)})")
+
+    def delete_elements(self, set_name: str, elements: list[Any]) -> None:
+        body = {**table_ref(), "name": set_name, "elem": elements}
+        self.run([{"delete": {"element": body}}], f"delete element {set_name} ({len(elements)})")
+
+    def set_elements(self, set_name: str) -> list[Any]:
+        out = self.run(
+            [{"list": {"set": {**table_ref(), "name": set_name}}}], f"list set {set_name}"
+        )
+        for o in out.get("nftables", []):
+            if "set" in o:
+                return list(o["set"].get("elem", []))
+        return []
+
+    def add_grant(
+        self,
+        ruleset: Ruleset,
+        conduit: str,
+        source: str,
+        duration: timedelta,
+        now: datetime | None = None,
+    ) -> Grant:
+        """Open `conduit` for `source` (identity name or zone ref) for `duration`.
+
+        Capped at the conduit's approval/emergency maximum and the identity's validity;
+        the kernel expires the element even if policyd is not running.
+        """
+        now = now or datetime.now(UTC)
+        plan = _grant_plan(ruleset, conduit)
+        until = now + min(duration, plan.max_grant or duration)
+        value: Any
+        if source in plan.identities and plan.identity_set:
+            set_name, value = plan.identity_set, str(plan.identities[source])
+            if source in plan.expiry:
+                until = min(until, plan.expiry[source])
+        elif source in plan.zones and plan.zone_set:
+            set_name, value = plan.zone_set, network(plan.zones[source])
+        else:
+            raise GrantError(f"conduit {conduit} does not admit {source} (or it is not valid now)")
+        seconds = int((until - now).total_seconds())
+        if seconds < 1:
+            raise GrantError(f"grant for {source} on {conduit} would expire immediately")
+        # Re-granting replaces the old expiry: delete (if present) and add in one batch.
+        el = {"elem": {"val": value, "timeout": seconds}}
+        body = {**table_ref(), "name": set_name, "elem": [el]}
+        try:
+            self.run(
+                [{"delete": {"element": {**body, "elem": [value]}}}, {"add": {"element": body}}],
+                f"grant {conduit} to {source} for {seconds}s",
+            )
+        except NftError:
+            self.run([{"add": {"element": body}}], f"grant {conduit} to {source} for {seconds}s")
+        return Grant(conduit, source, set_name, value, now + timedelta(seconds=seconds))
+
+    def remove_grant(self, ruleset: Ruleset, conduit: str, source: str) -> bool:
+        """Close a grant now; False if there was none."""
+        plan = _grant_plan(ruleset, conduit)
+        if source in plan.identities and plan.identity_set:
+            set_name, value = plan.identity_set, str(plan.identities[source])
+        elif source in plan.zones and plan.zone_set:
+            set_name, value = plan.zone_set, network(plan.zones[source])
+        else:
+            raise GrantError(f"conduit {conduit} does not admit {source}")
+        try:
+            self.delete_elements(set_name, [value])
+        except NftError as e:
+            if "No such file" in str(e):
+                return False
+            raise
+        return True
+
+    def sync_members(self, ruleset: Ruleset) -> tuple[int, int]:
+        """Make the identity sets match `ruleset` by element adds/deletes (no reload).
+
+        Returns (added, deleted). Elements whose expiry moved are deleted and re-added.
+        """
+        added = deleted = 0
+        for plan in ruleset.conduits.values():
+            if plan.needs_grant or not plan.identity_set:
+                continue
+            want = _member_elements(ruleset, plan)
+            have: dict[str, int | None] = {}
+            for el in self.set_elements(plan.identity_set):
+                if isinstance(el, dict):
+                    have[el["elem"]["val"]] = int(el["elem"].get("expires", 0))
+                else:
+                    have[el] = None
+            stale = [a for a in have if a not in want]
+            moved = [
+                a
+                for a, t in want.items()
+                if (a in have and (t is None) != (have[a] is None))
+                or (a in have and t is not None and abs((have[a] or 0) - t) > 2)
+            ]
+            new = [a for a in want if a not in have or a in moved]
+            if stale or moved:
+                self.delete_elements(plan.identity_set, stale + moved)
+            if new:
+                self.add_elements(
+                    plan.identity_set,
+                    [
+                        a if want[a] is None else {"elem": {"val": a, "timeout": want[a]}}
+                        for a in new
+                    ],
+                )
+            added, deleted = added + len(new), deleted + len(stale) + len(moved)
+        return added, deleted
+
+    # -- reading back -------------------------------------------------------------------
+    def diff_text(self, ruleset: Ruleset) -> str:
+        """Unified diff from the running table to `ruleset` ('' when they agree)."""
+        running = self.list_table()
+        old = render_text(canonical(running)) if running else ""
+        new = render_text(canonical(ruleset.objects))
+        lines = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile="running",
+            tofile=f"compiled ({ruleset.gateway})",
+        )
+        return "".join(lines)
+
+    def flush_table(self) -> None:
+        """Delete our table (only for --flush-on-exit); other tables are never touched."""
+        self.run([{"add": {"table": table()}}, {"delete": {"table": table()}}], "delete table")
+
+
+def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:
+    plan = ruleset.conduits.get(conduit)
+    if plan is None:
+        raise GrantError(f"conduit {conduit} is not enforced on gateway {ruleset.gateway}")
+    if not plan.needs_grant:
+        raise GrantError(f"conduit {conduit} needs no grant (it has no approval or emergency)")
+    return plan
+
+
+def _member_elements(ruleset: Ruleset, plan: ConduitPlan) -> dict[str, int | None]:
+    now = ruleset.compiled_at
+    out: dict[str, int | None] = {}
+    for name, addr in plan.identities.items():
+        exp = plan.expiry.get(name)
+        out[str(addr)] = None if exp is None else max(1, int((exp - now).total_seconds()))
+    return out
+
+
+def _with_elements(obj: Json, extra: dict[str, list[Any]]) -> Json:
+    body = obj.get("set")
+    if not body or body["name"] not in extra:
+        return obj
+    return {"set": {**body, "elem": [*body.get("elem", []), *extra[body["name"]]]}}
+
+
+def addresses(elements: Iterable[Any]) -> set[IPv4Address | IPv4Network]:
+    """Set elements (as listed) as addresses or networks, for tests and status output."""
+    out: set[IPv4Address | IPv4Network] = set()
+    for el in elements:
+        val = el["elem"]["val"] if isinstance(el, dict) and "elem" in el else el
+        if isinstance(val, dict) and "prefix" in val:
+            out.add(IPv4Network(f"{val['prefix']['addr']}/{val['prefix']['len']}"))
+        elif isinstance(val, dict) and "range" in val:
+            out.add(IPv4Network(f"{val['range'][0]}/32"))
+        else:
+            out.add(IPv4Address(val))
+    return out

@@ -1,0 +1,223 @@
+"""Three network namespaces: identity -- gateway -- zone, named zpXXXX* per run.
+
+The identity namespace's link into the gateway stands in for a WireGuard tunnel: on
+the gateway it is named `<tag>t` and passed to the compiler as the tunnel interface.
+nft only ever runs inside these namespaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{HERE}"}
+
+IDENTITIES = {
+    "engineer-1": "100.64.1.10",
+    "lead-1": "100.64.1.20",
+    "night-1": "100.64.1.30",
+    "vendor-1": "100.64.2.10",
+    "guest": "100.64.3.1",
+}
+PLC1, PLC2 = "10.10.1.5", "10.10.1.6"
+
+
+def require_tools() -> None:
+    missing = [t for t in ("ip", "nft", "sysctl") if shutil.which(t) is None]
+    if missing:
+        raise AssertionError(
+            f"missing {', '.join(missing)}: apt-get install iproute2 nftables procps"
+        )
+    try:
+        import nftables  # noqa: F401
+    except ImportError as e:
+        raise AssertionError("python3-nftables missing: apt-get install python3-nftables") from e
+
+
+def topology_yaml(now: datetime | None = None) -> str:
+    """One site; the night-only conduit's schedule is built to be closed right now."""
+    now = now or datetime.now(UTC)
+    start, end = now + timedelta(hours=2), now + timedelta(hours=3)
+    return f"""version: 1
+sites:
+  plant-a:
+    gateway: {{underlay: 192.0.2.10, port: 51820, overlay: 100.64.0.1}}
+    zones:
+      control: {{cidr: 10.10.1.0/24, security_level: 2}}
+    assets:
+      plc-1: {{zone: control, address: {PLC1}}}
+      plc-2: {{zone: control, address: {PLC2}}}
+roles:
+  plc-engineer: {{}}
+  shift-lead: {{}}
+  night-shift: {{}}
+  vendor: {{}}
+identities:
+  engineer-1: {{kind: user, roles: [plc-engineer], overlay: 100.64.1.10}}
+  lead-1: {{kind: user, roles: [shift-lead], overlay: 100.64.1.20}}
+  night-1: {{kind: user, roles: [night-shift], overlay: 100.64.1.30}}
+  vendor-1: {{kind: user, roles: [vendor], overlay: 100.64.2.10}}
+  guest: {{kind: user, overlay: 100.64.3.1}}
+conduits:
+  engineers-read:
+    from: {{roles: [plc-engineer]}}
+    to: {{asset: plant-a/plc-1}}
+    allow: [{{modbus: read}}, ssh]
+  lead-writes:
+    from: {{roles: [shift-lead]}}
+    to: {{asset: plant-a/plc-2}}
+    allow: [{{modbus: [read, write]}}]
+  night-only:
+    from: {{roles: [night-shift]}}
+    to: {{asset: plant-a/plc-1}}
+    allow: [ssh]
+    schedule: {{days: mon-sun, hours: "{start:%H:%M}-{end:%H:%M}", tz: UTC}}
+  vendor-maintenance:
+    from: {{roles: [vendor]}}
+    to: {{asset: plant-a/plc-2}}
+    allow: [{{modbus: [read, write]}}]
+    approval: {{by: [shift-lead], max: 4h}}
+"""
+
+
+class Net:
+    def __init__(self) -> None:
+        self.tag = "zp" + secrets.token_hex(2)
+        self.ident, self.gw, self.zone = self.tag + "i", self.tag + "g", self.tag + "z"
+        self.tunnel = self.tag + "t"
+        self.procs: list[subprocess.Popen[str]] = []
+        self.made: list[str] = []
+
+    def sh(
+        self, *argv: str, check: bool = True, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, check=check, timeout=timeout, env=ENV
+        )
+
+    def ns(
+        self, ns: str, *argv: str, check: bool = True, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
+        return self.sh("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+
+    def up(self) -> None:
+        for ns in (self.ident, self.gw, self.zone):
+            self.sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            self.ns(ns, "ip", "link", "set", "lo", "up")
+        t = self.tag
+        self.sh(
+            "ip",
+            "link",
+            "add",
+            t + "t",
+            "netns",
+            self.gw,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            t + "a",
+            "netns",
+            self.ident,
+        )
+        self.sh(
+            "ip",
+            "link",
+            "add",
+            t + "l",
+            "netns",
+            self.gw,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            t + "b",
+            "netns",
+            self.zone,
+        )
+        self.ns(self.gw, "ip", "addr", "add", "100.64.0.1/16", "dev", t + "t")
+        self.ns(self.gw, "ip", "addr", "add", "10.10.1.1/24", "dev", t + "l")
+        for addr in IDENTITIES.values():
+            self.ns(self.ident, "ip", "addr", "add", f"{addr}/16", "dev", t + "a")
+        for addr in (PLC1, PLC2):
+            self.ns(self.zone, "ip", "addr", "add", f"{addr}/24", "dev", t + "b")
+        for ns, dev in (
+            (self.gw, t + "t"),
+            (self.gw, t + "l"),
+            (self.ident, t + "a"),
+            (self.zone, t + "b"),
+        ):
+            self.ns(ns, "ip", "link", "set", dev, "up")
+        self.ns(self.ident, "ip", "route", "add", "10.10.1.0/24", "via", "100.64.0.1")
+        self.ns(self.zone, "ip", "route", "add", "default", "via", "10.10.1.1")
+        self.ns(self.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def spawn(self, ns: str, *argv: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+        )
+        self.procs.append(p)
+        return p
+
+    def start_servers(self) -> None:
+        p = self.spawn(self.zone, PY, str(HERE / "nsprobe.py"), "serve", "502", "22", "5900")
+        assert p.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if not ready:
+                continue
+            line = p.stdout.readline()
+            seen.append(line)
+            if line.strip() == "ready" or not line:
+                break
+        assert seen and seen[-1].strip() == "ready", f"zone servers did not start: {seen}"
+
+    def modbus(self, who: str, dst: str, op: str) -> bool:
+        out = self.ns(self.ident, PY, str(HERE / "nsprobe.py"), "modbus", IDENTITIES[who], dst, op)
+        return bool(json.loads(out.stdout.strip().splitlines()[-1])["ok"])
+
+    def tcp(self, who: str, dst: str, port: int) -> bool:
+        out = self.ns(
+            self.ident, PY, str(HERE / "nsprobe.py"), "tcp", IDENTITIES[who], dst, str(port)
+        )
+        return bool(json.loads(out.stdout.strip().splitlines()[-1])["ok"])
+
+    def gw_python(self, code: str, check: bool = True) -> Any:
+        """Run `code` in the gateway namespace; it must print one JSON value last."""
+        out = self.ns(self.gw, PY, "-c", code, check=False, timeout=60)
+        if check and out.returncode != 0:
+            raise AssertionError(f"gateway code failed:\n{out.stdout}\n{out.stderr}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def table_text(self) -> str:
+        return self.ns(self.gw, "nft", "list", "table", "inet", "zonegate", check=False).stdout
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+        for ns in self.made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        time.sleep(0.05)

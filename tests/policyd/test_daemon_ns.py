@@ -1,0 +1,184 @@
+"""policyd as a process in the gateway namespace: reload, reject, fail closed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nsnet import PLC1, PY, Net, require_tools, topology_yaml
+
+pytestmark = pytest.mark.root
+
+
+class Policyd:
+    def __init__(self, net: Net, topo: Path, *extra: str) -> None:
+        self.proc = net.spawn(
+            net.gw,
+            PY,
+            "-m",
+            "policyd.cli",
+            "--topology",
+            str(topo),
+            "--gateway",
+            "plant-a",
+            "--tunnel",
+            net.tunnel,
+            "--poll",
+            "0.2",
+            *extra,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for ln in self.lines if re.search(pattern, ln)) >= count:
+                return
+            if self.proc.poll() is not None and not self.proc.stdout:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"policyd never logged {pattern!r} x{count}:\n{''.join(self.lines)}")
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    require_tools()
+    n = Net()
+    try:
+        n.up()
+        n.start_servers()
+        yield n
+    finally:
+        n.down()
+
+
+def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
+    topo = tmp_path / "topo.yaml"
+    good = topology_yaml()
+    topo.write_text(good)
+    d = Policyd(net, topo)
+    d.wait_for("applied ruleset for plant-a")
+    assert net.modbus("engineer-1", PLC1, "read"), d.log()
+    assert not net.modbus("engineer-1", PLC1, "write"), d.log()
+    assert not net.tcp("guest", PLC1, 22)
+
+    # A broken file: every error logged, the last good policy stays.
+    topo.write_text(good.replace("plant-a/plc-1", "plant-a/plc-9").replace("mon-sun", "funday"))
+    d.wait_for("rejected")
+    d.wait_for("keeping the last good policy")
+    assert len(re.findall(r"error: ", d.log())) >= 2, d.log()
+    assert net.modbus("engineer-1", PLC1, "read"), d.log()
+    assert not net.modbus("engineer-1", PLC1, "write"), d.log()
+
+    # A good change on SIGHUP: guest gets ssh to plc-1 -> a structural change, applied.
+    topo.write_text(
+        good
+        + """  guest-ssh:
+    from: {identities: [guest]}
+    to: {asset: plant-a/plc-1}
+    allow: [ssh]
+"""
+    )
+    os.kill(d.proc.pid, signal.SIGHUP)
+    d.wait_for("applied ruleset for plant-a", count=2)
+    assert net.tcp("guest", PLC1, 22), d.log()
+
+    # Membership only: lead-1 becomes an engineer -> element add, no reload.
+    topo.write_text(
+        topo.read_text().replace(
+            "roles: [shift-lead], overlay", "roles: [shift-lead, plc-engineer], overlay"
+        )
+    )
+    d.wait_for("membership synced: 1 added")
+    assert net.modbus("lead-1", PLC1, "read"), d.log()
+
+    # SIGHUP with nothing changed: reloads, and only syncs (nothing to add or delete).
+    os.kill(d.proc.pid, signal.SIGHUP)
+    d.wait_for(r"reload \(SIGHUP\)")
+    d.wait_for("membership synced: 0 added, 0 deleted")
+
+    # Killing policyd leaves enforcement in place.
+    d.proc.kill()
+    d.proc.wait(timeout=5)
+    assert net.modbus("engineer-1", PLC1, "read")
+    assert not net.modbus("engineer-1", PLC1, "write")
+    assert not net.modbus("guest", PLC1, "read")
+
+
+def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(topology_yaml())
+    d = Policyd(net, topo)
+    d.wait_for("applied ruleset")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) == 0
+    assert "left in place" in d.log()
+    assert "policy drop" in net.table_text()
+    assert not net.modbus("engineer-1", PLC1, "write")
+
+    d2 = Policyd(net, topo, "--flush-on-exit")
+    d2.wait_for("applied ruleset")
+    d2.proc.send_signal(signal.SIGTERM)
+    assert d2.proc.wait(timeout=10) == 0
+    assert net.table_text() == ""
+    assert net.modbus("engineer-1", PLC1, "write")  # no table: the path is open again
+
+
+def test_broken_file_at_start_changes_nothing(net: Net, tmp_path: Path) -> None:
+    topo = tmp_path / "topo.yaml"
+    topo.write_text("version: 1\nsites: [\n")
+    d = Policyd(net, topo)
+    assert d.proc.wait(timeout=20) == 2
+    assert "no policy applied" in d.log()
+    assert net.table_text() == ""
+
+
+def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(topology_yaml())
+    code = (
+        "import argparse, sys\n"
+        "from policyd.commands import add_render_arguments, render_command, diff_command\n"
+        "p = argparse.ArgumentParser(); add_render_arguments(p)\n"
+        "a = p.parse_args(sys.argv[2:])\n"
+        "sys.exit({'render': render_command, 'diff': diff_command}[sys.argv[1]](a))\n"
+    )
+    base = [str(topo), "--gateway", "plant-a", "--tunnel", net.tunnel]
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
+    assert out.returncode == 1 and "+table inet zonegate" in out.stdout, out.stdout + out.stderr
+    d = Policyd(net, topo)
+    d.wait_for("applied ruleset")
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = net.ns(net.gw, PY, "-c", code, "render", *base, "--json", check=False)
+    assert out.returncode == 0 and '"nftables"' in out.stdout
+    bad = subprocess.run(
+        [PY, "-c", code, "render", str(topo), "--gateway", "nowhere"],
+        capture_output=True,
+        text=True,
+        env=net_env(),
+        check=False,
+    )
+    assert bad.returncode == 2 and "unknown gateway" in bad.stderr
+
+
+def net_env() -> dict[str, str]:
+    from nsnet import ENV
+
+    return ENV
