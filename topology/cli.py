@@ -218,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.set_defaults(func=cmd_diagram)
 
+    p = sub.add_parser("render", help="the nftables ruleset a gateway enforces")
+    _lazy_arguments(p, "policyd.commands", "add_render_arguments")
+    p.set_defaults(func=_lazy("policyd.commands", "render_command"))
+
+    p = sub.add_parser("diff", help="what applying would change in the running ruleset")
+    _lazy_arguments(p, "policyd.commands", "add_render_arguments")
+    p.set_defaults(func=_lazy("policyd.commands", "diff_command"))
+
     p = sub.add_parser("grant", help="just-in-time access: request, approve, deny, revoke, list")
     p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
     _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")

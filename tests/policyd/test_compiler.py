@@ -10,11 +10,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from conftest import NOW, build_plant
 
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.render import render_text
 from policyd.timewindows import UtcWindow, next_offset_change, utc_windows
+from tests.policyd.conftest import NOW, build_plant
 from topology.model import Identity, Schedule, Topology, frozen_map
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nsnet import PLC1, PY, Net, require_tools, topology_yaml
+
+from tests.policyd.nsnet import PLC1, PY, Net, require_tools, topology_yaml
 
 pytestmark = pytest.mark.root
 
@@ -179,6 +180,6 @@ def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
 
 
 def net_env() -> dict[str, str]:
-    from nsnet import ENV
+    from tests.policyd.nsnet import ENV
 
     return ENV

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compiler import _check_golden
 
 import topology
 from policyd.compiler import compile_ruleset
 from policyd.crosscheck import compiled_verdict
 from policyd.render import render_text
+from tests.policyd.test_compiler import _check_golden
 from topology.evaluate import ALL_GRANTS, Flow, evaluate
 from topology.policy_tests import flow_of
 

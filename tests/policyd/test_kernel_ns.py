@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nsnet import PLC1, PLC2, Net, require_tools, topology_yaml
+
+from tests.policyd.nsnet import PLC1, PLC2, Net, require_tools, topology_yaml
 
 pytestmark = pytest.mark.root
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 
 import pytest
-from conftest import NOW, build_plant
-from flows import Flow, code_offset, model_allows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.compiler import Ruleset, compile_ruleset
 from policyd.ruleset_eval import Packet, RulesetEvaluator, payload_with_code
+from tests.policyd.conftest import NOW, build_plant
+from tests.policyd.flows import Flow, code_offset, model_allows
 from topology.model import Topology
 
 PLANT = build_plant()
