@@ -185,8 +185,23 @@ class Schedule:
         return False
 
     def describe(self) -> str:
-        days = ",".join(DAY_NAMES[d][:3] for d in sorted(self.days))
-        return f"{days} {self.start:%H:%M}-{self.end:%H:%M} {self.tz}"
+        end = "24:00" if self.end == time.max else f"{self.end:%H:%M}"
+        return f"{describe_days(self.days)} {self.start:%H:%M}-{end} {self.tz}"
+
+
+def describe_days(days: frozenset[int]) -> str:
+    """Mon-Fri rather than Mon,Tue,Wed,Thu,Fri."""
+    runs: list[list[int]] = []
+    for d in sorted(days):
+        if runs and runs[-1][-1] == d - 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    parts = []
+    for run in runs:
+        first, last = DAY_NAMES[run[0]][:3], DAY_NAMES[run[-1]][:3]
+        parts.append(first if len(run) == 1 else f"{first}-{last}")
+    return ",".join(parts)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,12 @@ BUILTIN_SERVICES: Mapping[str, Service] = frozen_map(
                 "tcp",
                 (102,),
                 "Siemens S7comm",
-                {"read": (0x04,), "write": (0x05,), "control": (0x28, 0x29), "download": (0x1A, 0x1B, 0x1C)},
+                {
+                    "read": (0x04,),
+                    "write": (0x05,),
+                    "control": (0x28, 0x29),
+                    "download": (0x1A, 0x1B, 0x1C),
+                },
                 136,
             ),
             # DNP3: link header(10 incl. CRC) + transport(1) + app control(1) -> function at 12.
@@ -68,7 +73,12 @@ BUILTIN_SERVICES: Mapping[str, Service] = frozen_map(
                 "tcp",
                 (20000,),
                 "DNP3 over TCP",
-                {"read": (0x01,), "write": (0x02,), "operate": (0x03, 0x04, 0x05, 0x06), "restart": (0x0D, 0x0E)},
+                {
+                    "read": (0x01,),
+                    "write": (0x02,),
+                    "operate": (0x03, 0x04, 0x05, 0x06),
+                    "restart": (0x0D, 0x0E),
+                },
                 96,
             ),
             _svc("profinet", "udp", (34964,), "PROFINET context manager (DCE/RPC)"),
