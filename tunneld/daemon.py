@@ -134,7 +134,7 @@ class Daemon:
     def _peer_config(self, p: PeerPlan) -> PeerConfig:
         return PeerConfig(p.name, p.bundle.hybrid(self.backend), p.bundle.wireguard, p.role, p.kem)
 
-    def _apply_plan(self) -> None:
+    async def _apply_plan(self) -> None:
         """Reconcile WireGuard, link and handshake peers with the current plan."""
         spec = InterfaceSpec(
             self.keys.wg_private,
@@ -143,7 +143,9 @@ class Daemon:
         )
         self.wg.reconcile(spec)
         routes = tuple(r for p in self.plan.peers for r in p.routes)
-        reconcile_link(LinkSpec(self.wg.ifname, (self.plan.address,), routes))
+        # pyroute2's synchronous API runs its own event loop: keep it off ours.
+        link = LinkSpec(self.wg.ifname, (self.plan.address,), routes)
+        await asyncio.to_thread(reconcile_link, link)
         new = {p.name: p for p in self.plan.peers}
         assert self.endpoint is not None
         for name in list(self._peers):
@@ -160,13 +162,16 @@ class Daemon:
                 del self.status[name]
 
     def reload(self) -> None:
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
         """SIGHUP: re-read the topology; a bad one keeps the running config."""
         try:
             self.plan = self._load_plan()
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        self._apply_plan()
+        await self._apply_plan()
         self._wake.set()
         log.info("reloaded %s", self.opts.topology)
 
@@ -183,7 +188,7 @@ class Daemon:
             rng=secrets.token_bytes,
             timers=self.opts.timers,
         )
-        self._apply_plan()
+        await self._apply_plan()
         self._server = await asyncio.start_server(
             self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
         )
@@ -203,8 +208,11 @@ class Daemon:
             await self.stop()
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
+        self._stop.set()
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if getattr(self, "_server", None) is not None:
             self._server.close()
         for w in self._out.values():
@@ -242,7 +250,6 @@ class Daemon:
             elif isinstance(e, Timeout):
                 self.status[e.peer].fail(e.reason)
                 log.info("peer %s: %s", e.peer, e.reason)
-        self._wake.set()
 
     def _install(self, e: PskReady) -> None:
         t0 = time.perf_counter()
@@ -261,12 +268,16 @@ class Daemon:
 
     async def _timer_loop(self) -> None:
         assert self.endpoint is not None
-        while True:
+        while not self._stop.is_set():
             delay = max(0.0, self.endpoint.next_deadline() - time.monotonic())
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
+                async with asyncio.timeout(min(delay, 1.0)):
+                    await self._wake.wait()
             self._wake.clear()
-            self._handle(self.endpoint.poll(), None)
+            if not self._stop.is_set():
+                self._handle(self.endpoint.poll(), None)
+            await asyncio.sleep(0)
 
     # -- transport ----------------------------------------------------------------
 
@@ -283,9 +294,8 @@ class Daemon:
             return
         host, _, port = p.endpoint.rpartition(":")
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, int(port))
         except (OSError, TimeoutError) as exc:
             self.status[name].fail(f"cannot reach {p.endpoint} (tcp): {exc}")
             return
@@ -317,13 +327,16 @@ class Daemon:
         assert self.endpoint is not None
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(FRAME.size), IDLE_TIMEOUT)
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    head = await reader.readexactly(FRAME.size)
                 (size,) = FRAME.unpack(head)
                 if size > MAX_MESSAGE_SIZE:
                     self.unknown.fail(f"oversized frame ({size} bytes); connection closed")
                     break
-                data = await asyncio.wait_for(reader.readexactly(size), IDLE_TIMEOUT)
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await reader.readexactly(size)
                 self._handle(self.endpoint.receive(data), writer)
+                self._wake.set()  # the input may have moved a deadline
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass

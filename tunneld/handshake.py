@@ -438,7 +438,8 @@ class Endpoint:
         if msg.responder == self._local_id:
             raise _Reject(None, "RekeyRequest: sent by our own identity (reflected)")
         if msg.initiator != self._local_id:
-            raise _Reject(None, "RekeyRequest: not addressed to this node")
+            claimed = self._by_id.get(msg.responder)
+            raise _Reject(claimed, "RekeyRequest: not addressed to this node (our key not pinned?)")
         name = self._by_id.get(msg.responder)
         if name is None:
             raise _Reject(None, "RekeyRequest: from an identity not pinned here")
@@ -467,7 +468,9 @@ class Endpoint:
         if msg.initiator == self._local_id:
             raise _Reject(None, "InitHello: sent by our own identity (reflected)")
         if msg.responder != self._local_id:
-            raise _Reject(None, "InitHello: not addressed to this node")
+            # Attributed to the claimed sender for status only; nothing is trusted.
+            claimed = self._by_id.get(msg.initiator)
+            raise _Reject(claimed, "InitHello: not addressed to this node (our key not pinned?)")
         name = self._by_id.get(msg.initiator)
         if name is None:
             raise _Reject(None, "InitHello: from an identity not pinned here")

@@ -38,7 +38,11 @@ def test_keygen_never_overwrites(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("target", "bad_mode", "fix"),
-    [("", 0o755, "chmod 700"), (keys.WG_KEY, 0o644, "chmod 600"), (keys.IDENTITY_KEY, 0o640, "chmod 600")],
+    [
+        ("", 0o755, "chmod 700"),
+        (keys.WG_KEY, 0o644, "chmod 600"),
+        (keys.IDENTITY_KEY, 0o640, "chmod 600"),
+    ],
 )
 def test_unsafe_modes_are_refused(tmp_path: Path, target: str, bad_mode: int, fix: str) -> None:
     d = tmp_path / "k"
