@@ -253,13 +253,20 @@ class Daemon:
 
     def _install(self, e: PskReady) -> None:
         t0 = time.perf_counter()
+        st = self.status[e.peer]
+        # Coming from a random PSK (start, restart, expiry): WireGuard may be backing off
+        # after failed handshakes; re-creating the peer lets the next packet handshake.
+        now = time.monotonic()
+        fresh = st.psk_installed is None or st.psk_installed + self.opts.timers.psk_lifetime < now
         try:
-            self.wg.set_psk(self._peers[e.peer].bundle.wireguard, e.psk)
+            if fresh:
+                self.wg.reset_peer(peer_spec(self._peers[e.peer]), e.psk)
+            else:
+                self.wg.set_psk(self._peers[e.peer].bundle.wireguard, e.psk)
         except WgError as exc:
             self.status[e.peer].fail(f"PSK install failed: {exc}")
             log.error("peer %s: PSK install failed: %s", e.peer, exc)
             return
-        st = self.status[e.peer]
         st.install_ms = (time.perf_counter() - t0) * 1000
         st.rotations += 1
         st.last_handshake = time.time()

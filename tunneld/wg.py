@@ -274,13 +274,13 @@ class WireGuard:
 
     def expire_psk(self, spec: PeerSpec) -> None:
         """Random PSK and no sessions: remove the peer and add it back, in one transaction."""
-        self._set(
-            [
-                f"public_key={spec.public_key.hex()}",
-                "remove=true",
-                *self._peer_lines(spec, new=True),
-            ]
-        )
+        self.reset_peer(spec, None)
+
+    def reset_peer(self, spec: PeerSpec, psk: bytes | None) -> None:
+        """Re-create the peer with `psk` (random if None): drops its sessions and handshake
+        backoff, so the first PSK after a random one is used by the very next packet."""
+        lines = self._peer_lines(spec, new=True, psk=psk)
+        self._set([f"public_key={spec.public_key.hex()}", "remove=true", *lines])
 
     # -- transports for secrets ---------------------------------------------------
 
