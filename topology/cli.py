@@ -6,12 +6,13 @@ Exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from topology import Loaded, TopologyError, load
+from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
 from topology.policy_tests import TestResult, run_tests
 from topology.report import gateway_rows, topology_counts
@@ -162,11 +163,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diagram(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args)
+    if loaded is None:
+        return EXIT_FAIL
+    draw = diagram.dot if args.format == "dot" else diagram.mermaid
+    print(draw(loaded.topology), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zonegate",
-        description="Zones and conduits (IEC 62443) as code: check, explain and "
-        "report on topology files.",
+        description="Zones and conduits (IEC 62443) as code: check, explain, report on "
+        "and draw topology files.",
+        epilog="examples:\n"
+        "  zonegate check examples/plant -v\n"
+        "  zonegate explain examples/plant --from vendor-tech --to plant-a/plc-1 "
+        "--service modbus/write\n"
+        "  zonegate diagram examples/plant --format dot | dot -Tsvg > plant.svg\n"
+        "exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors\n"
+        "file format: docs/topology.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -194,7 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway", help="only this site's gateway")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("diagram", help="draw zones and conduits (Mermaid or Graphviz)")
+    p.add_argument("path", help="a topology file or a directory of them")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("grant", help="just-in-time access: request, approve, deny, revoke, list")
+    p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
+    _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")
     return parser
+
+
+def _lazy(module: str, name: str) -> Command:
+    """Subcommands from the daemons' packages load only when used."""
+
+    def run(args: argparse.Namespace) -> int:
+        func: Command = getattr(importlib.import_module(module), name)
+        return func(args)
+
+    return run
+
+
+def _lazy_arguments(parser: argparse.ArgumentParser, module: str, name: str) -> None:
+    getattr(importlib.import_module(module), name)(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

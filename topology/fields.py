@@ -19,6 +19,15 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+def parse_duration(text: str) -> timedelta | None:
+    """'4h', '30m', '1h30m', '2d', '90s' to a timedelta; None when not a duration."""
+    m = DURATION_RE.match(text.strip())
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi, s = (int(g or 0) for g in m.groups())
+    return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+
+
 def suggest(word: str, choices: Iterable[str]) -> str:
     """A 'did you mean' hint, or a list of the valid choices when nothing is close."""
     options = sorted(set(choices))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from topology import load
 from topology.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
@@ -125,3 +126,23 @@ def test_the_documented_example_is_valid(
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "doc.yaml").write_text(example)
     assert main(["check", str(tmp_path / "doc.yaml"), "--strict"]) == 0, capsys.readouterr().err
+
+
+def test_fleet_example_is_valid_and_big_enough(capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = EXAMPLE.parent / "fleet"
+    assert main(["check", str(fleet), "--strict", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["sites"] == 3
+    users = load(fleet).topology.identities.values()
+    assert sum(1 for i in users if i.kind == "user") >= 20
+
+
+def test_fleet_example_is_what_its_generator_writes(tmp_path: Path) -> None:
+    """The committed files are the generator's output (nobody edited them by hand)."""
+    fleet = EXAMPLE.parent / "fleet"
+    before = {p.name: p.read_text() for p in fleet.glob("*.yaml")}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE.parent / "generate_fleet.py")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert {p.name: p.read_text() for p in fleet.glob("*.yaml")} == before

@@ -1,0 +1,131 @@
+"""/v1/grants and /v1/emergency: just-in-time access over the API.
+
+Every step goes through the GrantBook's rules, then the kernel (an element with a
+timeout, or its removal plus the identity's live sessions), then the audit trail.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiohttp import web
+
+from policyd.api import schemas
+from policyd.api.context import LOCAL, STATE, Caller, ControlState, caller_of, grant_view
+from policyd.api.errors import body
+from policyd.grants import Grant, GrantError, GrantState
+from topology.fields import parse_duration
+
+routes = web.RouteTableDef()
+
+
+def _duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value is None or value <= timedelta(0):
+        raise GrantError(422, f"duration: '{text}' is not a duration like 30m or 2h")
+    return value
+
+
+def _open(state: ControlState, grant: Grant) -> None:
+    book = state.book
+    ident, conduit = book.topology.identities[grant.identity], book.topology.conduits[grant.conduit]
+    assert grant.expires_at is not None
+    timeout = grant.expires_at - state.clock()
+    state.enforcer.open_grant(ident, conduit, max(timeout, timedelta(seconds=1)))
+
+
+def _close(state: ControlState, grant: Grant) -> None:
+    book = state.book
+    ident, conduit = book.topology.identities[grant.identity], book.topology.conduits[grant.conduit]
+    state.enforcer.close_grant(ident, conduit)
+
+
+def _audit(state: ControlState, event: str, grant: Grant, caller: Caller) -> None:
+    state.audit(event, {"grant": grant_view(grant), "by": caller.label(), "gateway": state.gateway})
+
+
+@routes.post("/v1/grants")
+async def request_grant(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await body(request, schemas.GRANT_REQUEST)
+    caller = caller_of(request, data.get("as"))
+    grant = state.book.request(
+        caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
+    )
+    _audit(state, "grant.requested", grant, caller)
+    return web.json_response(grant_view(grant), status=201)
+
+
+@routes.post("/v1/emergency")
+async def emergency(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await body(request, schemas.EMERGENCY_REQUEST)
+    caller = caller_of(request, data.get("as"))
+    grant = state.book.emergency(
+        caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
+    )
+    _open(state, grant)
+    _audit(state, "emergency.opened", grant, caller)
+    return web.json_response(grant_view(grant), status=201)
+
+
+@routes.post("/v1/grants/{grant_id}/approve")
+async def approve(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await body(request, schemas.DECISION)
+    caller = caller_of(request, data.get("as"))
+    grant = state.book.approve(request.match_info["grant_id"], caller.identity, state.clock())
+    _open(state, grant)
+    _audit(state, "grant.approved", grant, caller)
+    return web.json_response(grant_view(grant))
+
+
+@routes.post("/v1/grants/{grant_id}/deny")
+async def deny(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await body(request, schemas.DECISION)
+    caller = caller_of(request, data.get("as"))
+    grant = state.book.deny(
+        request.match_info["grant_id"], caller.identity, state.clock(), data.get("note", "")
+    )
+    _audit(state, "grant.denied", grant, caller)
+    return web.json_response(grant_view(grant))
+
+
+@routes.post("/v1/grants/{grant_id}/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = await body(request, schemas.DECISION)
+    caller = caller_of(request, data.get("as"))
+    grant = state.book.get(request.match_info["grant_id"])
+    if not (caller.local or caller.identity == grant.identity or _may_decide(state, grant, caller)):
+        raise GrantError(403, f"identity '{caller.identity}' may not revoke this grant")
+    was_active = grant.state is GrantState.ACTIVE
+    grant = state.book.revoke(grant.id, caller.label(), state.clock())
+    if was_active:
+        _close(state, grant)
+    _audit(state, "grant.revoked", grant, caller)
+    return web.json_response(grant_view(grant))
+
+
+def _may_decide(state: ControlState, grant: Grant, caller: Caller) -> bool:
+    conduit = state.book.topology.conduits[grant.conduit]
+    who = state.book.topology.identities[caller.identity]
+    if conduit.approval is None:
+        return False
+    return caller.identity in conduit.approval.by_identities or any(
+        r in conduit.approval.by_roles for r in who.roles
+    )
+
+
+@routes.get("/v1/grants")
+async def list_grants(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.book.expire(state.clock())
+    grants = sorted(state.book.grants.values(), key=lambda g: g.requested_at)
+    if not request.app[LOCAL]:
+        caller = caller_of(request, None)
+        grants = [
+            g for g in grants if g.identity == caller.identity or _may_decide(state, g, caller)
+        ]
+    return web.json_response({"grants": [grant_view(g) for g in grants]})

@@ -1,0 +1,123 @@
+"""`zonegate grant ...`: ask policyd's control API for just-in-time access.
+
+On the gateway it talks to the local unix socket (say who acts with --as); from a
+remote user's machine it talks to the gateway's overlay address through the tunnel
+(--api http://100.64.0.1:9780), where the tunnel itself says who you are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import aiohttp
+
+from policyd.api.app import DEFAULT_SOCKET
+from topology.table import format_table
+
+ENV_API = "ZONEGATE_API"
+
+
+def add_grant_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api",
+        default=os.environ.get(ENV_API),
+        help=f"policyd URL through the tunnel, e.g. http://100.64.0.1:9780 (or ${ENV_API})",
+    )
+    parser.add_argument(
+        "--socket", default=str(DEFAULT_SOCKET), help="policyd's local socket (on the gateway)"
+    )
+    parser.add_argument("--as", dest="acting_as", help="local socket only: the acting identity")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("request", "ask for access on an approval conduit"),
+        ("emergency", "open an emergency conduit now (audited loudly)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--conduit", required=True)
+        p.add_argument("--duration", required=True, help="e.g. 30m, 2h")
+        p.add_argument("--reason", required=True, help="why; goes to the audit trail")
+    for name, text in (
+        ("approve", "approve a request"),
+        ("deny", "deny a request"),
+        ("revoke", "revoke a grant; live sessions end"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("grant_id")
+        p.add_argument("--note", help="a note for the audit trail")
+    sub.add_parser("list", help="grants you can see")
+
+
+def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    extra = {"as": args.acting_as} if args.acting_as else {}
+    if args.action in ("request", "emergency"):
+        path = "/v1/grants" if args.action == "request" else "/v1/emergency"
+        body = {"conduit": args.conduit, "duration": args.duration, "reason": args.reason}
+        return "POST", path, body | extra
+    if args.action in ("approve", "deny", "revoke"):
+        note = {"note": args.note} if args.note else {}
+        return "POST", f"/v1/grants/{args.grant_id}/{args.action}", extra | note
+    return "GET", "/v1/grants", None
+
+
+async def call(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    method, path, body = _request_for(args)
+    if args.api:
+        connector: aiohttp.BaseConnector = aiohttp.TCPConnector()
+        base = args.api.rstrip("/")
+    else:
+        connector = aiohttp.UnixConnector(path=args.socket)
+        base = "http://policyd"
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        session.request(method, base + path, json=body) as response,
+    ):
+        data: dict[str, Any] = await response.json(content_type=None)
+        return response.status, data
+
+
+def grant_command(args: argparse.Namespace) -> int:
+    try:
+        status, data = asyncio.run(call(args))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        where = args.api or args.socket
+        print(f"zonegate grant: cannot reach policyd at {where}: {exc}", file=sys.stderr)
+        print(
+            "  is policyd running there (policyd --topology PATH --gateway NAME)?", file=sys.stderr
+        )
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0 if status < 400 else 1
+    if status >= 400:
+        print(
+            f"zonegate grant {args.action}: refused ({status}): {data.get('error')}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.action == "list":
+        rows = [
+            [
+                g["id"],
+                g["state"],
+                g["identity"],
+                g["conduit"],
+                g["duration"],
+                g["expires_at"] or "-",
+                g["decided_by"] or "-",
+                g["reason"],
+            ]
+            for g in data["grants"]
+        ]
+        headers = ["id", "state", "identity", "conduit", "duration", "expires", "by", "reason"]
+        print(format_table(headers, rows) if rows else "no grants")
+        return 0
+    expires = f", expires {data['expires_at']}" if data.get("expires_at") else ""
+    print(f"grant {data['id']}: {data['state']} ({data['identity']} on {data['conduit']}{expires})")
+    return 0

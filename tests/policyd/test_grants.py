@@ -1,0 +1,104 @@
+"""Grant rules: who may request, approve, open emergency access; durations; expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from policyd.grants import GrantBook, GrantError, GrantState
+from topology import load
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+@pytest.fixture
+def book() -> GrantBook:
+    return GrantBook(load(EXAMPLE).topology)
+
+
+def test_request_approve_expire(book: GrantBook) -> None:
+    g = book.request("vendor-tech", "vendor-maintenance", 2 * H, "replace pump firmware", NOW)
+    assert g.state is GrantState.REQUESTED and g.expires_at is None
+    a = book.approve(g.id, "shift-lead-1", NOW + timedelta(minutes=5))
+    assert a.state is GrantState.ACTIVE and a.decided_by == "shift-lead-1"
+    assert a.expires_at == NOW + timedelta(minutes=5) + 2 * H
+    assert book.active() == [a]
+    assert book.expire(NOW + H) == []
+    assert [g.id for g in book.expire(NOW + 3 * H)] == [a.id]
+    assert book.get(a.id).state is GrantState.EXPIRED and book.active() == []
+
+
+@pytest.mark.parametrize(
+    ("identity", "conduit", "duration", "reason", "status", "message"),
+    [
+        ("vendor-tech", "vendor-maintenance", 5 * H, "x", 422, "exceeds"),
+        ("vendor-tech", "vendor-maintenance", H, "  ", 422, "reason is required"),
+        ("engineer-1", "vendor-maintenance", H, "x", 403, "does not admit"),
+        ("nobody", "vendor-maintenance", H, "x", 403, "unknown identity"),
+        ("vendor-tech", "no-such", H, "x", 404, "no conduit"),
+        ("engineer-1", "engineers-read-plcs", H, "x", 409, "takes no approval requests"),
+        ("safety-engineer-1", "safety-emergency", H, "x", 409, "emergency conduit"),
+    ],
+)
+def test_bad_requests_are_refused_with_reason(
+    book: GrantBook,
+    identity: str,
+    conduit: str,
+    duration: timedelta,
+    reason: str,
+    status: int,
+    message: str,
+) -> None:
+    with pytest.raises(GrantError) as info:
+        book.request(identity, conduit, duration, reason, NOW)
+    assert info.value.status == status and message in info.value.reason
+    assert book.grants == {}
+
+
+def test_requester_cannot_approve_itself_and_only_named_approvers_can(book: GrantBook) -> None:
+    g = book.request("vendor-tech", "vendor-maintenance", H, "firmware", NOW)
+    for who, message in [
+        ("vendor-tech", "cannot approve"),
+        ("engineer-1", "may not decide"),
+        ("ghost", "unknown identity"),
+    ]:
+        with pytest.raises(GrantError, match=message):
+            book.approve(g.id, who, NOW)
+    assert book.get(g.id).state is GrantState.REQUESTED
+    denied = book.deny(g.id, "shift-lead-1", NOW, "not during the batch run")
+    assert denied.state is GrantState.DENIED
+    with pytest.raises(GrantError, match="is denied, not requested"):
+        book.approve(g.id, "shift-lead-1", NOW)
+
+
+def test_grant_never_outlives_the_identity(book: GrantBook) -> None:
+    end = datetime(2027, 6, 30, tzinfo=UTC)
+    g = book.request("vendor-tech", "vendor-maintenance", 4 * H, "x", end - H)
+    assert book.approve(g.id, "shift-lead-1", end - H).expires_at == end
+    with pytest.raises(GrantError, match="not valid now"):
+        book.request("vendor-tech", "vendor-maintenance", H, "x", end + H)
+
+
+def test_emergency_is_immediate_capped_and_only_on_emergency_conduits(book: GrantBook) -> None:
+    g = book.emergency("safety-engineer-1", "safety-emergency", H, "SIS trip loop", NOW)
+    assert g.state is GrantState.ACTIVE and g.emergency and g.expires_at == NOW + H
+    with pytest.raises(GrantError, match="capped at 1h"):
+        book.emergency("safety-engineer-1", "safety-emergency", 2 * H, "x", NOW)
+    with pytest.raises(GrantError, match="not declared for emergency"):
+        book.emergency("vendor-tech", "vendor-maintenance", H, "x", NOW)
+    with pytest.raises(GrantError, match="does not admit"):
+        book.emergency("engineer-1", "safety-emergency", H, "x", NOW)
+
+
+def test_revoke(book: GrantBook) -> None:
+    g = book.emergency("safety-engineer-1", "safety-emergency", H, "x", NOW)
+    r = book.revoke(g.id, "shift-lead-1", NOW)
+    assert r.state is GrantState.REVOKED and book.active() == []
+    with pytest.raises(GrantError, match="already revoked"):
+        book.revoke(g.id, "shift-lead-1", NOW)
+    with pytest.raises(GrantError, match="no grant"):
+        book.revoke("g999", "shift-lead-1", NOW)
