@@ -1,0 +1,126 @@
+"""Command line: `tunneld --topology PATH --node NAME`, `tunneld keygen DIR`, `status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunneld import kem
+from tunneld.keys import KeyFileError, keygen
+
+SUBCOMMANDS = ("keygen", "status", "backends")
+
+
+def _daemon_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tunneld",
+        description="WireGuard tunnels keyed by a hybrid post-quantum handshake. "
+        "Other commands: tunneld keygen DIR | tunneld status | tunneld backends",
+    )
+    p.add_argument("--topology", required=True, type=Path, help="topology file or directory")
+    p.add_argument("--node", required=True, help="the site whose gateway this is")
+    p.add_argument("--keys", type=Path, help="this node's key directory (tunneld keygen)")
+    p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
+    p.add_argument("--status-socket", type=Path, help="default /run/zonegate/tunneld-NODE.sock")
+    p.add_argument("--listen", default="0.0.0.0", help="handshake listen address (tcp)")
+    p.add_argument("--wg-backend", choices=("auto", "kernel", "wireguard-go"), default="auto")
+    p.add_argument("--kem-backend", choices=("cryptography", "liboqs"), default="cryptography")
+    p.add_argument(
+        "--rekey-interval",
+        type=float,
+        default=120.0,
+        help="seconds between PSK rotations; other timers scale with it (default 120)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _run_daemon(argv: Sequence[str]) -> int:
+    from tunneld.daemon import Daemon, Options
+    from tunneld.timers import Timers
+
+    args = _daemon_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    timers = Timers() if args.rekey_interval == 120.0 else Timers.fast(args.rekey_interval)
+    opts = Options(
+        topology=args.topology,
+        node=args.node,
+        keys=args.keys,
+        ifname=args.ifname,
+        status_socket=args.status_socket,
+        listen=args.listen,
+        timers=timers,
+        wg_backend=args.wg_backend,
+        kem_backend=args.kem_backend,
+    )
+    try:
+        daemon = Daemon(opts)
+    except Exception as exc:  # configuration errors: one clear line, no traceback
+        print(f"tunneld: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(daemon.run())
+    return 0
+
+
+def _keygen(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tunneld keygen", description="create an identity's keys")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--kem", default="ml-kem-768", choices=sorted(kem.PARAMS))
+    args = p.parse_args(argv)
+    try:
+        pub = keygen(args.dir, args.kem)
+    except KeyFileError as exc:
+        print(f"tunneld keygen: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.dir}/ (private, 0700); pin {pub} in the topology as keys:")
+    return 0
+
+
+def _status(argv: Sequence[str]) -> int:
+    from tunneld.daemon import default_socket
+    from tunneld.status import dumps, fetch_status, render
+
+    p = argparse.ArgumentParser(prog="tunneld status", description="show the daemon's peers")
+    p.add_argument("--socket", type=Path, help="status socket of the daemon")
+    p.add_argument("--node", help="node name, for the default socket path")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    path = args.socket or (default_socket(args.node) if args.node else None)
+    if path is None:
+        found = sorted(Path("/run/zonegate").glob("tunneld-*.sock"))
+        if len(found) != 1:
+            print("tunneld status: give --socket or --node", file=sys.stderr)
+            return 2
+        path = found[0]
+    try:
+        status = asyncio.run(fetch_status(path))
+    except OSError as exc:
+        print(f"tunneld status: cannot reach {path}: {exc}", file=sys.stderr)
+        return 1
+    print(dumps(status) if args.json else render(status))
+    return 0
+
+
+def _backends(argv: Sequence[str]) -> int:
+    for a in kem.availability():
+        print(f"{a.name:<14}{'available' if a.available else 'unavailable':<13}{a.reason}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        cmd = {"keygen": _keygen, "status": _status, "backends": _backends}[args[0]]
+        return cmd(args[1:])
+    return _run_daemon(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""The tunneld daemon: topology -> WireGuard peers, handshakes over TCP, status socket.
+
+It is the I/O shell around the sans-I/O `Endpoint`: it owns the TCP listener and
+connections (2-byte length framing, see docs/handshake.md section 11), the real clock
+and randomness, the WireGuard interface, and the status socket. It knows nothing about
+what kind of node it runs: a user node is a plan with one gateway peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import topology
+from tunneld import kem as kem_mod
+from tunneld.handshake import (
+    Endpoint,
+    Event,
+    LocalIdentity,
+    PeerConfig,
+    PskExpired,
+    PskReady,
+    Rejected,
+    Send,
+    Timeout,
+)
+from tunneld.keys import KeySet, load_keyset
+from tunneld.links import LinkSpec, reconcile_link
+from tunneld.messages import MAX_MESSAGE_SIZE
+from tunneld.plan import NodePlan, PeerPlan, plan
+from tunneld.status import serve_status
+from tunneld.timers import Timers
+from tunneld.wg import InterfaceSpec, PeerSpec, WgError, WireGuard
+
+log = logging.getLogger("tunneld")
+FRAME = struct.Struct(">H")
+CONNECT_TIMEOUT = 5.0
+IDLE_TIMEOUT = 15.0
+MAX_CONNECTIONS = 64
+
+
+class RealClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+
+@dataclass
+class PeerStatus:
+    role: str
+    endpoint: str
+    last_handshake: float | None = None  # wall clock of the last installed PSK
+    psk_installed: float | None = None  # monotonic
+    rotations: int = 0
+    failures: int = 0
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    install_ms: float | None = None
+    expired: int = 0
+
+    def fail(self, reason: str) -> None:
+        self.failures += 1
+        self.last_failure = reason
+        self.last_failure_at = time.time()
+
+
+@dataclass
+class Options:
+    topology: Path
+    node: str
+    keys: Path | None = None
+    ifname: str = "zg0"
+    status_socket: Path | None = None
+    listen: str = "0.0.0.0"
+    timers: Timers = field(default_factory=Timers)
+    wg_backend: str = "auto"
+    kem_backend: str = "cryptography"
+
+
+def default_socket(node: str) -> Path:
+    return Path(f"/run/zonegate/tunneld-{node}.sock")
+
+
+def peer_spec(p: PeerPlan) -> PeerSpec:
+    return PeerSpec(p.bundle.wireguard, p.allowed_ips, p.endpoint, keepalive=25)
+
+
+class Daemon:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.backend = kem_mod.get_backend(opts.kem_backend)
+        self.plan: NodePlan = self._load_plan()
+        self.keys: KeySet = self._load_keys()
+        self.wg = WireGuard(opts.ifname, backend=opts.wg_backend)
+        self.status: dict[str, PeerStatus] = {}
+        self.unknown = PeerStatus("-", "-")
+        self.started = time.time()
+        self.endpoint: Endpoint | None = None
+        self._peers: dict[str, PeerPlan] = {}
+        self._out: dict[str, asyncio.StreamWriter] = {}
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._conns = 0
+
+    # -- configuration ------------------------------------------------------------
+
+    def _load_plan(self) -> NodePlan:
+        loaded = topology.load(self.opts.topology)
+        return plan(loaded.topology, self.opts.node)
+
+    def _load_keys(self) -> KeySet:
+        keys_dir = self.opts.keys
+        if keys_dir is None:
+            raise SystemExit("tunneld: --keys DIR is required (the node's key directory)")
+        ks = load_keyset(keys_dir, self.backend)
+        if ks.public != self.plan.bundle:
+            raise SystemExit(
+                f"tunneld: keys in {keys_dir} are not the ones the topology pins for "
+                f"{self.opts.node}; point --keys at the right directory or update the topology"
+            )
+        return ks
+
+    def _peer_config(self, p: PeerPlan) -> PeerConfig:
+        return PeerConfig(p.name, p.bundle.hybrid(self.backend), p.bundle.wireguard, p.role, p.kem)
+
+    async def _apply_plan(self) -> None:
+        """Reconcile WireGuard, link and handshake peers with the current plan."""
+        spec = InterfaceSpec(
+            self.keys.wg_private,
+            self.plan.listen_port,
+            tuple(peer_spec(p) for p in self.plan.peers),
+        )
+        self.wg.reconcile(spec)
+        routes = tuple(r for p in self.plan.peers for r in p.routes)
+        # pyroute2's synchronous API runs its own event loop: keep it off ours.
+        link = LinkSpec(self.wg.ifname, (self.plan.address,), routes)
+        await asyncio.to_thread(reconcile_link, link)
+        new = {p.name: p for p in self.plan.peers}
+        assert self.endpoint is not None
+        for name in list(self._peers):
+            if name not in new or new[name] != self._peers[name]:
+                self.endpoint.remove_peer(name)
+                del self._peers[name]
+        for name, p in new.items():
+            if name not in self._peers:
+                self.endpoint.add_peer(self._peer_config(p))
+                self._peers[name] = p
+                self.status[name] = PeerStatus(p.role, p.endpoint)
+        for name in list(self.status):
+            if name not in new:
+                del self.status[name]
+
+    def reload(self) -> None:
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read the topology; a bad one keeps the running config."""
+        try:
+            self.plan = self._load_plan()
+        except Exception as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        await self._apply_plan()
+        self._wake.set()
+        log.info("reloaded %s", self.opts.topology)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        wg_backend = self.wg.create()
+        log.info("interface %s up (%s)", self.wg.ifname, wg_backend)
+        self.endpoint = Endpoint(
+            LocalIdentity(self.plan.name, self.keys.static, self.keys.public.wireguard),
+            [],
+            backend=self.backend,
+            clock=RealClock(),
+            rng=secrets.token_bytes,
+            timers=self.opts.timers,
+        )
+        await self._apply_plan()
+        self._server = await asyncio.start_server(
+            self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
+        )
+        sock = self.opts.status_socket or default_socket(self.opts.node)
+        self._status_runner = await serve_status(self, sock)
+        self._spawn(self._timer_loop())
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if getattr(self, "_server", None) is not None:
+            self._server.close()
+        for w in self._out.values():
+            w.close()
+        if getattr(self, "_status_runner", None) is not None:
+            await self._status_runner.cleanup()
+        self.wg.destroy()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- events -------------------------------------------------------------------
+
+    def _handle(self, events: list[Event], writer: asyncio.StreamWriter | None) -> None:
+        for e in events:
+            if isinstance(e, Send):
+                if e.reply and writer is not None and not writer.is_closing():
+                    writer.write(FRAME.pack(len(e.data)) + e.data)
+                else:
+                    self._send_to_peer(e.peer, e.data)
+            elif isinstance(e, PskReady):
+                self._install(e)
+            elif isinstance(e, PskExpired):
+                st = self.status[e.peer]
+                st.expired += 1
+                st.fail("PSK expired: no handshake within its lifetime; random PSK set")
+                self.wg.expire_psk(peer_spec(self._peers[e.peer]))
+                log.warning("peer %s: PSK expired, replaced by a random one", e.peer)
+            elif isinstance(e, Rejected):
+                st = self.status.get(e.peer, self.unknown) if e.peer else self.unknown
+                st.fail(e.reason)
+                log.warning("rejected message from %s: %s", e.peer or "unknown", e.reason)
+            elif isinstance(e, Timeout):
+                self.status[e.peer].fail(e.reason)
+                log.info("peer %s: %s", e.peer, e.reason)
+
+    def _install(self, e: PskReady) -> None:
+        t0 = time.perf_counter()
+        st = self.status[e.peer]
+        # Coming from a random PSK (start, restart, expiry): WireGuard may be backing off
+        # after failed handshakes; re-creating the peer lets the next packet handshake.
+        now = time.monotonic()
+        fresh = st.psk_installed is None or st.psk_installed + self.opts.timers.psk_lifetime < now
+        try:
+            if fresh:
+                self.wg.reset_peer(peer_spec(self._peers[e.peer]), e.psk)
+            else:
+                self.wg.set_psk(self._peers[e.peer].bundle.wireguard, e.psk)
+        except WgError as exc:
+            self.status[e.peer].fail(f"PSK install failed: {exc}")
+            log.error("peer %s: PSK install failed: %s", e.peer, exc)
+            return
+        st.install_ms = (time.perf_counter() - t0) * 1000
+        st.rotations += 1
+        st.last_handshake = time.time()
+        st.psk_installed = time.monotonic()
+        log.info("peer %s: new PSK installed (%s, rotation %d)", e.peer, e.role, st.rotations)
+
+    async def _timer_loop(self) -> None:
+        assert self.endpoint is not None
+        while not self._stop.is_set():
+            delay = max(0.0, self.endpoint.next_deadline() - time.monotonic())
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, 1.0)):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._handle(self.endpoint.poll(), None)
+            await asyncio.sleep(0)
+
+    # -- transport ----------------------------------------------------------------
+
+    def _send_to_peer(self, name: str, data: bytes) -> None:
+        w = self._out.get(name)
+        if w is not None and not w.is_closing():
+            w.write(FRAME.pack(len(data)) + data)
+            return
+        self._spawn(self._connect(name, data))
+
+    async def _connect(self, name: str, first: bytes) -> None:
+        p = self._peers.get(name)
+        if p is None:
+            return
+        host, _, port = p.endpoint.rpartition(":")
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, int(port))
+        except (OSError, TimeoutError) as exc:
+            self.status[name].fail(f"cannot reach {p.endpoint} (tcp): {exc}")
+            return
+        old = self._out.get(name)
+        if old is not None:
+            old.close()
+        self._out[name] = writer
+        writer.write(FRAME.pack(len(first)) + first)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            if self._out.get(name) is writer:
+                del self._out[name]
+
+    async def _on_incoming(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._conns >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._conns += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._conns -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read frames until EOF, idle timeout or an oversized frame; feed the endpoint."""
+        assert self.endpoint is not None
+        try:
+            while True:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    head = await reader.readexactly(FRAME.size)
+                (size,) = FRAME.unpack(head)
+                if size > MAX_MESSAGE_SIZE:
+                    self.unknown.fail(f"oversized frame ({size} bytes); connection closed")
+                    break
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await reader.readexactly(size)
+                self._handle(self.endpoint.receive(data), writer)
+                self._wake.set()  # the input may have moved a deadline
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    # -- status -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        assert self.endpoint is not None
+        try:
+            dump = self.wg.show_dump().peers
+        except WgError:
+            dump = {}
+        now_wall = time.time()
+        peers = {}
+        for name, st in self.status.items():
+            p = self._peers[name]
+            wg_peer = dump.get(p.bundle.wireguard)
+            peers[name] = {
+                "role": st.role,
+                "endpoint": st.endpoint,
+                "kem": p.kem,
+                "last_handshake": st.last_handshake,
+                "last_handshake_ago": None
+                if st.last_handshake is None
+                else round(now_wall - st.last_handshake, 3),
+                "psk_age": self.endpoint.psk_age(name),
+                "rotations": st.rotations,
+                "failures": st.failures,
+                "last_failure": st.last_failure,
+                "psk_expirations": st.expired,
+                "install_ms": st.install_ms,
+                "wg_latest_handshake": wg_peer.latest_handshake if wg_peer else None,
+                "wg_rx": wg_peer.rx if wg_peer else None,
+                "wg_tx": wg_peer.tx if wg_peer else None,
+            }
+        return {
+            "node": self.plan.name,
+            "interface": self.wg.ifname,
+            "wireguard_backend": self.wg.backend,
+            "kem_backend": self.backend.name,
+            "kem_backends": [a.__dict__ for a in kem_mod.availability()],
+            "uptime": round(now_wall - self.started, 3),
+            "peers": peers,
+            "unattributed_failures": self.unknown.failures,
+            "last_unattributed_failure": self.unknown.last_failure,
+        }

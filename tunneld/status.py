@@ -1,0 +1,84 @@
+"""Status over a local unix socket: the daemon serves JSON, `tunneld status` prints it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import ClientSession, UnixConnector, web
+
+
+class HasSnapshot(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+SNAPSHOT = web.AppKey("snapshot", HasSnapshot)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SNAPSHOT].snapshot())
+
+
+async def serve_status(source: HasSnapshot, path: Path) -> web.AppRunner:
+    """Serve GET /status on `path` (0660, directory 0755); returns the runner to clean up."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    app = web.Application()
+    app[SNAPSHOT] = source
+    app.router.add_get("/status", _status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    os.chmod(path, 0o660)
+    return runner
+
+
+async def fetch_status(path: Path) -> dict[str, Any]:
+    async with (
+        ClientSession(connector=UnixConnector(path=str(path))) as session,
+        session.get("http://tunneld/status") as resp,
+    ):
+        resp.raise_for_status()
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.1f}m"
+
+
+def render(status: dict[str, Any]) -> str:
+    """Human-readable table: one line per peer, failures with their last reason."""
+    lines = [
+        f"node {status['node']}  interface {status['interface']} ({status['wireguard_backend']})"
+        f"  KEM backend {status['kem_backend']}  up {_age(status['uptime'])}",
+        "",
+        f"{'PEER':<16}{'ROLE':<11}{'LAST HANDSHAKE':<16}{'PSK AGE':<9}{'ROTATIONS':>9}"
+        f"{'FAILURES':>9}  LAST FAILURE",
+    ]
+    for name, p in sorted(status["peers"].items()):
+        lines.append(
+            f"{name:<16}{p['role']:<11}{_age(p['last_handshake_ago']) + ' ago':<16}"
+            f"{_age(p['psk_age']) if p['psk_age'] is not None else 'none':<9}"
+            f"{p['rotations']:>9}{p['failures']:>9}  {p['last_failure'] or '-'}"
+        )
+    if status.get("unattributed_failures"):
+        lines.append(
+            f"\nrejected from unknown senders: {status['unattributed_failures']} "
+            f"(last: {status['last_unattributed_failure']})"
+        )
+    unavailable = [b for b in status.get("kem_backends", []) if not b["available"]]
+    for b in unavailable:
+        lines.append(f"KEM backend {b['name']}: unavailable ({b['reason']})")
+    return "\n".join(lines)
+
+
+def dumps(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2, sort_keys=True)
