@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nsutil import Pair, in_ns, need, ns_pair, ping
 
+from tests.tunneld.nsutil import Pair, in_ns, need, ns_pair, ping
 from tunneld import messages as m
 from tunneld.keys import keygen
 

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tunneld_helpers import (
+
+from tests.tunneld.tunneld_helpers import (
     BACKEND,
     FakeClock,
     FakeRandom,
@@ -18,7 +19,6 @@ from tunneld_helpers import (
     run_handshake,
     sends,
 )
-
 from tunneld import messages as m
 from tunneld.handshake import Endpoint, PskExpired, PskReady, Rejected, Send, Timeout
 from tunneld.hybrid import HybridPrivateKey

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
-from nsutil import Pair, need, ns_pair, ping
 
+from tests.tunneld.nsutil import Pair, need, ns_pair, ping
 from tunneld.keys import wg_public_key
 from tunneld.links import LinkSpec, reconcile_link
 from tunneld.wg import InterfaceSpec, PeerSpec, WireGuard
