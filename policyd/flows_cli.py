@@ -27,8 +27,8 @@ COLUMNS = (
     ("time", 19),
     ("kind", 10),
     ("identity", 18),
-    ("from", 22),
-    ("to", 26),
+    ("from", 20),
+    ("to", 30),
     ("service", 14),
     ("conduit", 22),
     ("pkts", 9),
@@ -150,9 +150,10 @@ def row(rec: dict[str, Any]) -> str:
         )
     if "duration" in rec:
         dur = f"{float(rec['duration']):.1f}s"
-    reason = str(rec.get("reason", ""))
-    if rec.get("end_reason"):
-        reason += f" ({rec['end_reason']})"
+    if kind == "deny":
+        reason = str(rec.get("reason", ""))
+    else:  # the conduit column already says why it was allowed
+        reason = str(rec.get("end_reason", "")) + (" resync" if rec.get("resync") else "")
     return _line(
         [
             ts,

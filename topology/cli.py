@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway", help="only this site's gateway")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_report)
+
+    from policyd.flows_cli import add_flows_arguments, flows_command
+
+    p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
+    add_flows_arguments(p)
+    p.set_defaults(func=flows_command)
     return parser
 
 

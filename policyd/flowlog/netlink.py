@@ -34,6 +34,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
+NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid (host order)

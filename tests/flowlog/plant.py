@@ -79,7 +79,8 @@ def standin_ruleset(topo: Topology) -> str:
 table {TABLE_FAMILY} {TABLE_NAME} {{
   chain forward {{
     type filter hook forward priority 0; policy drop;
-    tcp dport 502 @ih,56,8 {{ 5, 6, 15, 16 }} log group {NFLOG_GROUP} prefix "{deny}modbus-write" drop
+    tcp dport 502 @ih,56,8 {{ 5, 6, 15, 16 }} \
+      log group {NFLOG_GROUP} prefix "{deny}modbus-write" drop
     ct state established,related accept
     {body}
     limit rate 10000/second log group {NFLOG_GROUP} prefix "{deny}default"
@@ -221,9 +222,8 @@ class Plant:
         assert self._server.stdout is not None
         line = self._server.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(
-                f"test server did not start: {self._server.stderr.read() if self._server.stderr else ''}"
-            )
+            err = self._server.stderr.read() if self._server.stderr else ""
+            raise RuntimeError(f"test server did not start: {err}")
 
     def connect(self, spec: list[dict[str, object]]) -> list[dict[str, object]]:
         """Make the connections in `spec` from the client; returns source ports and outcomes."""
