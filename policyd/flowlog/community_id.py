@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
+import socket
 import struct
 
 # type -> counterpart type; a type not listed is "one way" and keeps its code as dport.
@@ -19,6 +19,11 @@ _ICMP4 = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 17: 18, 18: 17}
 _ICMP6 = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130}
 _ICMP6 |= {139: 140, 140: 139, 144: 145, 145: 144}
 _PORTED = (6, 17, 132)
+
+
+def _packed(address: str) -> bytes:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.inet_pton(family, address)
 
 
 def community_id(
@@ -30,8 +35,7 @@ def community_id(
     seed: int = 0,
 ) -> str:
     """The v1 Community ID. For ICMP/ICMPv6 pass the type as sport and the code as dport."""
-    src = ipaddress.ip_address(saddr).packed
-    dst = ipaddress.ip_address(daddr).packed
+    src, dst = _packed(saddr), _packed(daddr)
     one_way = False
     if proto in (1, 58) and sport is not None:
         table = _ICMP4 if proto == 1 else _ICMP6

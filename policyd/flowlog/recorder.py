@@ -121,7 +121,8 @@ class FlowRecorder:
             self.sysctls = {p.rsplit("/", 1)[1]: read_sysctl(p) for p in SYSCTLS}
             try:
                 self._socks[CT_DESTROY] = conntrack.open_event_socket(True, cfg.rcvbuf)
-                self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf)
+                if cfg.flow_starts:  # without start records NEW events are not needed
+                    self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf)
                 self._socks[NFLOG] = nflog.open_nflog_socket(cfg.nflog_group, cfg.nflog_rcvbuf)
             except BaseException:
                 self._close_sockets()

@@ -9,7 +9,6 @@ Zeek's JSON writer does, rather than written as null.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -51,19 +50,27 @@ class Record:
         return f"Record({self.line})"
 
 
+_last_second: list[Any] = [None, ""]
+
+
 def iso(ts: float) -> str:
-    """RFC 3339 UTC with microseconds: what SIEMs parse without a format string."""
+    """RFC 3339 UTC with microseconds: what SIEMs parse without a format string.
+
+    The formatted second is cached: at thousands of records a second, most share it.
+    """
     sec = int(ts)
     usec = round((ts - sec) * 1e6)
     if usec >= 1_000_000:
         sec, usec = sec + 1, usec - 1_000_000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{usec:06d}Z"
+    if _last_second[0] != sec:
+        _last_second[0] = sec
+        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_last_second[1]}.{usec:06d}Z"
 
 
 def flow_uid(gateway: str, ct_id: int, cid: str) -> str:
     """Zeek-style connection uid, the same for a flow's start and end records."""
-    digest = hashlib.blake2b(f"{gateway}|{ct_id}|{cid}".encode(), digest_size=12).digest()
-    return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:17]
+    return "C" + hashlib.blake2b(f"{gateway}|{ct_id}|{cid}".encode(), digest_size=9).hexdigest()
 
 
 def _place(rec: dict[str, Any], src: Place, dst: Place) -> None:
