@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grant", help="just-in-time access: request, approve, deny, revoke, list")
     p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
     _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")
+
+    p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
+    _lazy_arguments(p, "policyd.flows_cli", "add_flows_arguments")
+    p.set_defaults(func=_lazy("policyd.flows_cli", "flows_command"))
     return parser
 
 
