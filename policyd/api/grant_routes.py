@@ -52,7 +52,7 @@ async def request_grant(request: web.Request) -> web.Response:
     grant = state.book.request(
         caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
     )
-    _audit(state, "grant.requested", grant, caller)
+    _audit(state, "grant_requested", grant, caller)
     return web.json_response(grant_view(grant), status=201)
 
 
@@ -65,7 +65,7 @@ async def emergency(request: web.Request) -> web.Response:
         caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
     )
     _open(state, grant)
-    _audit(state, "emergency.opened", grant, caller)
+    _audit(state, "emergency_opened", grant, caller)
     return web.json_response(grant_view(grant), status=201)
 
 
@@ -76,7 +76,7 @@ async def approve(request: web.Request) -> web.Response:
     caller = caller_of(request, data.get("as"))
     grant = state.book.approve(request.match_info["grant_id"], caller.identity, state.clock())
     _open(state, grant)
-    _audit(state, "grant.approved", grant, caller)
+    _audit(state, "grant_approved", grant, caller)
     return web.json_response(grant_view(grant))
 
 
@@ -88,7 +88,7 @@ async def deny(request: web.Request) -> web.Response:
     grant = state.book.deny(
         request.match_info["grant_id"], caller.identity, state.clock(), data.get("note", "")
     )
-    _audit(state, "grant.denied", grant, caller)
+    _audit(state, "grant_denied", grant, caller)
     return web.json_response(grant_view(grant))
 
 
@@ -104,7 +104,7 @@ async def revoke(request: web.Request) -> web.Response:
     grant = state.book.revoke(grant.id, caller.label(), state.clock())
     if was_active:
         _close(state, grant)
-    _audit(state, "grant.revoked", grant, caller)
+    _audit(state, "grant_revoked", grant, caller)
     return web.json_response(grant_view(grant))
 
 

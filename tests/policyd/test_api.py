@@ -92,7 +92,7 @@ def test_request_approve_revoke_flow() -> None:
         assert world.enforcer.calls[-1] == ("close", "vendor-tech", "vendor-maintenance", 0)
 
     world = run(scenario)
-    assert [e for e, _ in world.events] == ["grant.requested", "grant.approved", "grant.revoked"]
+    assert [e for e, _ in world.events] == ["grant_requested", "grant_approved", "grant_revoked"]
     assert world.events[1][1]["by"] == "local:shift-lead-1"
 
 
@@ -108,7 +108,7 @@ def test_emergency_opens_at_once_and_is_audited() -> None:
 
     world = run(scenario)
     assert world.enforcer.calls == [("open", "safety-engineer-1", "safety-emergency", 1800)]
-    assert [e for e, _ in world.events] == ["emergency.opened"]
+    assert [e for e, _ in world.events] == ["emergency_opened"]
 
 
 @pytest.mark.parametrize(
