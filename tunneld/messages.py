@@ -1,10 +1,11 @@
-"""Wire format of the handshake: five fixed-layout messages, strictly decoded.
+"""Wire format of the handshake: six fixed-layout messages, strictly decoded.
 
 Every message starts with a 4-byte header (type, version, two KEM ids) and ends with a
-16-byte MAC1 (all zero in an unauthenticated `Refused`). Each field has a fixed size given by the header's KEM ids, so a message
-is accepted only at its exact length: anything shorter, longer or with unknown
-type/version/KEM is rejected before any cryptography runs. The decoder checks layout
-only; MACs, replay and state are the state machine's job.
+16-byte MAC1 (all zero in an unauthenticated `Refused`). Each field has a fixed size
+given by the header's KEM ids, so a message is accepted only at its exact length:
+anything shorter, longer or with unknown type/version/KEM is rejected before any
+cryptography runs. The decoder checks layout only; MACs, replay and state are the
+state machine's job.
 """
 
 from __future__ import annotations
