@@ -218,7 +218,7 @@ def parse(text: str, where: str) -> Profile:
         return Profile(
             identity=_str(doc, "identity", where),
             kind=_str(doc, "kind", where),
-            overlay=IPv4Address(_str(doc, "overlay", where)),
+            overlay=_addr(doc, "overlay", where),
             keys_digest=_str(doc, "keys_digest", where),
             issued=_time(doc, "issued", where),
             expires=_time(doc, "expires", where),
@@ -242,8 +242,25 @@ def _str(doc: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _addr(doc: dict[str, Any], key: str, where: str) -> IPv4Address:
+    try:
+        return IPv4Address(_str(doc, key, where))
+    except ValueError:
+        raise ValueError(f"{where}: '{key}' is not an IPv4 address") from None
+
+
+def _net(text: str, where: str) -> IPv4Network:
+    try:
+        return IPv4Network(text)
+    except ValueError:
+        raise ValueError(f"{where}: route {text!r} is not an IPv4 network") from None
+
+
 def _time(doc: dict[str, Any], key: str, where: str) -> datetime:
-    t = datetime.fromisoformat(_str(doc, key, where).replace("Z", "+00:00"))
+    try:
+        t = datetime.fromisoformat(_str(doc, key, where).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{where}: '{key}' is not an ISO 8601 time") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -264,10 +281,10 @@ def _gateway(g: object, where: str) -> GatewayEntry:
     return GatewayEntry(
         site=_str(g, "site", where),
         endpoint=endpoint,
-        overlay=IPv4Address(_str(g, "overlay", where)),
+        overlay=_addr(g, "overlay", where),
         kem=_str(g, "kem", where),
         bundle=bundle,
-        routes=tuple(IPv4Network(r) for r in routes),
+        routes=tuple(_net(r, where) for r in routes),
         api=_str(g, "api", where),
     )
 
