@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
@@ -84,6 +84,8 @@ class NftHandle:
         self._nft.set_handle_output(False)
         self._direct = direct_elements
         self._writer = ElementWriter(TABLE_FAMILY, TABLE_NAME)
+        # identity set -> membership this handle last put in the kernel (see sync_members)
+        self._in_kernel: dict[str, _Membership] = {}
 
     # -- raw commands -------------------------------------------------------------------
     def run(self, commands: list[Json] | str, what: str, check: bool = False) -> Any:
@@ -132,9 +134,13 @@ class NftHandle:
         try:
             if check:
                 self.run(text, what, check=True)
+            self._in_kernel.clear()
             self.run(text, what)
         except NftError as e:
             raise ApplyError(f"ruleset for {ruleset.gateway} rejected, nothing changed: {e}") from e
+        for plan in ruleset.conduits.values():
+            if not plan.needs_grant and plan.identity_set:
+                self._in_kernel[plan.identity_set] = _membership(plan)
         return sum(len(v) for v in kept.values())
 
     def _surviving_grants(self, ruleset: Ruleset) -> dict[str, list[Any]]:
@@ -281,11 +287,18 @@ class NftHandle:
         """Make the identity sets match `ruleset` by element adds/deletes (no reload).
 
         Returns (added, deleted). Elements whose expiry moved are deleted and re-added.
+        A set whose membership (addresses and expiry) is what this handle last put in
+        the kernel is not read back: one identity's change costs the sets it is in, not
+        a listing of every identity set (~0.5 s for 200 sets at 100k identities).
         """
         added = deleted = 0
         for plan in ruleset.conduits.values():
             if plan.needs_grant or not plan.identity_set:
                 continue
+            membership = _membership(plan)
+            if self._in_kernel.get(plan.identity_set) == membership:
+                continue
+            self._in_kernel.pop(plan.identity_set, None)
             want = _member_elements(ruleset, plan)
             have: dict[str, int | None] = {}
             for el in self.set_elements(plan.identity_set):
@@ -312,6 +325,7 @@ class NftHandle:
                     ],
                 )
             added, deleted = added + len(new), deleted + len(stale) + len(moved)
+            self._in_kernel[plan.identity_set] = membership
         return added, deleted
 
     # -- reading back -------------------------------------------------------------------
@@ -331,6 +345,7 @@ class NftHandle:
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""
         self._writer.forget()
+        self._in_kernel.clear()
         self.run([{"add": {"table": table()}}, {"delete": {"table": table()}}], "delete table")
 
 
@@ -341,6 +356,14 @@ def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:
     if not plan.needs_grant:
         raise GrantError(f"conduit {conduit} needs no grant (it has no approval or emergency)")
     return plan
+
+
+_Membership = tuple[Mapping[str, IPv4Address], Mapping[str, datetime]]
+
+
+def _membership(plan: ConduitPlan) -> _Membership:
+    """What an identity set should hold, independent of when it was compiled."""
+    return plan.identities, plan.expiry
 
 
 def _member_elements(ruleset: Ruleset, plan: ConduitPlan) -> dict[str, int | None]:

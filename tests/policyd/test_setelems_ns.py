@@ -1,14 +1,16 @@
 """The nfnetlink element path on the real kernel: adds, deletes and expiry really happen,
-the result is what libnftables would have written, and libnftables is not involved."""
+the result is what libnftables would have written, and libnftables is not involved.
+And `sync_members` reads back only the identity sets whose membership changed."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.policyd.nsnet import Net, require_tools
+from tests.policyd.nsnet import Net, require_tools, topology_yaml
 
 pytestmark = pytest.mark.root
 
@@ -99,3 +101,43 @@ def test_direct_elements_add_delete_expire(net: Net) -> None:
     assert len(res["direct_log"]) == 2 + 3  # 2 adds, 2 deletes, 1 refused delete
     by_libnftables = [m for m in res["lib_log"] if "element" in m]
     assert len(by_libnftables) == 2 and all("_lib " in m for m in by_libnftables), res["lib_log"]
+
+
+SYNC = """
+import json, logging
+from dataclasses import replace
+from datetime import UTC, datetime
+import topology
+from policyd.compiler import CompileOptions, compile_ruleset
+from policyd.kernel import NftHandle, addresses
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger("policyd").addHandler(Keep()); logging.getLogger("policyd").setLevel(logging.INFO)
+topo = topology.load({path!r}).topology
+opts = CompileOptions(tunnels=({tunnel!r},))
+rs = compile_ruleset(topo, "plant-a", now=datetime.now(UTC), options=opts)
+h = NftHandle()
+h.apply_ruleset(rs)
+topo2 = replace(topo, identities={{k: v for k, v in topo.identities.items() if k != "lead-1"}})
+rs2 = compile_ruleset(topo2, "plant-a", now=datetime.now(UTC), options=opts)
+del lines[:]
+delta = h.sync_members(rs2)
+listed = [m for m in lines if "list set" in m]
+unchanged = h.sync_members(rs2)
+fresh = NftHandle().sync_members(rs)  # no memory of the kernel: reads every set
+s = rs.conduits["lead-writes"].identity_set
+print(json.dumps({{"delta": delta, "listed": listed, "unchanged": unchanged, "fresh": fresh,
+                  "set": s, "after": sorted(map(str, addresses(h.set_elements(s))))}}))
+"""
+
+
+def test_sync_reads_only_changed_sets(net: Net, tmp_path: Path) -> None:
+    (tmp_path / "topo.yaml").write_text(topology_yaml())
+    res = net.gw_python(SYNC.format(path=str(tmp_path / "topo.yaml"), tunnel=net.tunnel))
+    assert res["delta"] == [0, 1]
+    assert len(res["listed"]) == 1 and res["set"] in res["listed"][0], res["listed"]
+    assert res["unchanged"] == [0, 0]
+    assert res["fresh"] == [1, 0]  # lead-1 back, found by reading the kernel
+    assert res["after"] == ["100.64.1.20"]
