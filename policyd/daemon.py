@@ -233,14 +233,19 @@ class Daemon:
             out["flow_overruns"] = float(self.recorder.overruns)
         return out
 
-    async def _start_services(self) -> list[Any]:
+    async def _start_recorder(self) -> None:
         assert self.topology is not None
-        if self.s.flow_log is not None:
-            sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
-            if self.s.syslog:
-                sinks.append(Syslog5424(self.s.syslog))
-            self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks)
-            await self.recorder.start()
+        if self.s.flow_log is None:
+            return
+        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
+        if self.s.syslog:
+            sinks.append(Syslog5424(self.s.syslog))
+        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks)
+        await self.recorder.start()
+        log.info("recording flows to %s", self.s.flow_log)
+
+    async def _start_api(self) -> list[Any]:
+        assert self.topology is not None
         self.book = GrantBook(self.topology)
         if self.s.state_dir is not None:
             self.store = GrantStore(self.s.state_dir / f"grants-{self.s.gateway}.json")
@@ -278,11 +283,16 @@ class Daemon:
             loop.add_signal_handler(s, self._on_signal, s)
         self.seen = fingerprint(self.s.topology)
         rs = self.compile()
+        if rs is not None:
+            await self._start_recorder()
+            self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
         if rs is None or not self.enforce(rs):
             log.error("no policy applied; the running ruleset (if any) is unchanged")
+            if self.recorder is not None:
+                self.audit(AuditEvent("daemon_stop", "failure", "no policy applied"))
+                await self.recorder.stop()
             return 2
-        runners = await self._start_services()
-        self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
+        runners = await self._start_api()
         try:
             await self._loop()
         finally:
