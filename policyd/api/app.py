@@ -11,7 +11,7 @@ from policyd.api import grant_routes, status_routes
 from policyd.api.context import API_PORT, LOCAL, STATE, ControlState
 from policyd.api.errors import json_errors
 
-DEFAULT_SOCKET = Path("/run/zonegate/policyd.sock")
+RUN_DIR = Path("/run/zonegate")  # policyd-GATEWAY.sock lives here
 
 
 def make_app(state: ControlState, local: bool) -> web.Application:
