@@ -260,6 +260,7 @@ class Daemon:
             status=self.status,
             metrics=self.metrics,
             via_tunnel=lambda a: arrived_via_tunnel(a, self.s.tunnel_prefixes),
+            live=self.recorder.live if self.recorder else None,
         )
         runners = await serve(state, self.s.api_socket, self.s.api_listen, self.s.api_port)
         where = f"{self.s.api_socket}" + (
