@@ -8,18 +8,20 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.policyd.nsnet import PLC1, PY, Net, require_tools, topology_yaml
+from tests.policyd.nsnet import PLC1, PY, Net, topology_yaml
 
 pytestmark = pytest.mark.root
 
 
 class Policyd:
     def __init__(self, net: Net, topo: Path, *extra: str) -> None:
+        run = topo.parent / f"run-{len(list(topo.parent.glob('run-*')))}"
+        self.flow_log = run / "flows.jsonl"
+        self.socket = run / "policyd.sock"
         self.proc = net.spawn(
             net.gw,
             PY,
@@ -33,6 +35,12 @@ class Policyd:
             net.tunnel,
             "--poll",
             "0.2",
+            "--api-socket",
+            str(self.socket),
+            "--flow-log",
+            str(self.flow_log),
+            "--state-dir",
+            str(run),
             *extra,
         )
         self.lines: list[str] = []
@@ -55,18 +63,6 @@ class Policyd:
 
     def log(self) -> str:
         return "".join(self.lines)
-
-
-@pytest.fixture
-def net() -> Iterator[Net]:
-    require_tools()
-    n = Net()
-    try:
-        n.up()
-        n.start_servers()
-        yield n
-    finally:
-        n.down()
 
 
 def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
