@@ -7,11 +7,13 @@ No policyd here: the gateway forwards plainly, so what these tests prove is the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.remote.netns_plant import LAN_HOSTS, PlantNet, ping, wait_for
+from tests.remote.netns_plant import LAN_HOSTS, ROOT, PlantNet, ping, tunneld, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -53,6 +55,15 @@ def test_expired_identity_is_refused_and_told_why(plant: PlantNet) -> None:
     ), vendor.log_tail()
     assert "unauthenticated" not in vendor.log_text()
     assert vendor.rotations() == 0
+    # `tunneld status` on the user's machine shows the same reason.
+    text = subprocess.run(
+        tunneld("status", "--socket", str(vendor.sock)),
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=20,
+        check=True,
+    ).stdout.decode()
+    assert "plant-a" in text and "outside its validity window" in text, text
     assert not ping(vendor.ns, LAN_HOSTS["plc-1"], timeout=2.0)
     gw = plant.gw_status()
     assert gw is not None and "vendor-tech" not in gw["peers"]
