@@ -15,7 +15,11 @@ Layout, all in table `inet zonegate` (see docs/policyd.md for the full picture):
 - each candidate conduit is one rule per UTC schedule window matching its sources:
   identities through the set `ids_*` (or `grant_*`) of overlay addresses arriving on a
   tunnel interface, zones through their CIDRs; it sets `ct mark` and accepts;
-- whatever falls through is logged to NFLOG (rate-limited) and dropped.
+- whatever falls through is logged to NFLOG (rate-limited) and dropped;
+- conduits with `record: true` copy every packet of their flows to NFLOG group 8: the
+  accept rule copies the packets of a new flow, and `established` starts with
+  `ct mark vmap @recorded`, jumping to a one-rule chain `rec_*` per recorded conduit
+  whose log prefix names the conduit's mark (see `record_log`).
 
 Identity membership and grants are set elements with timeouts, so the rule count
 depends on conduits and services, never on identities or assets.
@@ -32,7 +36,16 @@ from itertools import pairwise
 from typing import Any
 
 from policyd import nftjson as nj
-from policyd.conventions import NFLOG_DENY_PREFIX, NFLOG_GROUP, TABLE_FAMILY, TABLE_NAME
+from policyd.conventions import (
+    NFLOG_DENY_PREFIX,
+    NFLOG_GROUP,
+    NFLOG_RECORD_GROUP,
+    NFLOG_RECORD_PREFIX,
+    RECORD_QTHRESH,
+    RECORD_SNAPLEN,
+    TABLE_FAMILY,
+    TABLE_NAME,
+)
 from policyd.timewindows import UtcWindow, next_offset_change, utc_windows
 from topology.model import Conduit, Service, Site, TargetKind, Topology, frozen_map
 from topology.services import BUILTIN_SERVICES
@@ -268,10 +281,33 @@ class _Compiler:
                 when.append(nj.match(nj.meta("day"), nj.one_or_set(win.day_names())))
             if win is not None and not win.whole_day:
                 when.append(nj.match(nj.meta("hour"), {"range": list(win.hour_range())}))
+            record = [record_log(c.mark)] if c.record else []
             for src in self.source_rules[c.name]:
-                expr = [*src, *when, nj.set_ct_mark(c.mark), nj.accept()]
+                expr = [*src, *when, nj.set_ct_mark(c.mark), *record, nj.accept()]
                 out.append(nj.rule(chain, expr, f"conduit {c.name}"))
         return out
+
+
+def record_log(mark: int) -> Json:
+    """The copy of a recorded conduit's packet: whole packets (up to RECORD_SNAPLEN),
+    batched by the kernel, prefixed with the mark so the recorder knows the conduit."""
+    return nj.nflog(
+        f"{NFLOG_RECORD_PREFIX}0x{mark:08x}", NFLOG_RECORD_GROUP, RECORD_SNAPLEN, RECORD_QTHRESH
+    )
+
+
+def _record_chains(comp: _Compiler, conduits: Iterable[Conduit]) -> tuple[list[Json], list[Any]]:
+    """One chain per recorded conduit holding its copy rule, and the `recorded` map's
+    elements (mark -> jump). A chain per conduit because an NFLOG prefix is constant."""
+    chains: list[Json] = []
+    elems: list[Any] = []
+    for c in conduits:
+        if not c.record:
+            continue
+        name = comp.unique("rec", c)
+        chains.extend([nj.chain(name), nj.rule(name, [record_log(c.mark)], f"conduit {c.name}")])
+        elems.append([c.mark, nj.jump(name)])
+    return chains, elems
 
 
 def _deny_chain(name: str, reason: str, opts: CompileOptions) -> list[Json]:
@@ -377,7 +413,11 @@ def compile_ruleset(
     objects.extend(_deny_chain("deny_spoof", "spoof", opts))
     objects.extend(fc_chains)
     objects.extend(group_rules)
+    rec_chains, rec_elems = _record_chains(comp, enforced)
+    objects.extend(rec_chains)
     objects.append(nj.named_set("functions", "mark", [], fc_elems, map_type="verdict"))
+    if rec_elems:
+        objects.append(nj.named_set("recorded", "mark", [], rec_elems, map_type="verdict"))
     objects.append(
         nj.named_set(
             "dispatch",
@@ -387,7 +427,7 @@ def compile_ruleset(
             map_type="verdict",
         )
     )
-    objects.extend(_hook_chains(comp, opts))
+    objects.extend(_hook_chains(comp, opts, recording=bool(rec_elems)))
     return Ruleset(
         gateway=gateway,
         objects=tuple(objects),
@@ -399,11 +439,17 @@ def compile_ruleset(
     )
 
 
-def _hook_chains(comp: _Compiler, opts: CompileOptions) -> list[Json]:
+def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list[Json]:
     tunnels = nj.match(nj.meta("iifname"), "@tunnels")
     log = [nj.limit(opts.log_rate, opts.log_burst)]
-    est = [
-        nj.chain("established"),
+    est = [nj.chain("established")]
+    if recording:
+        # Before the function check, so a denied write inside a recorded session is in
+        # the recording too; not in `forward`, where a retransmitted SYN (state new,
+        # mark already set) would be copied twice: once here, once by the accept rule.
+        rec = {"vmap": {"key": nj.ct("mark"), "data": "@recorded"}}
+        est.append(nj.rule("established", [rec], "session recording"))
+    est += [
         nj.rule("established", [{"vmap": {"key": nj.ct("mark"), "data": "@functions"}}]),
         nj.rule("established", [nj.accept()]),
     ]

@@ -14,6 +14,15 @@ TABLE_NAME = "zonegate"  # policyd owns this table and never touches any other
 NFLOG_GROUP = 7
 NFLOG_DENY_PREFIX = "zg deny "  # followed by a short reason, e.g. "zg deny default"
 
+# Every packet of a `record: true` conduit's flows is copied to this group for session
+# recording (policyd/flowlog/sessions.py). The prefix carries the conduit's ct mark in
+# hex ("zg record 0x5a123456"): the kernel here has no NFLOG conntrack glue, so the
+# prefix is how a copied packet names its conduit.
+NFLOG_RECORD_GROUP = 8
+NFLOG_RECORD_PREFIX = "zg record "
+RECORD_SNAPLEN = 1600  # a full packet at MTU 1500 plus headroom; larger ones are cut
+RECORD_QTHRESH = 16  # packets the kernel batches per netlink message (flushed on timeout)
+
 # ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
 # hash of the conduit name (see topology.model.conduit_mark).
 MARK_TAG = 0x5A000000
@@ -24,6 +33,10 @@ __all__ = [
     "MARK_TAG_MASK",
     "NFLOG_DENY_PREFIX",
     "NFLOG_GROUP",
+    "NFLOG_RECORD_GROUP",
+    "NFLOG_RECORD_PREFIX",
+    "RECORD_QTHRESH",
+    "RECORD_SNAPLEN",
     "TABLE_FAMILY",
     "TABLE_NAME",
     "conduit_mark",

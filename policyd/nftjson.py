@@ -67,8 +67,15 @@ def limit(rate: int, burst: int) -> Json:
     return {"limit": {"rate": rate, "burst": burst, "per": "second"}}
 
 
-def nflog(prefix: str, group: int) -> Json:
-    return {"log": {"prefix": prefix, "group": group}}
+def nflog(
+    prefix: str, group: int, snaplen: int | None = None, qthreshold: int | None = None
+) -> Json:
+    body: Json = {"prefix": prefix, "group": group}
+    if snaplen is not None:
+        body["snaplen"] = snaplen
+    if qthreshold is not None:
+        body["queue-threshold"] = qthreshold
+    return {"log": body}
 
 
 def network(net: IPv4Network) -> Any:

@@ -109,6 +109,10 @@ def statement(s: Json) -> str:
             text += f' prefix "{lg["prefix"]}"'
         if "group" in lg:
             text += f" group {lg['group']}"
+        if "snaplen" in lg:
+            text += f" snaplen {lg['snaplen']}"
+        if "queue-threshold" in lg:
+            text += f" queue-threshold {lg['queue-threshold']}"
         return text
     if "counter" in s:
         return "counter"

@@ -5,7 +5,8 @@ exact JSON the kernel gets, so a compiler bug shows up as a verdict that differs
 the topology's reference evaluator. It implements the subset of nftables the compiler
 emits (matches on payload/meta/ct fields, named and anonymous sets with intervals,
 wildcard interface names and element timeouts, concatenations, verdict maps, ct mark,
-limit (never exceeded here), log, jump/goto/return) and fails loudly on anything else.
+limit (never exceeded here), log (deny log and session-recording copies kept apart),
+jump/goto/return) and fails loudly on anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from policyd.conventions import NFLOG_RECORD_GROUP
 from policyd.nftjson import Json
 from topology.model import DAY_NAMES
 
@@ -56,6 +58,9 @@ class Result:
     verdict: str  # "accept" or "drop"
     ct_mark: int
     logs: list[str] = field(default_factory=list)  # NFLOG prefixes, in order
+    # prefixes of session-recording copies (NFLOG_RECORD_GROUP): kept apart from `logs`
+    # (the deny log) so a test can check that a packet is copied exactly once
+    recorded: list[str] = field(default_factory=list)
     path: list[str] = field(default_factory=list)  # chain names visited
 
     @property
@@ -284,7 +289,8 @@ class RulesetEvaluator:
                 r.ct_mark = int(s["mangle"]["value"])
                 p = replace(p, ct_mark=r.ct_mark)
             elif "log" in s:
-                r.logs.append(s["log"].get("prefix", ""))
+                target = r.recorded if s["log"].get("group") == NFLOG_RECORD_GROUP else r.logs
+                target.append(s["log"].get("prefix", ""))
             elif "limit" in s or "counter" in s:
                 continue
             else:
@@ -311,6 +317,7 @@ class RulesetEvaluator:
         second = self.evaluate(hook, data, at)
         second.path = first.path + second.path
         second.logs = first.logs + second.logs
+        second.recorded = first.recorded + second.recorded
         return second
 
 
