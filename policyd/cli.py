@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     )
     flows.add_argument("--syslog", help="also send records to syslog: /dev/log or HOST:PORT")
     flows.add_argument("--no-flow-log", action="store_true", help="record no flows")
+    flows.add_argument(
+        "--sessions",
+        type=Path,
+        help=f"pcap files of record: true conduits (default {LOG_DIR}/sessions-GATEWAY)",
+    )
+    flows.add_argument("--no-sessions", action="store_true", help="record no sessions")
     p.add_argument(
         "--state-dir", type=Path, default=STATE_DIR, help=f"grant state (default {STATE_DIR})"
     )
@@ -74,6 +80,7 @@ def settings(args: argparse.Namespace) -> Settings:
         api_port=args.api_port,
         flow_log=None if args.no_flow_log else (args.flow_log or LOG_DIR / f"flows-{gw}.jsonl"),
         syslog=args.syslog,
+        sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
     )

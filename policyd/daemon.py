@@ -27,7 +27,7 @@ from policyd.api.app import serve
 from policyd.api.context import ControlState
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
-from policyd.flowlog.recorder import FlowRecorder
+from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
 from policyd.grant_store import GrantStore
@@ -79,6 +79,7 @@ class Settings:
     api_port: int = 9780
     flow_log: Path | None = None  # None: no flow recorder
     syslog: str | None = None
+    sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
 
@@ -240,9 +241,12 @@ class Daemon:
         sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
         if self.s.syslog:
             sinks.append(Syslog5424(self.s.syslog))
-        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks)
+        config = RecorderConfig(sessions_dir=self.s.sessions)
+        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
         await self.recorder.start()
         log.info("recording flows to %s", self.s.flow_log)
+        if self.s.sessions is not None:
+            log.info("recording sessions of record: true conduits to %s", self.s.sessions)
 
     async def _start_api(self) -> list[Any]:
         assert self.topology is not None

@@ -39,6 +39,7 @@ MSG_PACKET = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
+NFULA_CFG_NLBUFSIZ = 3
 NFULA_CFG_TIMEOUT = 4
 NFULA_CFG_QTHRESH = 5
 NFULNL_CFG_CMD_BIND = 1
@@ -121,18 +122,48 @@ def decode_packet(buf: Buffer, start: int, end: int) -> DeniedPacket | None:
     if ip is None:
         return None
     proto, src, dst, sport, dport, total, payload = ip
-    prefix = ""
-    if (p := a.get(NFULA_PREFIX)) is not None:
-        prefix = bytes(buf[p[0] : p[1]]).split(b"\0", 1)[0].decode(errors="replace")
-    ts = time.time()
-    if (t := a.get(NFULA_TIMESTAMP)) is not None:
-        sec, usec = struct.unpack_from("!QQ", buf, t[0])
-        if sec:
-            ts = sec + usec / 1e6
+    prefix = _prefix(buf, a)
+    ts = _timestamp(buf, a)
     indev = None
     if (i := a.get(NFULA_IFINDEX_INDEV)) is not None:
         indev = struct.unpack_from("!I", buf, i[0])[0]
     return DeniedPacket(ts, prefix, proto, src, dst, sport, dport, total, indev, payload)
+
+
+@dataclass(slots=True)
+class CopiedPacket:
+    """One packet copied whole (up to the snaplen) for session recording."""
+
+    ts: float  # seconds since the epoch: the kernel's timestamp, else receive time
+    prefix: str
+    data: bytes  # the IP packet as captured (may be cut at the rule's snaplen)
+
+
+def _prefix(buf: Buffer, a: dict[int, tuple[int, int]]) -> str:
+    if (p := a.get(NFULA_PREFIX)) is None:
+        return ""
+    return bytes(buf[p[0] : p[1]]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _timestamp(buf: Buffer, a: dict[int, tuple[int, int]]) -> float:
+    if (t := a.get(NFULA_TIMESTAMP)) is not None:
+        sec, usec = struct.unpack_from("!QQ", buf, t[0])
+        if sec:
+            return float(sec + usec / 1e6)
+    return time.time()
+
+
+def decode_copies(buf: Buffer, size: int) -> list[CopiedPacket]:
+    """The packets of one datagram, undecoded: the session recorder writes them as is."""
+    out = []
+    for kind, _flags, start, end in messages(buf, size):
+        if kind != MSG_PACKET:
+            continue
+        a = attrs(buf, start + NFNL_HDRLEN, end)
+        if (span := a.get(NFULA_PAYLOAD)) is None:
+            continue
+        out.append(CopiedPacket(_timestamp(buf, a), _prefix(buf, a), bytes(buf[span[0] : span[1]])))
+    return out
 
 
 def decode_datagram(buf: Buffer, size: int) -> list[DeniedPacket]:
@@ -157,26 +188,35 @@ def _config(group: int, *attributes: bytes) -> bytes:
     )
 
 
-def open_nflog_socket(group: int = NFLOG_GROUP, rcvbuf: int = 8 * 1024 * 1024) -> NfnlSocket:
-    """Bind NFLOG `group` in the current namespace, copying COPY_RANGE bytes per packet.
+def open_nflog_socket(
+    group: int = NFLOG_GROUP,
+    rcvbuf: int = 8 * 1024 * 1024,
+    copy_range: int = COPY_RANGE,
+    batch: int = 1,
+    flush_cs: int = 1,
+    nlbufsiz: int | None = None,
+) -> NfnlSocket:
+    """Bind NFLOG `group` in the current namespace, copying `copy_range` bytes per packet.
 
     Only one socket per namespace can hold a group: a second bind fails (EPERM),
     which we let through so a second recorder cannot silently steal the deny log.
-    Packets are flushed to us one by one (queue threshold 1), so a deny is seen
-    at once rather than when a batch fills.
+    The deny log is flushed to us packet by packet (`batch` 1), so a deny is seen
+    at once; session recording batches (the rule's queue-threshold wins over
+    `batch`; `flush_cs` hundredths of a second flush a partial batch, and
+    `nlbufsiz` bounds one batch's datagram, which must fit the reader's buffer).
     """
     sock = NfnlSocket(rcvbuf=rcvbuf)
     try:
         sock.transact(_config(group, pack_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))))
-        mode = struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)
-        sock.transact(
-            _config(
-                group,
-                pack_attr(NFULA_CFG_MODE, mode),
-                pack_attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)),
-                pack_attr(NFULA_CFG_TIMEOUT, struct.pack("!I", 1)),
-            )
-        )
+        mode = struct.pack("!IBB", copy_range, NFULNL_COPY_PACKET, 0)
+        options = [
+            pack_attr(NFULA_CFG_MODE, mode),
+            pack_attr(NFULA_CFG_QTHRESH, struct.pack("!I", batch)),
+            pack_attr(NFULA_CFG_TIMEOUT, struct.pack("!I", flush_cs)),
+        ]
+        if nlbufsiz is not None:
+            options.append(pack_attr(NFULA_CFG_NLBUFSIZ, struct.pack("!I", nlbufsiz)))
+        sock.transact(_config(group, *options))
     except BaseException:
         sock.close()
         raise

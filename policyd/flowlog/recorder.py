@@ -15,6 +15,11 @@ kernel's per-socket drop counter is read whenever recv reports ENOBUFS and on ev
 tick, and each increase becomes a `loss` record and a status counter. A lost
 conntrack event triggers a resync from a table dump, so flows that are still open
 are known again (their start is re-emitted with `resync: true`).
+
+Session recording (`RecorderConfig.sessions_dir`): a fourth socket reads NFLOG group 8,
+the copies of `record: true` conduits' packets, into per-flow pcap files
+(policyd/flowlog/sessions.py); conntrack's DESTROY events end them, and their loss
+is counted and reported under its own source name, "nflog-record".
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from policyd.conventions import NFLOG_GROUP
-from policyd.flowlog import conntrack, nflog
+from policyd.conventions import NFLOG_GROUP, NFLOG_RECORD_GROUP, RECORD_SNAPLEN
+from policyd.flowlog import conntrack, nflog, sessions
 from policyd.flowlog.attribution import Attributor
 from policyd.flowlog.netlink import (
     DEFAULT_RCVBUF,
@@ -49,6 +55,7 @@ from policyd.flowlog.sinks import LiveStream, Sink
 from topology.model import Topology
 
 CT_NEW, CT_DESTROY, NFLOG = "conntrack-new", "conntrack-destroy", "nflog"
+RECORD = "nflog-record"  # session-recording copies (group 8)
 SYSCTLS = {"net/netfilter/nf_conntrack_acct": "1", "net/netfilter/nf_conntrack_timestamp": "1"}
 
 
@@ -66,6 +73,11 @@ class RecorderConfig:
     read_batch: int = 2048  # datagrams per wakeup before yielding to other tasks
     tick: float = 1.0  # drop-counter poll, flush and housekeeping interval
     resync_grace: float = 3.0  # how long a flow missing from a dump may still end normally
+    sessions_dir: Path | None = None  # pcap per recorded flow; None: no session recording
+    record_group: int = NFLOG_RECORD_GROUP
+    record_rcvbuf: int = DEFAULT_RCVBUF
+    session_idle: float = sessions.IDLE  # seconds without a packet that finish a file
+    session_max_bytes: int = sessions.MAX_BYTES  # then the flow goes on in NAME.1.pcap
 
 
 class FlowRecorder:
@@ -90,6 +102,16 @@ class FlowRecorder:
         self.counts = dict.fromkeys(("flow_start", "flow_end", "deny", "audit", "loss"), 0)
         self.counts |= {"deny_repeats": 0, "ignored_unmarked": 0, "resync_recovered": 0}
         self.lost = dict.fromkeys((CT_NEW, CT_DESTROY, NFLOG), 0)
+        self.sessions: sessions.SessionRecorder | None = None
+        if self.config.sessions_dir is not None:
+            self.lost[RECORD] = 0
+            self.sessions = sessions.SessionRecorder(
+                self.config.sessions_dir,
+                lambda: self.attr,
+                self._announce,
+                self.config.session_idle,
+                self.config.session_max_bytes,
+            )
         self.overruns = 0
         self.resyncs = 0
         self.forgotten = 0
@@ -124,6 +146,15 @@ class FlowRecorder:
                 if cfg.flow_starts:  # without start records NEW events are not needed
                     self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf)
                 self._socks[NFLOG] = nflog.open_nflog_socket(cfg.nflog_group, cfg.nflog_rcvbuf)
+                if self.sessions is not None:
+                    self._socks[RECORD] = nflog.open_nflog_socket(
+                        cfg.record_group,
+                        cfg.record_rcvbuf,
+                        copy_range=RECORD_SNAPLEN,
+                        batch=16,  # the rule's queue-threshold sets the real figure
+                        flush_cs=10,  # a partial batch waits at most 0.1 s
+                        nlbufsiz=32 * 1024,  # one batch fits the 64 KiB read buffer
+                    )
             except BaseException:
                 self._close_sockets()
                 raise
@@ -149,6 +180,8 @@ class FlowRecorder:
             self._drain(kind)
         self._poll_drops()
         self._close_sockets()
+        if self.sessions is not None:
+            self.sessions.close_all()
         for sink in self.sinks:
             sink.close()
         self._loop = None
@@ -189,6 +222,10 @@ class FlowRecorder:
         for sink in self.sinks:
             sink.write(record)
 
+    def _announce(self, event: AuditEvent) -> None:
+        """A finished recording, written where the flow records go (flushed on tick)."""
+        self._emit(audit_record(self.gateway, event))
+
     def _flush(self) -> None:
         for sink in self.sinks:
             sink.flush()
@@ -200,9 +237,10 @@ class FlowRecorder:
         if sock is None:
             return
         buf = self._buf
-        handle: Callable[[bytearray, int], None] = (
-            self._handle_nflog if kind == NFLOG else self._handle_ct
-        )
+        handle: Callable[[bytearray, int], None] = {
+            NFLOG: self._handle_nflog,
+            RECORD: self._handle_record,
+        }.get(kind, self._handle_ct)
         for _ in range(self.config.read_batch):
             try:
                 n = sock.recv_into(buf)
@@ -230,6 +268,8 @@ class FlowRecorder:
                 start = ev.start_ns / 1e9 if ev.start_ns else (opened or now)
                 end = ev.stop_ns / 1e9 if ev.stop_ns else now
                 self._emit(flow_record(attr, ev, "end", start, end))
+                if self.sessions is not None:
+                    self.sessions.ended(ev.mark, ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
             elif ev.ct_id not in self._open:
                 start = ev.start_ns / 1e9 if ev.start_ns else now
                 self._open[ev.ct_id] = start
@@ -246,6 +286,11 @@ class FlowRecorder:
             self._denied[key] = pkt.ts
             self._emit(deny_record(self.attr, pkt))
 
+    def _handle_record(self, buf: bytearray, n: int) -> None:
+        assert self.sessions is not None
+        for pkt in nflog.decode_copies(buf, n):
+            self.sessions.packet(pkt)
+
     # -- loss and resync ----------------------------------------------------------
 
     def _overrun(self, kind: str) -> None:
@@ -261,8 +306,11 @@ class FlowRecorder:
             return
         self.lost[kind] += lost
         extra = {"open_flows": len(self._open)}
+        if kind == RECORD and self.sessions is not None:
+            self.sessions.lost()
+            extra = {"open_sessions": len(self.sessions.open)}
         self._emit(loss_record(self.gateway, kind, lost, self.lost[kind], extra))
-        if kind != NFLOG:
+        if kind in (CT_NEW, CT_DESTROY):
             self._request_resync()
 
     def _request_resync(self) -> None:
@@ -324,6 +372,8 @@ class FlowRecorder:
                     del self._absent[ct_id]
                     if self._open.pop(ct_id, None) is not None:
                         self.forgotten += 1
+            if self.sessions is not None:
+                self.sessions.tick()
             horizon = time.time() - self.config.deny_window
             for key, first in list(self._denied.items()):
                 if first < horizon:
@@ -332,8 +382,9 @@ class FlowRecorder:
 
     def _close_sockets(self) -> None:
         for kind, sock in self._socks.items():
-            if kind == NFLOG:
-                nflog.close_nflog_socket(sock, self.config.nflog_group)
+            if kind in (NFLOG, RECORD):
+                group = self.config.nflog_group if kind == NFLOG else self.config.record_group
+                nflog.close_nflog_socket(sock, group)
             else:
                 sock.close()
         self._socks.clear()
@@ -350,6 +401,8 @@ class FlowRecorder:
             "counts": dict(self.counts),
             "lost": dict(self.lost),
             "lost_records": self.lost[CT_DESTROY] + self.lost[NFLOG],
+            "lost_recording_packets": self.lost.get(RECORD, 0),
+            "sessions": self._sessions_status(),
             "overruns": self.overruns,
             "resyncs": self.resyncs,
             "open_flows": len(self._open),
@@ -359,3 +412,9 @@ class FlowRecorder:
             "errors": self.errors[-10:],
             "sinks": {s.name: s.stats() for s in self.sinks},
         }
+
+    def _sessions_status(self) -> dict[str, Any] | None:
+        if self.sessions is None:
+            return None
+        s = self.sessions
+        return {"dir": str(s.directory), "open": len(s.open), **s.counts, "errors": s.errors[-5:]}
