@@ -111,6 +111,9 @@ class SessionRecorder:
         self.announce = announce
         self.idle, self.max_bytes, self.end_grace = idle, max_bytes, end_grace
         self.open: dict[FlowKey, Session] = {}
+        # flows conntrack ended before their first copy arrived (copies are batched
+        # for up to 0.1 s, a DESTROY is not): key -> monotonic deadline
+        self._ended: dict[FlowKey, float] = {}
         self.counts = dict.fromkeys(("packets", "files", "foreign", "errors"), 0)
         self.errors: list[str] = []
 
@@ -134,6 +137,7 @@ class SessionRecorder:
             s = self.open.get(key)
             if s is None:
                 s = self.open[key] = self._begin(key, pkt.ts, proto, src, sport, dst, dport)
+                s.ends_at = self._ended.pop(key, None)
             elif s.writer.size + 16 + len(pkt.data) > self.max_bytes and s.writer.packets:
                 self._next_part(s)
             s.writer.write(pkt.ts, pkt.data)
@@ -145,9 +149,13 @@ class SessionRecorder:
 
     def ended(self, mark: int, proto: int, src: str, sport: int, dst: str, dport: int) -> None:
         """Conntrack says the flow ended: finish its file once late copies are in."""
-        s = self.open.get(flow_key(mark, proto, src, sport, dst, dport))
-        if s is not None and s.ends_at is None:
-            s.ends_at = time.monotonic() + self.end_grace
+        key = flow_key(mark, proto, src, sport, dst, dport)
+        deadline = time.monotonic() + self.end_grace
+        s = self.open.get(key)
+        if s is None:
+            self._ended[key] = deadline
+        elif s.ends_at is None:
+            s.ends_at = deadline
 
     def lost(self) -> None:
         """Copies were lost (counted by the caller): every open file may have a gap."""
@@ -159,6 +167,9 @@ class SessionRecorder:
     def tick(self) -> None:
         """Finish ended and idle flows; make what was written readable on disk."""
         now = time.monotonic()
+        for key, deadline in list(self._ended.items()):
+            if deadline <= now:
+                del self._ended[key]
         for key, s in list(self.open.items()):
             if s.ends_at is not None and s.ends_at <= now:
                 self._finish(key, "flow_end")

@@ -196,3 +196,14 @@ def test_flow_key_is_direction_free() -> None:
     assert a == flow_key(MARK, 6, PLC, 502, VENDOR, 40000)
     assert a != flow_key(MARK + 1, 6, VENDOR, 40000, PLC, 502)
     assert flow_key(MARK, 1, VENDOR, 8, PLC, 0) == flow_key(MARK, 1, PLC, 0, VENDOR, 0)
+
+
+def test_flow_end_seen_before_its_copies(tmp_path: Path) -> None:
+    """The kernel batches copies but not DESTROY events: the end may come first."""
+    rec, _ = recorder(tmp_path, end_grace=60.0)
+    rec.ended(MARK, 6, VENDOR, 40000, PLC, 502)
+    rec.packet(copy(tcp_packet(PLC, 502, VENDOR, 40000, b"x")))
+    assert next(iter(rec.open.values())).ends_at is not None
+    unrelated = tcp_packet(VENDOR, 40001, PLC, 502)
+    rec.packet(copy(unrelated))
+    assert sum(s.ends_at is not None for s in rec.open.values()) == 1

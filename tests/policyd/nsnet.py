@@ -94,8 +94,8 @@ conduits:
 
 
 class Net:
-    def __init__(self) -> None:
-        self.tag = "zp" + secrets.token_hex(2)
+    def __init__(self, prefix: str = "zp") -> None:
+        self.tag = prefix + secrets.token_hex(2)
         self.ident, self.gw, self.zone = self.tag + "i", self.tag + "g", self.tag + "z"
         self.tunnel = self.tag + "t"
         self.procs: list[subprocess.Popen[str]] = []
