@@ -41,6 +41,8 @@ class Policyd:
             str(self.flow_log),
             "--state-dir",
             str(run),
+            "--sessions",
+            str(run / "sessions"),
             *extra,
         )
         self.lines: list[str] = []

@@ -25,7 +25,7 @@ def start_policyd(plant: PlantNet) -> Proc:
             "--tunnel", plant.gw_ifname, "--api-listen", "100.64.0.1",
             "--api-socket", str(plant.base / "policyd.sock"),
             "--flow-log", str(plant.base / "flows.jsonl"), "--state-dir", str(plant.base),
-            "--poll", "0.5"]  # fmt: skip
+            "--sessions", str(plant.base / "sessions"), "--poll", "0.5"]  # fmt: skip
     proc = plant.spawn_gw(argv, "policyd.log")
     wait_for(lambda: "control API on" in proc.log_text(), 20, "policyd's API", proc)
     return proc
@@ -81,6 +81,8 @@ def test_vendor_access_through_real_tunnels(plant: PlantNet) -> None:
     assert granted and {r["identity"] for r in granted} == {"vendor-tech"}
     actions = [r["action"] for r in records if r["event"] == "audit"]
     assert "grant_requested" in actions and "grant_approved" in actions
+    # vendor-maintenance is `record: true`: the vendor's session was captured as it ran.
+    assert list((plant.base / "sessions" / "vendor-maintenance").glob("*vendor-tech*.pcap"))
 
 
 def _only_grant(plant: PlantNet, lead: User) -> dict[str, Any]:
