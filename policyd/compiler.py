@@ -452,6 +452,11 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions) -> list[Json]:
         ),
         nj.rule(
             "input",
+            [nj.match(nj.payload("tcp", "dport"), gw.port), nj.accept()],
+            "tunneld handshake",
+        ),
+        nj.rule(
+            "input",
             [tunnels, nj.match(nj.payload("icmp", "type"), "echo-request"), nj.accept()],
         ),
     ]
