@@ -16,6 +16,7 @@ import sys
 from datetime import UTC, datetime
 
 import topology
+from policyd.api.context import API_PORT
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.render import render_text
 from topology.diagnostics import TopologyError
@@ -28,7 +29,10 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tunnel", action="append", help="tunnel interface name (repeatable; default zg*)"
     )
-    parser.add_argument("--api-port", type=int, default=None)
+    parser.add_argument(
+        "--api-port", type=int, default=API_PORT, help=f"control API port (default {API_PORT})"
+    )
+    parser.add_argument("--no-api", action="store_true", help="as for policyd --no-api")
     parser.add_argument(
         "--at", default=None, help="compile as of this ISO time (default: now; UTC if naive)"
     )
@@ -44,7 +48,9 @@ def _compile(args: argparse.Namespace) -> Ruleset | None:
     if args.at:
         at = datetime.fromisoformat(args.at)
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    opts = CompileOptions(tunnels=tuple(args.tunnel or ("zg*",)), api_port=args.api_port)
+    opts = CompileOptions(
+        tunnels=tuple(args.tunnel or ("zg*",)), api_port=None if args.no_api else args.api_port
+    )
     try:
         return compile_ruleset(topo, args.gateway, now=at, options=opts)
     except CompileError as e:

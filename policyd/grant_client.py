@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from policyd.api.app import DEFAULT_SOCKET
+from policyd.api.app import RUN_DIR
 from topology.table import format_table
 
 ENV_API = "ZONEGATE_API"
@@ -29,7 +29,8 @@ def add_grant_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"policyd URL through the tunnel, e.g. http://100.64.0.1:9780 (or ${ENV_API})",
     )
     parser.add_argument(
-        "--socket", default=str(DEFAULT_SOCKET), help="policyd's local socket (on the gateway)"
+        "--socket",
+        help=f"policyd's local socket on the gateway (default: the one {RUN_DIR}/policyd-*.sock)",
     )
     parser.add_argument("--as", dest="acting_as", help="local socket only: the acting identity")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -65,13 +66,24 @@ def _request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | N
     return "GET", "/v1/grants", None
 
 
+def local_socket() -> str:
+    """The one policyd socket on this machine; more than one needs --socket."""
+    found = sorted(RUN_DIR.glob("policyd-*.sock"))
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        raise OSError(f"no policyd socket in {RUN_DIR} (is policyd running? or use --api URL)")
+    names = ", ".join(p.name for p in found)
+    raise OSError(f"several policyd sockets ({names}): pick one with --socket")
+
+
 async def call(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     method, path, body = _request_for(args)
     if args.api:
         connector: aiohttp.BaseConnector = aiohttp.TCPConnector()
         base = args.api.rstrip("/")
     else:
-        connector = aiohttp.UnixConnector(path=args.socket)
+        connector = aiohttp.UnixConnector(path=args.socket or local_socket())
         base = "http://policyd"
     timeout = aiohttp.ClientTimeout(total=10)
     async with (
@@ -86,7 +98,7 @@ def grant_command(args: argparse.Namespace) -> int:
     try:
         status, data = asyncio.run(call(args))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        where = args.api or args.socket
+        where = args.api or args.socket or RUN_DIR
         print(f"zonegate grant: cannot reach policyd at {where}: {exc}", file=sys.stderr)
         print(
             "  is policyd running there (policyd --topology PATH --gateway NAME)?", file=sys.stderr

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from topology.model import Conduit, Identity, Topology, format_duration
 
@@ -49,6 +50,26 @@ class Grant:
     decided_at: datetime | None = None
     expires_at: datetime | None = None
     note: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Grant:
+        def when(key: str) -> datetime | None:
+            return datetime.fromisoformat(d[key]) if d.get(key) else None
+
+        return cls(
+            id=d["id"],
+            conduit=d["conduit"],
+            identity=d["identity"],
+            reason=d["reason"],
+            duration=timedelta(seconds=int(d["duration_seconds"])),
+            requested_at=datetime.fromisoformat(d["requested_at"]),
+            state=GrantState(d["state"]),
+            emergency=bool(d["emergency"]),
+            decided_by=d.get("decided_by"),
+            decided_at=when("decided_at"),
+            expires_at=when("expires_at"),
+            note=d.get("note") or "",
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {

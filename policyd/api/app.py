@@ -7,11 +7,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from policyd.api import grant_routes, status_routes
+from policyd.api import flow_routes, grant_routes, status_routes
 from policyd.api.context import API_PORT, LOCAL, STATE, ControlState
 from policyd.api.errors import json_errors
 
-DEFAULT_SOCKET = Path("/run/zonegate/policyd.sock")
+RUN_DIR = Path("/run/zonegate")  # policyd-GATEWAY.sock lives here
 
 
 def make_app(state: ControlState, local: bool) -> web.Application:
@@ -20,6 +20,7 @@ def make_app(state: ControlState, local: bool) -> web.Application:
     app[LOCAL] = local
     app.add_routes(grant_routes.routes)
     app.add_routes(status_routes.routes)
+    app.add_routes(flow_routes.routes)
     return app
 
 

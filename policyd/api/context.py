@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from policyd.flowlog.sinks import LiveStream
 from policyd.grants import Grant, GrantBook, GrantError
 from topology.model import Conduit, Identity
 
@@ -38,6 +39,7 @@ class ControlState:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # True when the source address reached us through a tunnel (a route check).
     via_tunnel: Callable[[IPv4Address], bool] = field(default=lambda _a: False)
+    live: LiveStream | None = None  # the flow recorder's live stream, if it runs
 
 
 STATE: web.AppKey[ControlState] = web.AppKey("state", ControlState)

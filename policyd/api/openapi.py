@@ -52,6 +52,13 @@ def spec() -> dict[str, Any]:
                 }
             },
             "/v1/emergency": {"post": _op("open emergency access", schemas.EMERGENCY_REQUEST, 201)},
+            "/v1/flows": {
+                "get": {
+                    "summary": "live flow and audit records as JSON lines (a remote identity "
+                    "sees its own); ?events=flow,deny,audit,loss",
+                    "responses": {"200": {"description": "application/x-ndjson stream"}},
+                }
+            },
             "/v1/status": {
                 "get": {"summary": "status", "responses": {"200": {"description": "ok"}}}
             },

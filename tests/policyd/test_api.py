@@ -196,3 +196,39 @@ def test_status_metrics_health_openapi() -> None:
         assert r.status == 404 and "error" in await r.json()
 
     run(scenario)
+
+
+def test_live_flow_stream_as_json_lines() -> None:
+    from policyd.flowlog.records import Record
+    from policyd.flowlog.sinks import LiveStream
+
+    live = LiveStream("plant-a")
+
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        r = await client.get("/v1/flows?events=bogus")
+        assert r.status == 422 and "unknown bogus" in (await r.json())["error"]
+        r = await client.get("/v1/flows?events=deny")
+        assert r.status == 200 and r.headers["Content-Type"] == "application/x-ndjson"
+        await asyncio.sleep(0.05)  # let the handler subscribe
+        live.write(Record({"event": "flow", "identity": "engineer-1"}))
+        live.write(Record({"event": "deny", "identity": "vendor-tech", "reason": "default"}))
+        line = await asyncio.wait_for(r.content.readline(), 5)
+        assert b'"vendor-tech"' in line and b'"deny"' in line  # the flow record was filtered
+        r.close()
+
+    world = World()
+    world.state.live = live
+
+    async def main() -> None:
+        async with TestClient(TestServer(make_app(world.state, local=True))) as client:
+            await scenario(client, world)
+
+    asyncio.run(main())
+
+
+def test_flow_stream_without_recorder_is_503() -> None:
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        r = await client.get("/v1/flows")
+        assert r.status == 503 and "no-flow-log" in (await r.json())["error"]
+
+    run(scenario)

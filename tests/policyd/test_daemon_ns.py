@@ -20,6 +20,9 @@ pytestmark = pytest.mark.root
 
 class Policyd:
     def __init__(self, net: Net, topo: Path, *extra: str) -> None:
+        run = topo.parent / f"run-{len(list(topo.parent.glob('run-*')))}"
+        self.flow_log = run / "flows.jsonl"
+        self.socket = run / "policyd.sock"
         self.proc = net.spawn(
             net.gw,
             PY,
@@ -33,6 +36,12 @@ class Policyd:
             net.tunnel,
             "--poll",
             "0.2",
+            "--api-socket",
+            str(self.socket),
+            "--flow-log",
+            str(self.flow_log),
+            "--state-dir",
+            str(run),
             *extra,
         )
         self.lines: list[str] = []

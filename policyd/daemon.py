@@ -1,0 +1,339 @@
+"""The policy daemon: keep one gateway's kernel rules equal to the topology.
+
+Applies at start; reloads when the files change (polled), on SIGHUP and at the
+ruleset's `next_change` (a DST switch, an identity becoming valid). A broken new file
+is rejected with every error logged and audited, and the last good policy stays in
+force. A change that only moves identities in or out of conduits is applied as
+set-element adds/deletes. It also records flows (conntrack + NFLOG), serves the
+control API and keeps the grant book. On SIGTERM/SIGINT the ruleset stays in place
+(fail closed) unless --flush-on-exit: grants keep expiring in the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import topology
+from policyd.api.app import serve
+from policyd.api.context import ControlState
+from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
+from policyd.flowlog.recorder import FlowRecorder
+from policyd.flowlog.records import AuditEvent
+from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
+from policyd.grant_store import GrantStore
+from policyd.grants import GrantBook
+from policyd.kernel import NftError, NftHandle
+from policyd.render import canonical
+from topology.diagnostics import TopologyError
+from topology.model import Topology
+
+log = logging.getLogger("policyd")
+
+
+def fingerprint(path: Path) -> str:
+    """A hash of every topology file's name and content (what a reload would read)."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.y*ml"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode())
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    return h.hexdigest()
+
+
+def structure(rs: Ruleset) -> str:
+    """The ruleset without the members of identity sets: equal means a sync suffices."""
+    member_sets = {
+        p.identity_set for p in rs.conduits.values() if p.identity_set and not p.needs_grant
+    }
+    out = []
+    for o in canonical(rs.objects):
+        body = o.get("set")
+        if body and body["name"] in member_sets:
+            o = {"set": {k: v for k, v in body.items() if k != "elem"}}
+        out.append(o)
+    return json.dumps(out, sort_keys=True)
+
+
+@dataclass
+class Settings:
+    topology: Path
+    gateway: str
+    options: CompileOptions
+    poll: float = 1.0
+    flush_on_exit: bool = False
+    api_socket: Path | None = None  # None: no control API
+    api_listen: str | None = None  # address for remote identities (through tunnels)
+    api_port: int = 9780
+    flow_log: Path | None = None  # None: no flow recorder
+    syslog: str | None = None
+    state_dir: Path | None = None
+    tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.nft = NftHandle()
+        self.current: Ruleset | None = None
+        self.topology: Topology | None = None
+        self.seen = ""
+        self.wake = asyncio.Event()
+        self.stop = False
+        self.hup = False
+        self.recorder: FlowRecorder | None = None
+        self.book: GrantBook | None = None
+        self.store: GrantStore | None = None
+        self.applied_at: datetime | None = None
+
+    # -- policy -----------------------------------------------------------------------
+
+    def compile(self) -> Ruleset | None:
+        """Load and compile; on any error log and audit all of it and return None."""
+        try:
+            loaded = topology.load(self.s.topology)
+        except TopologyError as e:
+            errors = [str(d) for d in e.diagnostics]
+            for line in errors:
+                log.error("%s", line)
+            log.error("rejected %s: %d problem(s)", self.s.topology, len(errors))
+            self.audit(AuditEvent("policy_rejected", "failure", "topology has errors", errors))
+            return None
+        except OSError as e:
+            log.error("rejected %s: %s", self.s.topology, e)
+            self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
+            return None
+        for d in loaded.diagnostics:
+            log.warning("%s", d)
+        try:
+            rs = compile_ruleset(
+                loaded.topology, self.s.gateway, now=datetime.now(UTC), options=self.s.options
+            )
+        except CompileError as e:
+            log.error("rejected %s: %s", self.s.topology, e)
+            self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
+            return None
+        for note in rs.notes:
+            log.warning("%s", note)
+        self.topology = loaded.topology
+        return rs
+
+    def enforce(self, rs: Ruleset) -> bool:
+        try:
+            if self.current is not None and structure(rs) == structure(self.current):
+                added, deleted = self.nft.sync_members(rs)
+                log.info("membership synced: %d added, %d deleted (no reload)", added, deleted)
+                details: dict[str, Any] = {"membership_added": added, "membership_deleted": deleted}
+            else:
+                kept = self.nft.apply_ruleset(rs)
+                rules = sum(1 for o in rs.objects if "rule" in o)
+                log.info(
+                    "applied ruleset for %s: %d rules (%d in hook chains), %d conduits, "
+                    "%d grants kept; next change %s",
+                    rs.gateway,
+                    rules,
+                    rs.hook_rule_count(),
+                    len(rs.conduits),
+                    kept,
+                    rs.next_change.isoformat() if rs.next_change else "none",
+                )
+                details = {"rules": rules, "conduits": len(rs.conduits), "grants_kept": kept}
+        except NftError as e:
+            log.error("%s; keeping the last good policy", e)
+            self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
+            return False
+        self.current = rs
+        self.applied_at = datetime.now(UTC)
+        self.audit(AuditEvent("policy_applied", details={"file": str(self.s.topology), **details}))
+        self._topology_changed()
+        return True
+
+    def _topology_changed(self) -> None:
+        assert self.topology is not None
+        if self.recorder is not None:
+            self.recorder.update_topology(self.topology)
+        if self.book is not None:
+            self.book.topology = self.topology
+
+    def reload(self, why: str) -> None:
+        log.info("reload (%s)", why)
+        rs = self.compile()
+        if rs is None:
+            log.error("keeping the last good policy in force")
+            return
+        self.enforce(rs)
+
+    # -- audit, grants, API ---------------------------------------------------------------
+
+    def audit(self, event: AuditEvent) -> None:
+        if self.recorder is not None:
+            self.recorder.emit_audit(event)
+        else:
+            log.info("audit %s %s %s", event.action, event.outcome, event.message)
+
+    def api_audit(self, action: str, fields: dict[str, Any]) -> None:
+        grant = fields.get("grant", {})
+        self.audit(
+            AuditEvent(
+                action,
+                actor=fields.get("by"),
+                message=f"{grant.get('identity')} on {grant.get('conduit')}",
+                details=grant,
+            )
+        )
+        if self.store is not None and self.book is not None:
+            self.store.save(self.book)
+
+    def expire_grants(self) -> None:
+        if self.book is None:
+            return
+        for grant in self.book.expire(datetime.now(UTC)):
+            self.audit(
+                AuditEvent(
+                    "grant_expired",
+                    message=f"{grant.identity} on {grant.conduit} (expired in the kernel)",
+                    details=grant.as_dict(),
+                )
+            )
+            if self.store is not None:
+                self.store.save(self.book)
+
+    def status(self) -> dict[str, Any]:
+        rs = self.current
+        return {
+            "policy": {
+                "file": str(self.s.topology),
+                "applied_at": self.applied_at.isoformat() if self.applied_at else None,
+                "conduits": len(rs.conduits) if rs else 0,
+                "hook_rules": rs.hook_rule_count() if rs else 0,
+                "next_change": rs.next_change.isoformat() if rs and rs.next_change else None,
+            },
+            "flows": self.recorder.status() if self.recorder else None,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"policy_applied": 1.0 if self.current else 0.0}
+        if self.recorder is not None:
+            for name, value in self.recorder.counts.items():
+                out[f"flow_records_{name}"] = float(value)
+            for name, value in self.recorder.lost.items():
+                out[f"flow_records_lost_{name.replace('-', '_')}"] = float(value)
+            out["flow_overruns"] = float(self.recorder.overruns)
+        return out
+
+    async def _start_recorder(self) -> None:
+        assert self.topology is not None
+        if self.s.flow_log is None:
+            return
+        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
+        if self.s.syslog:
+            sinks.append(Syslog5424(self.s.syslog))
+        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks)
+        await self.recorder.start()
+        log.info("recording flows to %s", self.s.flow_log)
+
+    async def _start_api(self) -> list[Any]:
+        assert self.topology is not None
+        self.book = GrantBook(self.topology)
+        if self.s.state_dir is not None:
+            self.store = GrantStore(self.s.state_dir / f"grants-{self.s.gateway}.json")
+            self.store.load(self.book)
+        if self.s.api_socket is None:
+            return []
+        state = ControlState(
+            book=self.book,
+            enforcer=KernelEnforcer(self),
+            audit=self.api_audit,
+            gateway=self.s.gateway,
+            status=self.status,
+            metrics=self.metrics,
+            via_tunnel=lambda a: arrived_via_tunnel(a, self.s.tunnel_prefixes),
+            live=self.recorder.live if self.recorder else None,
+        )
+        runners = await serve(state, self.s.api_socket, self.s.api_listen, self.s.api_port)
+        where = f"{self.s.api_socket}" + (
+            f" and {self.s.api_listen}:{self.s.api_port}" if self.s.api_listen else ""
+        )
+        log.info("control API on %s", where)
+        return runners
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.hup = True
+        else:
+            self.stop = True
+        self.wake.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, self._on_signal, s)
+        self.seen = fingerprint(self.s.topology)
+        rs = self.compile()
+        if rs is not None:
+            await self._start_recorder()
+            self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
+        if rs is None or not self.enforce(rs):
+            log.error("no policy applied; the running ruleset (if any) is unchanged")
+            if self.recorder is not None:
+                self.audit(AuditEvent("daemon_stop", "failure", "no policy applied"))
+                await self.recorder.stop()
+            return 2
+        runners = await self._start_api()
+        try:
+            await self._loop()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            if self.s.flush_on_exit:
+                self.nft.flush_table()
+                log.info("exiting: table flushed (--flush-on-exit)")
+                self.audit(AuditEvent("daemon_stop", message="table flushed (--flush-on-exit)"))
+            else:
+                log.info("exiting: ruleset left in place (fail closed)")
+                self.audit(AuditEvent("daemon_stop", message="ruleset left in place"))
+            if self.recorder is not None:
+                await self.recorder.stop()
+        return 0
+
+    async def _loop(self) -> None:
+        while not self.stop:
+            timeout = self.s.poll
+            if self.current and self.current.next_change:
+                left = (self.current.next_change - datetime.now(UTC)).total_seconds()
+                timeout = max(0.0, min(timeout, left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            if self.stop:
+                break
+            self.expire_grants()
+            if self.hup:
+                self.hup = False
+                self.seen = fingerprint(self.s.topology)
+                self.reload("SIGHUP")
+                continue
+            now_fp = fingerprint(self.s.topology)
+            if now_fp != self.seen:
+                self.seen = now_fp
+                self.reload("file changed")
+            elif (
+                self.current
+                and self.current.next_change
+                and datetime.now(UTC) >= self.current.next_change
+            ):
+                self.reload("scheduled change")
