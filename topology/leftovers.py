@@ -73,7 +73,7 @@ def capture(
     socket files the scenario's daemons create in their private run directories: one
     of them in the root namespace's would mean a daemon escaped its host."""
     inodes = {_netns(pid) for pid in _shells(prefix)}
-    root = _netns("1")
+    root = _netns("self")  # switches (Linux bridges) have shells in the root namespace
     return Footprint(
         prefix,
         frozenset(i for i in inodes if i is not None and i != root),

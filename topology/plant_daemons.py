@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ class GatewayDaemons:
     plant: PlantNet
     topology_dir: Path
     keys: dict[str, Path]  # site -> its identity's key directory
-    logs: Path
+    workdir: Path
     rekey_interval: float = 120.0
     daemons: list[Daemon] = field(default_factory=list)
 
@@ -112,19 +113,54 @@ class GatewayDaemons:
     def sites(self) -> list[str]:
         return [h.label for h in self.plant.plan.hosts if h.kind == "gateway"]
 
+    def flow_log(self, site: str) -> Path:
+        return self.workdir / "flows" / f"flows-{site}.jsonl"
+
     def start(self) -> None:
+        """policyd first, so the gateway is closed before any tunnel exists (tunneld's
+        own handshakes must then pass policyd's input chain), then tunneld."""
         py = sys.executable
+        topo = self.plant.topology
         for site in self.sites:
             host = self.plant.host(site)
+            # The control API binds the overlay address before tunneld adds it.
+            host.cmd("sysctl -qw net.ipv4.ip_nonlocal_bind=1")
+            policyd = [py, "-m", "policyd.cli", "--topology", str(self.topology_dir)]
+            policyd += ["--gateway", site, "--tunnel", "zg0", "--flush-on-exit"]
+            policyd += ["--api-listen", str(topo.sites[site].gateway.overlay)]
+            policyd += ["--flow-log", str(self.flow_log(site))]
+            policyd += ["--state-dir", str(self.workdir / "state" / site)]
+            self._start("policyd", site, policyd)
+        self._wait("policyd's table", lambda site: self._has_table(site), 30.0)
+        for site in self.sites:
             tunneld = [py, "-m", "tunneld.cli", "--topology", str(self.topology_dir)]
             tunneld += ["--node", site, "--keys", str(self.keys[site]), "--ifname", "zg0"]
             tunneld += ["--rekey-interval", str(self.rekey_interval)]
-            policyd = [py, "-m", "policyd.cli", "--topology", str(self.topology_dir)]
-            policyd += ["--gateway", site, "--tunnel", "zg0", "--flush-on-exit"]
-            for name, argv in (("tunneld", tunneld), ("policyd", policyd)):
-                d = Daemon(f"{name}@{site}", host, argv, self.logs / f"{name}-{site}.log")
-                self.daemons.append(d)
-                d.start()
+            self._start("tunneld", site, tunneld)
+
+    def _start(self, name: str, site: str, argv: list[str]) -> None:
+        d = Daemon(f"{name}@{site}", self.plant.host(site), argv, self.logs / f"{name}-{site}.log")
+        self.daemons.append(d)
+        d.start()
+
+    def _has_table(self, site: str) -> bool:
+        argv = ["nft", "list", "table", "inet", "zonegate"]
+        return in_host(self.plant.host(site), argv)[0] == 0
+
+    def _wait(self, what: str, ready: Callable[[str], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.sites)
+        while pending:
+            if self.dead():
+                names = ", ".join(d.name for d in self.dead())
+                raise RuntimeError(f"daemon(s) exited during start: {names}\n{self._tails()}")
+            pending = [s for s in pending if not ready(s)]
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no {what} within {timeout:.0f}s on {', '.join(pending)}\n{self._tails()}"
+                )
+            if pending:
+                time.sleep(0.2)
 
     def status(self, site: str) -> dict[str, Any] | None:
         """`tunneld status --json` in the gateway host; None while it does not answer."""
@@ -188,6 +224,10 @@ class GatewayDaemons:
                             f"{site} cannot ping {peer}'s overlay {address} through the tunnel"
                             f"\n{self._tails()}"
                         )
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
 
     def _tails(self) -> str:
         return "\n".join(f"--- {d.name} ({d.log})\n{d.tail()}" for d in self.daemons)

@@ -34,9 +34,11 @@ import yaml
 
 import topology
 from topology.emulation import PlantNet
+from topology.explore import hold, instructions
 from topology.leftovers import Footprint, capture, leftovers
 from topology.plant_daemons import GatewayDaemons, in_host, source_env
 from topology.scenario_cases import Case, Outcome, outcome_table, plan_cases, summary
+from topology.scenario_grants import GrantStep, close_grants, open_grants
 from topology.table import format_table
 
 
@@ -125,7 +127,7 @@ class Scenario:
 
         t = time.monotonic()
         self.daemons = GatewayDaemons(
-            self.plant, self.topology_dir, site_keys, self.workdir / "logs", self.rekey_interval
+            self.plant, self.topology_dir, site_keys, self.workdir, self.rekey_interval
         )
         self.daemons.start()
         self.tunnels = self.daemons.wait_for_psks()
@@ -176,21 +178,17 @@ class Scenario:
         rc, out = in_host(self.host(source), argv, timeout=self.probe_timeout * 4 + 10)
         return rc == 0, _detail(out)
 
-    def grant(self, action: str, source: str, seconds: int = 60) -> list[dict[str, Any]]:
-        """Open/close every grant the source could get, on every gateway (stopgap path)."""
-        assert self.plant is not None
-        done: list[dict[str, Any]] = []
-        for h in self.plant.plan.hosts:
-            if h.kind != "gateway":
-                continue
-            argv = [sys.executable, "-m", "topology.direct_grants", action]
-            argv += ["--topology", str(self.topology_dir), "--gateway", h.label]
-            argv += ["--source", source, "--seconds", str(seconds)]
-            rc, out = in_host(self.host(h.label), argv, timeout=60)
-            if rc != 0:
-                raise RuntimeError(f"grant {action} for {source} on {h.label} failed:\n{out}")
-            done += json.loads(out.strip().splitlines()[-1])["grants"]
-        return done
+    def in_gateway(self, site: str, argv: list[str]) -> tuple[int, str]:
+        return in_host(self.host(site), argv, timeout=30)
+
+    def open_grants(self, identity: str, duration: str = "5m") -> list[tuple[GrantStep, str]]:
+        """Every grant the identity could hold, requested and approved through the API."""
+        reason = "scenario: declared test with granted: true"
+        now = datetime.now(UTC)
+        return open_grants(self.in_gateway, self.topology, identity, now, duration, reason)
+
+    def close_grants(self, identity: str, opened: list[tuple[GrantStep, str]]) -> None:
+        close_grants(self.in_gateway, identity, opened)
 
     def cases(self, now: datetime | None = None) -> list[Case]:
         assert self.plant is not None
@@ -216,12 +214,12 @@ class Scenario:
                 continue
             assert c.source_host is not None and c.target_address is not None
             began = time.monotonic()
-            opened = self.grant("open", c.test.source)
+            opened = self.open_grants(c.test.source)
             try:
                 passed, detail = self.probe(c.source_host, c.target_address, c.test.service)
             finally:
-                self.grant("close", c.test.source)
-            note = ", ".join(f"{g['conduit']}@{g['source']}" for g in opened) or "no grant"
+                self.close_grants(c.test.source, opened)
+            note = ", ".join(f"{step.conduit} {gid}" for step, gid in opened) or "none possible"
             results[c.index] = Outcome(
                 c, passed, f"{detail} [grants: {note}]", time.monotonic() - began
             )
@@ -257,6 +255,11 @@ class Scenario:
                 )
         return format_table(["GATEWAY", "PEER", "ROLE", "PQ PSK AGE", "ROTATIONS", "KEM"], rows)
 
+    def flow_logs(self) -> list[str]:
+        if self.daemons is None:
+            return []
+        return [str(self.daemons.flow_log(site)) for site in self.daemons.sites]
+
     def dump(self, into: Path) -> None:
         if self.daemons is not None:
             self.daemons.dump(into)
@@ -285,8 +288,10 @@ def interrupts_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def run(source: Path, workdir: Path, prefix: str | None = None) -> tuple[int, list[Outcome]]:
-    """Bring up, replay, print, tear down; exit code 1 on any mismatch."""
+def run(
+    source: Path, workdir: Path, prefix: str | None = None, keep: bool = False
+) -> tuple[int, list[Outcome]]:
+    """Bring up, replay, print, (hold,) tear down; exit code 1 on any mismatch."""
     scenario = Scenario(source, workdir, prefix)
     t0 = time.monotonic()
     outcomes: list[Outcome] = []
@@ -296,8 +301,11 @@ def run(source: Path, workdir: Path, prefix: str | None = None) -> tuple[int, li
         print(scenario.tunnel_table(), flush=True)
         outcomes = scenario.run_tests()
         print(outcome_table(outcomes))
-        print(summary(outcomes))
+        print(summary(outcomes), flush=True)
         failed = not all(o.ok for o in outcomes)
+        if keep and scenario.plant is not None:
+            print(instructions(scenario.plant, scenario.flow_logs()), flush=True)
+            hold(scenario.plant)
     finally:
         if failed:
             scenario.dump(workdir / "dump")
@@ -315,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("topology", type=Path)
     p.add_argument("--workdir", type=Path, help="default: a new directory under /tmp")
     p.add_argument("--prefix", help="Mininet node name prefix (default: zm + random hex)")
+    p.add_argument("--keep", action="store_true", help="stay up until Ctrl-C to explore")
     args = p.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="zonegate-scenario-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with interrupts_as_exceptions():
         try:
-            code, _ = run(args.topology, workdir, args.prefix)
+            code, _ = run(args.topology, workdir, args.prefix, args.keep)
         except KeyboardInterrupt:
             print("interrupted; torn down", file=sys.stderr)
             return 130

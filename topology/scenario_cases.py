@@ -117,6 +117,10 @@ def plan_cases(topo: Topology, plan: Plan, now: datetime, user_tunnels: bool = T
         except FlowError as exc:
             cases.append(Case(i, test, None, f"skipped ({exc})"))
             continue
+        if test.granted and test.source not in topo.identities:
+            reason = "skipped (grants are requested by identities; the source is not one)"
+            cases.append(Case(i, test, verdict, reason))
+            continue
         source = _source_host(topo, plan, test.source, user_tunnels)
         if isinstance(source, tuple):
             cases.append(Case(i, test, verdict, source[0]))
