@@ -5,8 +5,9 @@ caller's. Measures, for 100, 1k, 10k and 100k identities (roles = identities/100
 at least 4; two conduits per role; zones and assets grow with identities):
 compile time, apply time (check + commit of the whole table), rules in hook chains
 and in total; one membership change (set element add or delete through the
-persistent handle) at 1k and 100k; UDP packet rate through a gateway namespace with
-the 100k-identity policy against the same path with no policy, in one run.
+persistent handle, sent over nfnetlink) at 1k and 100k; UDP packet rate through a
+gateway namespace with the 100k-identity policy against the same path with no
+policy, in one run.
 Writes bench/results/policy.json.
 """
 

@@ -6,8 +6,11 @@
   a failure raises `ApplyError` with libnftables' message and the running ruleset stays.
   Active grants (elements of `grant_*`/`zgrant_*` sets) are carried over with their
   remaining time when the conduit still exists and still names the source.
-- Membership changes are set-element adds and deletes through the same handle, never
-  a reload: `add_grant`/`remove_grant`, and `sync_members` for identity validity.
+- Membership changes are set-element adds and deletes, never a reload: `add_grant`/
+  `remove_grant`, and `sync_members` for identity validity. They go straight to the
+  kernel over nfnetlink (`policyd.setelems`): through libnftables each one would first
+  refetch the whole table's chains and sets, a cost that grows with the ruleset.
+  Elements that encoder does not cover fall back to libnftables.
 - `running_objects` and `diff_text` read the table back (`nft -j list table`).
 
 libnftables parses `meta hour` in the local time zone of the process; the compiler
@@ -22,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
@@ -30,8 +33,10 @@ from typing import Any
 
 from policyd.compiler import ConduitPlan, Ruleset
 from policyd.conventions import TABLE_FAMILY, TABLE_NAME
+from policyd.nfnl import Message, NfnlError
 from policyd.nftjson import Json, network, table, table_ref
 from policyd.render import canonical, render_text
+from policyd.setelems import ElementWriter
 
 log = logging.getLogger("policyd.kernel")
 
@@ -64,15 +69,23 @@ def _utc_process() -> None:
 
 
 class NftHandle:
-    """A persistent libnftables context for table `inet zonegate`."""
+    """A persistent libnftables context for table `inet zonegate`.
 
-    def __init__(self) -> None:
+    `direct_elements=False` sends element changes through libnftables too (for
+    comparison in tests and benchmarks; the default is the nfnetlink path).
+    """
+
+    def __init__(self, direct_elements: bool = True) -> None:
         _utc_process()
         import nftables  # Debian's python3-nftables; imported here so pure code never needs it
 
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
+        self._direct = direct_elements
+        self._writer = ElementWriter(TABLE_FAMILY, TABLE_NAME)
+        # identity set -> membership this handle last put in the kernel (see sync_members)
+        self._in_kernel: dict[str, _Membership] = {}
 
     # -- raw commands -------------------------------------------------------------------
     def run(self, commands: list[Json] | str, what: str, check: bool = False) -> Any:
@@ -117,12 +130,17 @@ class NftHandle:
         ]
         what = f"replace table {TABLE_FAMILY} {TABLE_NAME}: {len(objects)} objects"
         text = json.dumps({"nftables": commands})
+        self._writer.forget()
         try:
             if check:
                 self.run(text, what, check=True)
+            self._in_kernel.clear()
             self.run(text, what)
         except NftError as e:
             raise ApplyError(f"ruleset for {ruleset.gateway} rejected, nothing changed: {e}") from e
+        for plan in ruleset.conduits.values():
+            if not plan.needs_grant and plan.identity_set:
+                self._in_kernel[plan.identity_set] = _membership(plan)
         return sum(len(v) for v in kept.values())
 
     def _surviving_grants(self, ruleset: Ruleset) -> dict[str, list[Any]]:
@@ -160,13 +178,38 @@ class NftHandle:
         )
 
     # -- elements ---------------------------------------------------------------------
+    def _direct_batch(self, changes: list[tuple[str, list[Any], bool]], what: str) -> bool:
+        """Send (set, elements, delete?) changes as one nfnetlink transaction.
+
+        False (nothing sent) when one of them is not encodable and libnftables must run
+        the batch instead; kernel errors are raised as `NftError` like libnftables'.
+        """
+        if not self._direct:
+            return False
+        try:
+            messages: list[Message] = []
+            for name, elements, delete in changes:
+                m = self._writer.message(name, elements, delete)
+                if m is None:
+                    return False
+                messages.append(m)
+            log.info("[#] nfnetlink batch (%s)", what)
+            self._writer.send(messages, what)
+        except NfnlError as e:
+            raise NftError(e.strerror or str(e)) from e
+        return True
+
     def add_elements(self, set_name: str, elements: list[Any]) -> None:
-        body = {**table_ref(), "name": set_name, "elem": elements}
-        self.run([{"add": {"element": body}}], f"add element {set_name} ({len(elements)})")
+        what = f"add element {set_name} ({len(elements)})"
+        if not self._direct_batch([(set_name, elements, False)], what):
+            body = {**table_ref(), "name": set_name, "elem": elements}
+            self.run([{"add": {"element": body}}], what)
 
     def delete_elements(self, set_name: str, elements: list[Any]) -> None:
-        body = {**table_ref(), "name": set_name, "elem": elements}
-        self.run([{"delete": {"element": body}}], f"delete element {set_name} ({len(elements)})")
+        what = f"delete element {set_name} ({len(elements)})"
+        if not self._direct_batch([(set_name, elements, True)], what):
+            body = {**table_ref(), "name": set_name, "elem": elements}
+            self.run([{"delete": {"element": body}}], what)
 
     def set_elements(self, set_name: str) -> list[Any]:
         out = self.run(
@@ -207,15 +250,21 @@ class NftHandle:
             raise GrantError(f"grant for {source} on {conduit} would expire immediately")
         # Re-granting replaces the old expiry: delete (if present) and add in one batch.
         el = {"elem": {"val": value, "timeout": seconds}}
-        body = {**table_ref(), "name": set_name, "elem": [el]}
+        what = f"grant {conduit} to {source} for {seconds}s"
         try:
-            self.run(
-                [{"delete": {"element": {**body, "elem": [value]}}}, {"add": {"element": body}}],
-                f"grant {conduit} to {source} for {seconds}s",
-            )
+            self._replace_element(set_name, value, el, what)
         except NftError:
-            self.run([{"add": {"element": body}}], f"grant {conduit} to {source} for {seconds}s")
+            self.add_elements(set_name, [el])  # there was none to delete
         return Grant(conduit, source, set_name, value, now + timedelta(seconds=seconds))
+
+    def _replace_element(self, set_name: str, value: Any, el: Any, what: str) -> None:
+        """Delete `value` and add `el` in one transaction (fails if `value` is absent)."""
+        if self._direct_batch([(set_name, [value], True), (set_name, [el], False)], what):
+            return
+        body = {**table_ref(), "name": set_name, "elem": [el]}
+        self.run(
+            [{"delete": {"element": {**body, "elem": [value]}}}, {"add": {"element": body}}], what
+        )
 
     def remove_grant(self, ruleset: Ruleset, conduit: str, source: str) -> bool:
         """Close a grant now; False if there was none."""
@@ -238,11 +287,18 @@ class NftHandle:
         """Make the identity sets match `ruleset` by element adds/deletes (no reload).
 
         Returns (added, deleted). Elements whose expiry moved are deleted and re-added.
+        A set whose membership (addresses and expiry) is what this handle last put in
+        the kernel is not read back: one identity's change costs the sets it is in, not
+        a listing of every identity set (~0.5 s for 200 sets at 100k identities).
         """
         added = deleted = 0
         for plan in ruleset.conduits.values():
             if plan.needs_grant or not plan.identity_set:
                 continue
+            membership = _membership(plan)
+            if self._in_kernel.get(plan.identity_set) == membership:
+                continue
+            self._in_kernel.pop(plan.identity_set, None)
             want = _member_elements(ruleset, plan)
             have: dict[str, int | None] = {}
             for el in self.set_elements(plan.identity_set):
@@ -269,6 +325,7 @@ class NftHandle:
                     ],
                 )
             added, deleted = added + len(new), deleted + len(stale) + len(moved)
+            self._in_kernel[plan.identity_set] = membership
         return added, deleted
 
     # -- reading back -------------------------------------------------------------------
@@ -287,6 +344,8 @@ class NftHandle:
 
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""
+        self._writer.forget()
+        self._in_kernel.clear()
         self.run([{"add": {"table": table()}}, {"delete": {"table": table()}}], "delete table")
 
 
@@ -297,6 +356,14 @@ def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:
     if not plan.needs_grant:
         raise GrantError(f"conduit {conduit} needs no grant (it has no approval or emergency)")
     return plan
+
+
+_Membership = tuple[Mapping[str, IPv4Address], Mapping[str, datetime]]
+
+
+def _membership(plan: ConduitPlan) -> _Membership:
+    """What an identity set should hold, independent of when it was compiled."""
+    return plan.identities, plan.expiry
 
 
 def _member_elements(ruleset: Ruleset, plan: ConduitPlan) -> dict[str, int | None]:

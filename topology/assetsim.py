@@ -55,6 +55,7 @@ async def serve(bind: str, modbus_port: int | None, tcp: list[int], udp: list[in
     modbus_task = None
     if modbus_port is not None:
         modbus_task = asyncio.create_task(_modbus(bind, modbus_port))
+        await _listening("127.0.0.1" if bind == "0.0.0.0" else bind, modbus_port)
     print("ready", flush=True)
     await stop.wait()
     for server in servers:
@@ -65,6 +66,21 @@ async def serve(bind: str, modbus_port: int | None, tcp: list[int], udp: list[in
         modbus_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await modbus_task
+
+
+async def _listening(host: str, port: int, timeout: float = 20.0) -> None:
+    """Wait until the port accepts, so 'ready' means every service really is."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def _modbus(bind: str, port: int) -> None:

@@ -27,17 +27,23 @@ class ProbeResult:
     detail: str
 
 
-def probe(spec: ServiceSpec, address: str, timeout: float = 2.0) -> ProbeResult:
+def probe(
+    spec: ServiceSpec, address: str, timeout: float = 2.0, source: str | None = None
+) -> ProbeResult:
+    """`source` binds the client's address (an identity's overlay on a shared link)."""
     if spec.service == "modbus":
-        return _modbus(address, spec.port, spec.function_class or "read", timeout)
+        return _modbus(address, spec.port, spec.function_class or "read", timeout, source)
     if spec.transport == "udp":
-        return _udp(address, spec.port, timeout)
-    return _tcp(address, spec.port, timeout)
+        return _udp(address, spec.port, timeout, source)
+    return _tcp(address, spec.port, timeout, source)
 
 
-def _tcp(address: str, port: int, timeout: float) -> ProbeResult:
+def _tcp(address: str, port: int, timeout: float, source: str | None) -> ProbeResult:
+    bind = (source, 0) if source else None
     try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
+        with socket.create_connection(
+            (address, port), timeout=timeout, source_address=bind
+        ) as sock:
             sock.settimeout(timeout)
             data = sock.recv(len(BANNER))
     except OSError as exc:
@@ -47,10 +53,12 @@ def _tcp(address: str, port: int, timeout: float) -> ProbeResult:
     return ProbeResult(False, f"tcp/{port}: connected but no banner ({data!r})")
 
 
-def _udp(address: str, port: int, timeout: float) -> ProbeResult:
+def _udp(address: str, port: int, timeout: float, source: str | None) -> ProbeResult:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
+            if source:
+                sock.bind((source, 0))
             sock.sendto(b"probe", (address, port))
             data, _ = sock.recvfrom(256)
         except OSError as exc:
@@ -59,12 +67,15 @@ def _udp(address: str, port: int, timeout: float) -> ProbeResult:
     return ProbeResult(ok, f"udp/{port}: {'echo received' if ok else 'unexpected reply'}")
 
 
-def _modbus(address: str, port: int, function_class: str, timeout: float) -> ProbeResult:
+def _modbus(
+    address: str, port: int, function_class: str, timeout: float, source: str | None
+) -> ProbeResult:
     from pymodbus.client import ModbusTcpClient
     from pymodbus.exceptions import ModbusException
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    client = ModbusTcpClient(address, port=port, timeout=timeout, retries=0)
+    bind = (source, 0) if source else None
+    client = ModbusTcpClient(address, port=port, timeout=timeout, retries=0, source_address=bind)
     try:
         if not client.connect():
             return ProbeResult(False, f"modbus: cannot connect to {address}:{port}")
@@ -88,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address")
     parser.add_argument("service", help="ssh, modbus/write, tcp/502, ...")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--source", help="client address to send from")
     args = parser.parse_args(argv)
     spec = parse_service_spec(args.service, BUILTIN_SERVICES)
     if isinstance(spec, tuple):
         print(f"probe: {spec[0]}", file=sys.stderr)
         return 2
-    result = probe(spec, args.address, args.timeout)
+    result = probe(spec, args.address, args.timeout, args.source)
     print(json.dumps(asdict(result)))
     return 0 if result.passed else 1
 

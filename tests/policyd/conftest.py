@@ -6,12 +6,14 @@ against the model alone. `NOW` is a Wednesday 10:00 UTC (11:00 in Berlin, winter
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
 
+from tests.policyd.nsnet import Net, require_tools
 from topology.model import (
     Approval,
     Asset,
@@ -178,3 +180,16 @@ def build_plant() -> Topology:
 @pytest.fixture(scope="session")
 def plant() -> Topology:
     return build_plant()
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    """identity -- gateway -- zone namespaces with real servers in the zone."""
+    require_tools()
+    n = Net()
+    try:
+        n.up()
+        n.start_servers()
+        yield n
+    finally:
+        n.down()

@@ -178,7 +178,18 @@ class Net:
         return p
 
     def start_servers(self) -> None:
-        p = self.spawn(self.zone, PY, str(HERE / "nsprobe.py"), "serve", "502", "22", "5900")
+        p = self.spawn(
+            self.zone,
+            PY,
+            "-m",
+            "topology.assetsim",
+            "--modbus",
+            "502",
+            "--tcp",
+            "22",
+            "--tcp",
+            "5900",
+        )
         assert p.stdout is not None
         seen = []
         deadline = time.monotonic() + 20
@@ -192,15 +203,17 @@ class Net:
                 break
         assert seen and seen[-1].strip() == "ready", f"zone servers did not start: {seen}"
 
+    def probe(self, who: str, dst: str, service: str) -> bool:
+        """Real traffic from an identity's address (topology.probe); True if it passed."""
+        argv = [PY, "-m", "topology.probe", dst, service, "--source", IDENTITIES[who]]
+        out = self.ns(self.ident, *argv, "--timeout", "1.5", check=False)
+        return out.returncode == 0
+
     def modbus(self, who: str, dst: str, op: str) -> bool:
-        out = self.ns(self.ident, PY, str(HERE / "nsprobe.py"), "modbus", IDENTITIES[who], dst, op)
-        return bool(json.loads(out.stdout.strip().splitlines()[-1])["ok"])
+        return self.probe(who, dst, f"modbus/{op}")
 
     def tcp(self, who: str, dst: str, port: int) -> bool:
-        out = self.ns(
-            self.ident, PY, str(HERE / "nsprobe.py"), "tcp", IDENTITIES[who], dst, str(port)
-        )
-        return bool(json.loads(out.stdout.strip().splitlines()[-1])["ok"])
+        return self.probe(who, dst, f"tcp/{port}")
 
     def gw_python(self, code: str, check: bool = True) -> Any:
         """Run `code` in the gateway namespace; it must print one JSON value last."""

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.policyd.nsnet import PLC1, PY, Net, require_tools, topology_yaml
+from tests.policyd.nsnet import PLC1, PY, Net, topology_yaml
 
 pytestmark = pytest.mark.root
 
@@ -64,18 +63,6 @@ class Policyd:
 
     def log(self) -> str:
         return "".join(self.lines)
-
-
-@pytest.fixture
-def net() -> Iterator[Net]:
-    require_tools()
-    n = Net()
-    try:
-        n.up()
-        n.start_servers()
-        yield n
-    finally:
-        n.down()
 
 
 def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:

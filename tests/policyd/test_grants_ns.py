@@ -7,29 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.policyd.nsnet import ENV, HERE, IDENTITIES, PLC2, PY, Net, require_tools, topology_yaml
+from tests.policyd.nsnet import ENV, HERE, IDENTITIES, PLC2, PY, Net, topology_yaml
 from tests.policyd.test_daemon_ns import Policyd
 
 pytestmark = pytest.mark.root
 API = "http://100.64.0.1:9780"
-
-
-@pytest.fixture
-def net() -> Iterator[Net]:
-    require_tools()
-    n = Net()
-    try:
-        n.up()
-        n.start_servers()
-        yield n
-    finally:
-        n.down()
 
 
 def api(net: Net, ns: str, src: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

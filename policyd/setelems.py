@@ -1,0 +1,177 @@
+"""Set-element adds and deletes sent straight to the kernel (see `policyd.nfnl` for why).
+
+A membership change (a grant, an identity becoming valid or not) must cost the same
+whatever the size of the ruleset. Through libnftables it does not: every command
+refetches the table's chains and sets first. Here one change is one batch of one
+NEWSETELEM or DELSETELEM message, so its cost depends on nothing but the element.
+
+Only IPv4 address sets (`ipv4_addr`, plain or `interval`, optionally `timeout`) are
+encoded, which is every set policyd changes at run time. `encode` returns None for
+anything else (another key type, a map, an element with a comment, an interval ending
+at 255.255.255.255, more than MAX_ELEMENTS at once) and the caller falls back to
+libnftables, which handles all of it.
+
+Interval sets hold each block as two keys the way libnftables writes them: the first
+address (carrying the timeout) and, flagged INTERVAL_END, the address after the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from policyd import nfnl
+
+# enum nft_set_attributes / nft_set_elem_list_attributes / nft_set_elem_attributes
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
+NFTA_DATA_VALUE = 1
+NFT_SET_ELEM_INTERVAL_END = 1
+NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_TIMEOUT = 0x4, 0x8, 0x10
+NFT_SET_OBJECT, NFT_SET_CONCAT = 0x40, 0x80
+TYPE_IPADDR = 7  # nftables' datatype id for ipv4_addr, stored as the set's key type
+_LAST = 0xFFFFFFFF
+# A bulk change (a reconciliation after a reload) goes through libnftables: one message
+# this size stays far below the socket's send buffer, and one change is one element.
+MAX_ELEMENTS = 1024
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    """What the encoding depends on: an IPv4 key, and whether the set is an interval set."""
+
+    ipv4: bool
+    interval: bool
+    timeout: bool
+
+
+def parse_set(attrs: dict[int, bytes]) -> SetInfo:
+    def u32(kind: int) -> int:
+        raw = attrs.get(kind)
+        return int.from_bytes(raw[:4], "big") if raw and len(raw) >= 4 else 0
+
+    flags = u32(NFTA_SET_FLAGS)
+    ipv4 = (
+        u32(NFTA_SET_KEY_TYPE) == TYPE_IPADDR
+        and u32(NFTA_SET_KEY_LEN) == 4
+        and not flags & (NFT_SET_MAP | NFT_SET_OBJECT | NFT_SET_CONCAT)
+    )
+    return SetInfo(ipv4, bool(flags & NFT_SET_INTERVAL), bool(flags & NFT_SET_TIMEOUT))
+
+
+def _span(value: Any) -> tuple[int, int] | None:
+    """[first, last] address of a libnftables JSON value, or None if not IPv4."""
+    try:
+        if isinstance(value, str):
+            a = int(IPv4Address(value))
+            return a, a
+        if isinstance(value, dict) and set(value) == {"prefix"}:
+            p = value["prefix"]
+            net = IPv4Network(f"{p['addr']}/{p['len']}")
+            return int(net.network_address), int(net.broadcast_address)
+        if isinstance(value, dict) and set(value) == {"range"}:
+            lo, hi = (int(IPv4Address(v)) for v in value["range"])
+            return (lo, hi) if lo <= hi else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _key(address: int, flags: int = 0, timeout_ms: int | None = None) -> bytes:
+    parts = []
+    if timeout_ms is not None:
+        parts.append(nfnl.be64(NFTA_SET_ELEM_TIMEOUT, timeout_ms))
+    if flags:
+        parts.append(nfnl.be32(NFTA_SET_ELEM_FLAGS, flags))
+    parts.append(
+        nfnl.nest(NFTA_SET_ELEM_KEY, nfnl.attr(NFTA_DATA_VALUE, address.to_bytes(4, "big")))
+    )
+    return nfnl.nest(NFTA_LIST_ELEM, *parts)
+
+
+def encode(info: SetInfo, elements: list[Any], delete: bool) -> bytes | None:
+    """The NFTA_SET_ELEM_LIST_ELEMENTS payload for `elements` (libnftables JSON), or None
+    when one of them is not something this encoder handles exactly like libnftables."""
+    if not info.ipv4 or len(elements) > MAX_ELEMENTS:
+        return None
+    out = []
+    for el in elements:
+        timeout: int | None = None
+        value = el
+        if isinstance(el, dict) and "elem" in el:
+            body = el["elem"]
+            if not isinstance(body, dict) or not set(body) <= {"val", "timeout"}:
+                return None
+            value, timeout = body.get("val"), body.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
+                return None
+        span = _span(value)
+        if span is None or (timeout is not None and not info.timeout):
+            return None
+        ms = None if delete or timeout is None else timeout * 1000
+        lo, hi = span
+        if not info.interval:
+            if lo != hi:
+                return None
+            out.append(_key(lo, 0, ms))
+        else:
+            if hi == _LAST:
+                return None
+            out.append(_key(lo, 0, ms))
+            out.append(_key(hi + 1, NFT_SET_ELEM_INTERVAL_END))
+    return b"".join(out)
+
+
+class ElementWriter:
+    """Element adds/deletes for one table over a persistent nfnetlink socket.
+
+    The key type and flags of each set are read from the kernel once (GETSET) and kept
+    until `forget()`, which the adapter calls whenever it replaces the table.
+    """
+
+    def __init__(self, family: str, table: str) -> None:
+        self._family = nfnl.FAMILIES[family]
+        self._table = table
+        self._sock = nfnl.NfnlSocket()
+        self._sets: dict[str, SetInfo] = {}
+
+    def forget(self) -> None:
+        self._sets.clear()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def set_info(self, name: str) -> SetInfo:
+        info = self._sets.get(name)
+        if info is None:
+            attrs = nfnl.strz(NFTA_SET_TABLE, self._table) + nfnl.strz(NFTA_SET_NAME, name)
+            reply = self._sock.get(
+                nfnl.Message(nfnl.NFT_MSG_GETSET, self._family, 0, attrs), f"get set {name}"
+            )
+            info = self._sets[name] = parse_set(nfnl.parse_attrs(reply))
+        return info
+
+    def message(self, name: str, elements: list[Any], delete: bool) -> nfnl.Message | None:
+        """One NEWSETELEM/DELSETELEM message, or None if libnftables must do it."""
+        payload = encode(self.set_info(name), elements, delete)
+        if payload is None:
+            return None
+        attrs = (
+            nfnl.strz(NFTA_SET_ELEM_LIST_TABLE, self._table)
+            + nfnl.strz(NFTA_SET_ELEM_LIST_SET, name)
+            + nfnl.attr(NFTA_SET_ELEM_LIST_ELEMENTS | nfnl.NLA_F_NESTED, payload)
+        )
+        if delete:
+            return nfnl.Message(nfnl.NFT_MSG_DELSETELEM, self._family, 0, attrs)
+        return nfnl.Message(nfnl.NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
+
+    def send(self, messages: list[nfnl.Message], what: str) -> None:
+        """One transaction; an error drops the cached set facts (the table may have moved)."""
+        try:
+            self._sock.batch(messages, what)
+        except nfnl.NfnlError:
+            self.forget()
+            raise
