@@ -181,27 +181,26 @@ class GatewayDaemons:
     def dead(self) -> list[Daemon]:
         return [d for d in self.daemons if not d.alive()]
 
-    def wait_for_psks(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        """Until every gateway holds a post-quantum PSK for every peer; the statuses."""
-        deadline = time.monotonic() + timeout
-        pending = set(self.sites)
+    def wait_for_psks(
+        self, expected: set[str] | None = None, timeout: float = 60.0
+    ) -> dict[str, dict[str, Any]]:
+        """Until every gateway holds a post-quantum PSK for each of its peers that is in
+        `expected` (default: all); returns the last status of every gateway."""
         statuses: dict[str, dict[str, Any]] = {}
-        while pending:
-            if self.dead():
-                names = ", ".join(d.name for d in self.dead())
-                raise RuntimeError(f"daemon(s) exited during start: {names}\n{self._tails()}")
-            for site in sorted(pending):
-                st = self.status(site)
-                if st is not None and all(p["psk_age"] is not None for p in st["peers"].values()):
-                    statuses[site] = st
-                    pending.discard(site)
-            if pending and time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no post-quantum PSK within {timeout:.0f}s on {', '.join(sorted(pending))}"
-                    f"\n{self._tails()}"
-                )
-            if pending:
-                time.sleep(0.3)
+
+        def ready(site: str) -> bool:
+            st = self.status(site)
+            if st is None:
+                return False
+            statuses[site] = st
+            peers = st["peers"]
+            return all(
+                p["psk_age"] is not None
+                for name, p in peers.items()
+                if expected is None or name in expected
+            )
+
+        self._wait("post-quantum PSKs", ready, timeout)
         return statuses
 
     def wait_for_data_path(self, timeout: float = 20.0) -> None:

@@ -40,6 +40,7 @@ from topology.plant_daemons import GatewayDaemons, in_host, source_env
 from topology.scenario_cases import Case, Outcome, outcome_table, plan_cases, summary
 from topology.scenario_grants import GrantStep, close_grants, open_grants
 from topology.table import format_table
+from topology.user_tunnels import UserTunnels
 
 
 # --- STOPGAP (issue 7): replaced by the `remote` branch's materialize_keys when it lands.
@@ -94,6 +95,7 @@ class Scenario:
         self.log = log
         self.plant: PlantNet | None = None
         self.daemons: GatewayDaemons | None = None
+        self.users: UserTunnels | None = None
         self.topology_dir = workdir / "topology"
         self.timings: dict[str, float] = {}
         self.tunnels: dict[str, dict[str, Any]] = {}
@@ -109,7 +111,8 @@ class Scenario:
         missing = [s for s, ident in sites.items() if ident is None]
         if missing:
             raise RuntimeError(f"sites without an identity of kind site: {', '.join(missing)}")
-        names = [ident.name for ident in sites.values() if ident is not None]
+        users = [i.name for i in topo.identities.values() if i.kind in ("user", "service")]
+        names = [ident.name for ident in sites.values() if ident is not None] + users
         keys = _materialize_keys_stopgap(self.source, self.workdir, names)
         self.topology = topology.load(self.topology_dir).topology
         site_keys = {s: keys[ident.name] for s, ident in sites.items() if ident is not None}
@@ -130,10 +133,19 @@ class Scenario:
             self.plant, self.topology_dir, site_keys, self.workdir, self.rekey_interval
         )
         self.daemons.start()
-        self.tunnels = self.daemons.wait_for_psks()
+        self.users = UserTunnels(
+            self.plant, self.topology_dir, keys, self.workdir, self.rekey_interval
+        )
+        self.users.start()
+        joined = set(self.users.gateways)
+        self.tunnels = self.daemons.wait_for_psks(set(self.topology.sites) | joined)
         self.daemons.wait_for_data_path()
+        self.users.wait()
         self.timings["tunnels"] = time.monotonic() - t
-        self.log(f"tunnels up with post-quantum PSKs in {self.timings['tunnels']:.1f}s")
+        self.log(
+            f"tunnels up with post-quantum PSKs in {self.timings['tunnels']:.1f}s "
+            f"({len(self.topology.sites)} gateways, {len(joined)} users joined)"
+        )
 
     def _watch_names(self) -> frozenset[str]:
         try:
@@ -143,6 +155,9 @@ class Scenario:
         return frozenset({"zg0.sock", *(f"tunneld-{s}.sock" for s in sites)})
 
     def stop(self) -> None:
+        if self.users is not None:
+            self.users.stop()
+            self.users = None
         if self.daemons is not None:
             self.daemons.stop()
             self.daemons = None
@@ -192,7 +207,8 @@ class Scenario:
 
     def cases(self, now: datetime | None = None) -> list[Case]:
         assert self.plant is not None
-        return plan_cases(self.topology, self.plant.plan, now or datetime.now(UTC), False)
+        no_tunnel = self.users.without if self.users is not None else {}
+        return plan_cases(self.topology, self.plant.plan, now or datetime.now(UTC), no_tunnel)
 
     def run_tests(self, now: datetime | None = None) -> list[Outcome]:
         """Every declared test as real traffic; ungranted ones in parallel, then the

@@ -10,7 +10,7 @@ and say so; they must never show up as passed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address
@@ -80,14 +80,16 @@ def _target_host(plan: Plan, topo: Topology, ref: str, service: str) -> HostPlan
     return in_zone[0] if in_zone else None
 
 
-def _source_host(topo: Topology, plan: Plan, ref: str, user_tunnels: bool) -> str | tuple[str]:
+def _source_host(
+    topo: Topology, plan: Plan, ref: str, no_tunnel: Mapping[str, str]
+) -> str | tuple[str]:
     """Host label for a source; a 1-tuple holds the reason it cannot be emulated."""
     ident = topo.identities.get(ref)
     if ident is not None:
         if ident.kind == "site":
             return ident.site or ref
-        if not user_tunnels:
-            return ("skipped (no user tunnels: `tunneld join` not available yet)",)
+        if ref in no_tunnel:
+            return (no_tunnel[ref],)
         return ref
     if topo.asset(ref) is not None:
         return ref
@@ -99,7 +101,10 @@ def _source_host(topo: Topology, plan: Plan, ref: str, user_tunnels: bool) -> st
     return (f"skipped (source {ref} is not an emulated host)",)
 
 
-def plan_cases(topo: Topology, plan: Plan, now: datetime, user_tunnels: bool = True) -> list[Case]:
+def plan_cases(
+    topo: Topology, plan: Plan, now: datetime, no_tunnel: Mapping[str, str] | None = None
+) -> list[Case]:
+    """`no_tunnel`: identities whose host has no tunnel, with the reason to show."""
     cases: list[Case] = []
     for i, test in enumerate(topo.tests, start=1):
         if test.at is not None:
@@ -121,7 +126,7 @@ def plan_cases(topo: Topology, plan: Plan, now: datetime, user_tunnels: bool = T
             reason = "skipped (grants are requested by identities; the source is not one)"
             cases.append(Case(i, test, verdict, reason))
             continue
-        source = _source_host(topo, plan, test.source, user_tunnels)
+        source = _source_host(topo, plan, test.source, no_tunnel or {})
         if isinstance(source, tuple):
             cases.append(Case(i, test, verdict, source[0]))
             continue
