@@ -149,7 +149,7 @@ class Demo:
             return 1
 
         heading(3, f"Tunnels on {GATEWAY}: WireGuard with a post-quantum PSK (hybrid ML-KEM)")
-        rc, out = self.sh(GATEWAY, [sys.executable, "-m", "tunneld.cli", "status"])
+        _, out = self.sh(GATEWAY, [sys.executable, "-m", "tunneld.cli", "status"])
         say(out.rstrip())
 
         heading(4, f"{ENGINEER} reads {PLC} through her tunnel (Modbus FC 3)")
