@@ -80,10 +80,8 @@ def choose_topology(example: Path, workdir: Path, now: datetime) -> tuple[Path, 
     """The example itself, or (outside the engineers' hours) a widened copy; says which."""
     topo = topology.load(example).topology
     verdict = evaluate(topo, Flow(ENGINEER, PLC, "modbus/read", at=now))
-    conduit = topo.conduits.get(verdict.conduit or "")
-    schedule = conduit.schedule.describe() if conduit and conduit.schedule else "none"
     say(f"now {now:%a %Y-%m-%d %H:%M} UTC; {ENGINEER} -> {PLC} modbus/read: {verdict.word}")
-    say(f"  ({verdict.reason}; schedule {schedule})")
+    say(f"  ({verdict.reason})")
     if verdict.allowed:
         return example, topo
     copy = workdir / "demo-topology"
@@ -157,6 +155,10 @@ class Demo:
 
         heading(5, f"{VENDOR} tries to write a register on {PLC} (Modbus FC 6)")
         self.modbus(VENDOR, "write", "blocked")
+        say("  Why, and what would open it (zonegate explain):")
+        explain = [sys.executable, "-m", "topology.cli", "explain", str(source)]
+        explain += ["--from", VENDOR, "--to", PLC, "--service", "modbus/write"]
+        say("    " + in_root(explain).strip().replace("\n", "\n    "))
 
         heading(6, f"{VENDOR} asks for {self.grant_seconds}s on {CONDUIT}; {LEAD} approves")
         req = self.grant_call(
@@ -206,14 +208,15 @@ class Demo:
         if log is None:
             return
         say(f"\nFlow log of {GATEWAY}: {log}  (all gateways: {', '.join(logs)})")
-        argv = [sys.executable, "-m", "topology.cli", "flows", "--log", log, "--since", "10m"]
-        out = in_host_root(argv)
+        argv = [sys.executable, "-m", "topology.cli", "flows", "--log", log, "--starts"]
+        out = in_root(argv)
         lines = out.rstrip().splitlines()
-        say("\n".join(lines[-14:]) if lines else "  (empty)")
+        shown = lines if len(lines) <= 17 else lines[:1] + lines[-16:]
+        say("\n".join(shown) if shown else "  (empty)")
         say(f"Read it yourself: .venv/bin/zonegate flows --log {log}")
 
 
-def in_host_root(argv: list[str]) -> str:
+def in_root(argv: list[str]) -> str:
     """A command in the root namespace (the flow log is a plain file)."""
     import subprocess
 
