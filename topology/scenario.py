@@ -208,7 +208,9 @@ class Scenario:
     def cases(self, now: datetime | None = None) -> list[Case]:
         assert self.plant is not None
         no_tunnel = self.users.without if self.users is not None else {}
-        return plan_cases(self.topology, self.plant.plan, now or datetime.now(UTC), no_tunnel)
+        notes = self.users.notes() if self.users is not None else {}
+        when = now or datetime.now(UTC)
+        return plan_cases(self.topology, self.plant.plan, when, no_tunnel, notes)
 
     def run_tests(self, now: datetime | None = None) -> list[Outcome]:
         """Every declared test as real traffic; ungranted ones in parallel, then the
@@ -254,21 +256,24 @@ class Scenario:
         )
 
     # -- reporting --------------------------------------------------------------------
-    def tunnel_table(self) -> str:
+    def tunnel_table(self, users_in_full: int = 6) -> str:
+        """One row per tunnel; beyond `users_in_full` user peers, one summary row each."""
         rows = []
         for site, st in sorted(self.tunnels.items()):
-            for peer, p in sorted(st["peers"].items()):
+            peers = sorted(st["peers"].items())
+            users = [(n, p) for n, p in peers if n not in self.topology.sites]
+            shown = [(n, p) for n, p in peers if n in self.topology.sites]
+            if len(users) <= users_in_full:
+                shown, users = peers, []
+            for peer, p in shown:
                 age = p["psk_age"]
-                rows.append(
-                    [
-                        site,
-                        peer,
-                        p["role"],
-                        f"{age:.1f}s" if age is not None else "none",
-                        str(p["rotations"]),
-                        st["kem_backend"],
-                    ]
-                )
+                psk = f"{age:.1f}s" if age is not None else "none"
+                rows.append([site, peer, p["role"], psk, str(p["rotations"]), st["kem_backend"]])
+            if users:
+                ages = [p["psk_age"] for _, p in users if p["psk_age"] is not None]
+                psk = f"{min(ages):.1f}-{max(ages):.1f}s" if ages else "none"
+                keyed = f"{len(ages)}/{len(users)} keyed"
+                rows.append([site, f"{len(users)} users", "responder", psk, keyed, ""])
         return format_table(["GATEWAY", "PEER", "ROLE", "PQ PSK AGE", "ROTATIONS", "KEM"], rows)
 
     def flow_logs(self) -> list[str]:

@@ -34,6 +34,7 @@ class Case:
     skip: str | None = None
     source_host: str | None = None  # Mininet host label to send from
     target_address: str | None = None
+    note: str = ""  # shown with the test, e.g. how the source reaches the target
 
     @property
     def runnable(self) -> bool:
@@ -102,9 +103,14 @@ def _source_host(
 
 
 def plan_cases(
-    topo: Topology, plan: Plan, now: datetime, no_tunnel: Mapping[str, str] | None = None
+    topo: Topology,
+    plan: Plan,
+    now: datetime,
+    no_tunnel: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> list[Case]:
-    """`no_tunnel`: identities whose host has no tunnel, with the reason to show."""
+    """`no_tunnel`: identities whose host cannot send, with the reason to show;
+    `notes`: sources whose traffic runs but deserves a word (e.g. "no tunnel")."""
     cases: list[Case] = []
     for i, test in enumerate(topo.tests, start=1):
         if test.at is not None:
@@ -139,7 +145,8 @@ def plan_cases(
             except ValueError:
                 cases.append(Case(i, test, verdict, f"skipped (no host for {test.target})"))
                 continue
-        cases.append(Case(i, test, verdict, None, source, address))
+        note = (notes or {}).get(test.source, "")
+        cases.append(Case(i, test, verdict, None, source, address, note))
     return cases
 
 
@@ -167,6 +174,8 @@ def outcome_table(outcomes: Sequence[Outcome]) -> str:
             what += " (granted)"
         if t.at is not None:
             what += f" at {t.at.isoformat()}"
+        if o.case.note:
+            what += f" [{o.case.note}]"
         model = o.case.model.word if o.case.model is not None else "-"
         if o.case.model is not None and o.case.model.word != t.expect:
             model += " (now)"

@@ -3,9 +3,10 @@
 Done the way a user would: the network team issues the profile from the topology
 (`zonegate profile issue`, which checks the pinned public keys), and the user's host
 runs `tunneld join PROFILE --keys DIR` with its own keys. A user for whom no profile
-can be issued (no conduit admits it, not valid now) gets no tunnel, and the tests
-from it say why instead of failing. Ready means: every joined user pings the overlay
-address of every gateway in its profile through its tunnel.
+can be issued (no conduit admits it, not valid now) gets no tunnel; its host then
+sends the test traffic straight to the gateways over the WAN, which must drop it.
+Ready means: every joined user pings the overlay address of every gateway in its
+profile through its tunnel.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class UserTunnels:
     workdir: Path
     rekey_interval: float = 120.0
     daemons: list[Daemon] = field(default_factory=list)
-    without: dict[str, str] = field(default_factory=dict)  # identity -> why no tunnel
+    without: dict[str, str] = field(default_factory=dict)  # identity -> why it cannot send
+    refused: dict[str, str] = field(default_factory=dict)  # identity -> why no profile
     gateways: dict[str, list[str]] = field(default_factory=dict)  # identity -> overlays
 
     @property
@@ -53,11 +55,25 @@ class UserTunnels:
         res = subprocess.run(argv, capture_output=True, text=True, env=source_env(), check=False)
         if res.returncode != 0:
             why = (res.stderr.strip().splitlines() or ["profile issue failed"])[-1]
-            self.without[identity] = f"skipped (no tunnel: {why})"
+            self.refused[identity] = why.removeprefix("zonegate profile issue: ")
+            self.try_without_tunnel(identity)
             return None
         doc = json.loads(out.read_text())
         self.gateways[identity] = [str(g["overlay"]) for g in doc["gateways"]]
         return out
+
+    def try_without_tunnel(self, identity: str) -> None:
+        """No profile, so no tunnel: the user's host then tries the plant directly, with a
+        route to every zone via its site's gateway on the WAN. The gateway must drop it
+        (identities are only believed when they arrive through their tunnel)."""
+        host = self.plant.host(identity)
+        dev = f"{self.plant.plan.host(identity).node}-eth0"
+        for site in self.plant.topology.sites.values():
+            for zone in site.zones.values():
+                host.cmd(f"ip route add {zone.cidr} via {site.gateway.underlay} dev {dev} onlink")
+
+    def notes(self) -> dict[str, str]:
+        return {name: "no tunnel: sent over the WAN" for name in self.refused}
 
     def start(self) -> None:
         if not join_available():
