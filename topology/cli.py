@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
     _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")
 
+    p = sub.add_parser("profile", help="tunnel profiles for remote users: issue, show")
+    _lazy_arguments(p, "tunneld.profile", "add_profile_arguments")
+    p.set_defaults(func=_lazy("tunneld.profile", "profile_command"))
+
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
     _lazy_arguments(p, "policyd.flows_cli", "add_flows_arguments")
     p.set_defaults(func=_lazy("policyd.flows_cli", "flows_command"))

@@ -1,4 +1,5 @@
-"""Command line: `tunneld --topology PATH --node NAME`, `tunneld keygen DIR`, `status`."""
+"""Command line: `tunneld --topology PATH --node NAME` (a gateway), `tunneld join PROFILE`
+(a user's machine), `tunneld keygen DIR`, `status`, `backends`."""
 
 from __future__ import annotations
 
@@ -12,21 +13,39 @@ from pathlib import Path
 from tunneld import kem
 from tunneld.keys import KeyFileError, keygen
 
-SUBCOMMANDS = ("keygen", "status", "backends")
+SUBCOMMANDS = ("keygen", "status", "backends", "join")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tunneld",
         description="WireGuard tunnels keyed by a hybrid post-quantum handshake. "
-        "Other commands: tunneld keygen DIR | tunneld status | tunneld backends",
+        "Other commands: tunneld join PROFILE --keys DIR | tunneld keygen DIR | "
+        "tunneld status | tunneld backends",
     )
     p.add_argument("--topology", required=True, type=Path, help="topology file or directory")
     p.add_argument("--node", required=True, help="the site whose gateway this is")
+    p.add_argument("--listen", default="0.0.0.0", help="handshake listen address (tcp)")
+    _common(p)
+    return p
+
+
+def _join_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tunneld join",
+        description="Bring up a remote user's tunnel from a profile (zonegate profile issue): "
+        "one WireGuard peer per gateway, keyed by the post-quantum handshake. Runs until "
+        "stopped or until the profile expires.",
+    )
+    p.add_argument("profile", type=Path, help="the tunnel profile (JSON)")
+    _common(p)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", type=Path, help="this node's key directory (tunneld keygen)")
     p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
     p.add_argument("--status-socket", type=Path, help="default /run/zonegate/tunneld-NODE.sock")
-    p.add_argument("--listen", default="0.0.0.0", help="handshake listen address (tcp)")
     p.add_argument("--wg-backend", choices=("auto", "kernel", "wireguard-go"), default="auto")
     p.add_argument("--kem-backend", choices=("cryptography", "liboqs"), default="cryptography")
     p.add_argument(
@@ -36,26 +55,26 @@ def _daemon_parser() -> argparse.ArgumentParser:
         help="seconds between PSK rotations; other timers scale with it (default 120)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
-def _run_daemon(argv: Sequence[str]) -> int:
+def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
     from tunneld.daemon import Daemon, Options
     from tunneld.timers import Timers
 
-    args = _daemon_parser().parse_args(argv)
+    args = (_join_parser() if join else _daemon_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     timers = Timers() if args.rekey_interval == 120.0 else Timers.fast(args.rekey_interval)
     opts = Options(
-        topology=args.topology,
-        node=args.node,
+        topology=None if join else args.topology,
+        node="" if join else args.node,
+        profile=args.profile if join else None,
         keys=args.keys,
         ifname=args.ifname,
         status_socket=args.status_socket,
-        listen=args.listen,
+        listen="0.0.0.0" if join else args.listen,
         timers=timers,
         wg_backend=args.wg_backend,
         kem_backend=args.kem_backend,
@@ -65,7 +84,11 @@ def _run_daemon(argv: Sequence[str]) -> int:
     except Exception as exc:  # configuration errors: one clear line, no traceback
         print(f"tunneld: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(daemon.run())
+    try:
+        asyncio.run(daemon.run())
+    except SystemExit as exc:  # the daemon stopped for a reason the user must read
+        print(str(exc.code), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -117,6 +140,8 @@ def _backends(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in SUBCOMMANDS:
+        if args[0] == "join":
+            return _run_daemon(args[1:], join=True)
         cmd = {"keygen": _keygen, "status": _status, "backends": _backends}[args[0]]
         return cmd(args[1:])
     return _run_daemon(args)

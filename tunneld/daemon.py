@@ -2,8 +2,11 @@
 
 It is the I/O shell around the sans-I/O `Endpoint`: it owns the TCP listener and
 connections (2-byte length framing, see docs/handshake.md section 11), the real clock
-and randomness, the WireGuard interface, and the status socket. It knows nothing about
-what kind of node it runs: a user node is a plan with one gateway peer.
+and randomness, the WireGuard interface, and the status socket. It barely cares what
+kind of node it runs: a gateway's plan comes from the topology (`--node SITE`), a
+user's from a tunnel profile (`tunneld join`): initiator peers only, no listener.
+A gateway re-plans when a user's validity window opens or closes (`replan_at`); a
+user node stops when its profile expires.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import signal
 import struct
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import topology
+from topology.model import Topology
 from tunneld import kem as kem_mod
 from tunneld.handshake import (
     Endpoint,
@@ -28,14 +33,19 @@ from tunneld.handshake import (
     PeerConfig,
     PskExpired,
     PskReady,
+    Refusal,
+    RefusedIdentity,
     Rejected,
     Send,
     Timeout,
+    describe_refusal,
 )
 from tunneld.keys import KeySet, load_keyset
 from tunneld.links import LinkSpec, reconcile_link
 from tunneld.messages import MAX_MESSAGE_SIZE
 from tunneld.plan import NodePlan, PeerPlan, plan
+from tunneld.profile import check_usable, join_plan
+from tunneld.profile import load as load_profile
 from tunneld.status import serve_status
 from tunneld.timers import Timers
 from tunneld.wg import InterfaceSpec, PeerSpec, WgError, WireGuard
@@ -59,6 +69,7 @@ class RealClock:
 class PeerStatus:
     role: str
     endpoint: str
+    kind: str = "site"
     last_handshake: float | None = None  # wall clock of the last installed PSK
     psk_installed: float | None = None  # monotonic
     rotations: int = 0
@@ -67,6 +78,8 @@ class PeerStatus:
     last_failure_at: float | None = None
     install_ms: float | None = None
     expired: int = 0
+    refusals: int = 0
+    last_refusal: str | None = None
 
     def fail(self, reason: str) -> None:
         self.failures += 1
@@ -76,9 +89,10 @@ class PeerStatus:
 
 @dataclass
 class Options:
-    topology: Path
-    node: str
+    topology: Path | None = None  # a gateway: topology + node (site name)
+    node: str = ""
     keys: Path | None = None
+    profile: Path | None = None  # a user or service: tunnel profile (tunneld join)
     ifname: str = "zg0"
     status_socket: Path | None = None
     listen: str = "0.0.0.0"
@@ -92,15 +106,28 @@ def default_socket(node: str) -> Path:
 
 
 def peer_spec(p: PeerPlan) -> PeerSpec:
-    return PeerSpec(p.bundle.wireguard, p.allowed_ips, p.endpoint, keepalive=25)
+    # No keepalive towards a peer without endpoint (a user): it keeps its NAT open itself.
+    keepalive = 25 if p.endpoint else 0
+    return PeerSpec(p.bundle.wireguard, p.allowed_ips, p.endpoint, keepalive=keepalive)
 
 
 class Daemon:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.backend = kem_mod.get_backend(opts.kem_backend)
-        self.plan: NodePlan = self._load_plan()
-        self.keys: KeySet = self._load_keys()
+        self._topo: Topology | None = None  # the last good topology (gateways only)
+        if opts.profile is not None:
+            self.keys: KeySet = self._load_keys()
+            self.plan: NodePlan = self._load_plan()
+        else:
+            self.plan = self._load_plan()
+            self.keys = self._load_keys()
+            if self.keys.public != self.plan.bundle:
+                raise SystemExit(
+                    f"tunneld: keys in {opts.keys} are not the ones the topology pins for "
+                    f"{opts.node}; point --keys at the right directory or update the topology"
+                )
+        self.node = self.plan.name
         self.wg = WireGuard(opts.ifname, backend=opts.wg_backend)
         self.status: dict[str, PeerStatus] = {}
         self.unknown = PeerStatus("-", "-")
@@ -112,27 +139,44 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conns = 0
+        self._server: asyncio.Server | None = None
+        self.exit_reason = ""
 
     # -- configuration ------------------------------------------------------------
 
     def _load_plan(self) -> NodePlan:
+        if self.opts.profile is not None:
+            prof = load_profile(self.opts.profile)
+            check_usable(prof, self.keys.public, datetime.now(UTC), str(self.opts.keys))
+            return join_plan(prof, self.keys.public)
+        if self.opts.topology is None:
+            raise SystemExit("tunneld: --topology PATH and --node SITE, or join PROFILE")
         loaded = topology.load(self.opts.topology)
-        return plan(loaded.topology, self.opts.node)
+        new = plan(loaded.topology, self.opts.node, datetime.now(UTC))
+        self._topo = loaded.topology
+        return new
 
     def _load_keys(self) -> KeySet:
         keys_dir = self.opts.keys
         if keys_dir is None:
             raise SystemExit("tunneld: --keys DIR is required (the node's key directory)")
-        ks = load_keyset(keys_dir, self.backend)
-        if ks.public != self.plan.bundle:
-            raise SystemExit(
-                f"tunneld: keys in {keys_dir} are not the ones the topology pins for "
-                f"{self.opts.node}; point --keys at the right directory or update the topology"
-            )
-        return ks
+        return load_keyset(keys_dir, self.backend)
 
     def _peer_config(self, p: PeerPlan) -> PeerConfig:
-        return PeerConfig(p.name, p.bundle.hybrid(self.backend), p.bundle.wireguard, p.role, p.kem)
+        return PeerConfig(
+            p.name,
+            p.bundle.hybrid(self.backend),
+            p.bundle.wireguard,
+            p.role,
+            p.kem,
+            nudge=p.endpoint is not None,
+        )
+
+    def _refused_identities(self) -> list[RefusedIdentity]:
+        return [
+            RefusedIdentity(r.name, r.bundle.hybrid(self.backend), r.bundle.wireguard, r.code)
+            for r in self.plan.refused
+        ]
 
     async def _apply_plan(self) -> None:
         """Reconcile WireGuard, link and handshake peers with the current plan."""
@@ -156,10 +200,15 @@ class Daemon:
             if name not in self._peers:
                 self.endpoint.add_peer(self._peer_config(p))
                 self._peers[name] = p
-                self.status[name] = PeerStatus(p.role, p.endpoint)
+                self.status[name] = PeerStatus(p.role, p.endpoint or "(learned)", p.kind)
         for name in list(self.status):
             if name not in new:
                 del self.status[name]
+        self.endpoint.set_refused(self._refused_identities())
+        for line in self.plan.skipped:
+            log.warning("%s", line)
+        for r in self.plan.refused:
+            log.info("identity %s is refused here: %s", r.name, r.reason)
 
     def reload(self) -> None:
         self._spawn(self._reload())
@@ -189,10 +238,11 @@ class Daemon:
             timers=self.opts.timers,
         )
         await self._apply_plan()
-        self._server = await asyncio.start_server(
-            self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
-        )
-        sock = self.opts.status_socket or default_socket(self.opts.node)
+        if self.plan.listen_port is not None:
+            self._server = await asyncio.start_server(
+                self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
+            )
+        sock = self.opts.status_socket or default_socket(self.node)
         self._status_runner = await serve_status(self, sock)
         self._spawn(self._timer_loop())
 
@@ -206,6 +256,8 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.stop()
+        if self.exit_reason:
+            raise SystemExit(f"tunneld: {self.exit_reason}")
 
     async def stop(self) -> None:
         self._stop.set()
@@ -213,7 +265,7 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if getattr(self, "_server", None) is not None:
+        if self._server is not None:
             self._server.close()
         for w in self._out.values():
             w.close()
@@ -250,6 +302,13 @@ class Daemon:
             elif isinstance(e, Timeout):
                 self.status[e.peer].fail(e.reason)
                 log.info("peer %s: %s", e.peer, e.reason)
+            elif isinstance(e, Refusal):
+                text = describe_refusal(e.peer, e.code, e.authenticated, self.node)
+                st = self.status[e.peer]
+                st.fail(text)
+                st.refusals += 1
+                st.last_refusal = text
+                log.warning("%s; retrying with backoff", text)
 
     def _install(self, e: PskReady) -> None:
         t0 = time.perf_counter()
@@ -273,9 +332,28 @@ class Daemon:
         st.psk_installed = time.monotonic()
         log.info("peer %s: new PSK installed (%s, rotation %d)", e.peer, e.role, st.rotations)
 
+    def _check_calendar(self) -> None:
+        """Wall-clock events: a validity window opens or closes; a profile expires."""
+        now = datetime.now(UTC)
+        if self.plan.expires is not None and now >= self.plan.expires:
+            self.exit_reason = (
+                f"profile for {self.node} expired at {self.plan.expires.isoformat()}; "
+                f"ask your network team for a new one"
+            )
+            log.error("%s", self.exit_reason)
+            self._stop.set()
+        elif self.plan.replan_at is not None and now >= self.plan.replan_at:
+            # Re-plan from the topology already loaded, not the files: a broken file
+            # must not keep an identity whose validity just ended.
+            log.info("an identity's validity window opened or closed: re-planning")
+            assert self._topo is not None
+            self.plan = plan(self._topo, self.node, now)
+            self._spawn(self._apply_plan())
+
     async def _timer_loop(self) -> None:
         assert self.endpoint is not None
         while not self._stop.is_set():
+            self._check_calendar()
             delay = max(0.0, self.endpoint.next_deadline() - time.monotonic())
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
@@ -284,6 +362,7 @@ class Daemon:
             self._wake.clear()
             if not self._stop.is_set():
                 self._handle(self.endpoint.poll(), None)
+                self._check_calendar()
             await asyncio.sleep(0)
 
     # -- transport ----------------------------------------------------------------
@@ -297,8 +376,8 @@ class Daemon:
 
     async def _connect(self, name: str, first: bytes) -> None:
         p = self._peers.get(name)
-        if p is None:
-            return
+        if p is None or p.endpoint is None:
+            return  # a peer without endpoint (a user) only ever talks to us first
         host, _, port = p.endpoint.rpartition(":")
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -364,8 +443,11 @@ class Daemon:
             p = self._peers[name]
             wg_peer = dump.get(p.bundle.wireguard)
             peers[name] = {
+                "kind": st.kind,
                 "role": st.role,
                 "endpoint": st.endpoint,
+                "refusals": st.refusals,
+                "last_refusal": st.last_refusal,
                 "kem": p.kem,
                 "last_handshake": st.last_handshake,
                 "last_handshake_ago": None
@@ -382,13 +464,15 @@ class Daemon:
                 "wg_tx": wg_peer.tx if wg_peer else None,
             }
         return {
-            "node": self.plan.name,
+            "node": self.node,
             "interface": self.wg.ifname,
             "wireguard_backend": self.wg.backend,
             "kem_backend": self.backend.name,
             "kem_backends": [a.__dict__ for a in kem_mod.availability()],
             "uptime": round(now_wall - self.started, 3),
             "peers": peers,
+            "refused_identities": self.endpoint.refused(),
+            "profile_expires": None if self.plan.expires is None else self.plan.expires.isoformat(),
             "unattributed_failures": self.unknown.failures,
             "last_unattributed_failure": self.unknown.last_failure,
         }

@@ -9,6 +9,12 @@ together in memory therefore run the full protocol in a unit test.
 Every check that can reject a message runs before any state is written, so a rejected
 message (malformed, replayed, reflected, tampered, rate limited) leaves the endpoint
 exactly as it was; `fingerprint()` exposes the state so tests can prove it.
+
+A responder also knows identities it must refuse (a user outside its validity window,
+or without a conduit into this site). It answers their InitHello with an authenticated
+`Refused`, and any InitHello it can not attribute with an unauthenticated one that is
+the same for every sender, so the initiator can say why it gets no tunnel while a
+prober learns nothing about who is known here (docs/handshake.md section 9a).
 """
 
 from __future__ import annotations
@@ -56,6 +62,23 @@ class PeerConfig:
     wg_public: bytes
     role: Role  # our role towards this peer
     kem: str = "ml-kem-768"  # ephemeral KEM of this pair
+    # Responder: send RekeyRequests when we lack a PSK. Off for peers we can not reach
+    # (a user behind NAT has no endpoint); they rekey on their own schedule.
+    nudge: bool = True
+
+    @property
+    def id(self) -> bytes:
+        return t.identity_id(self.static.digest, self.wg_public)
+
+
+@dataclass(frozen=True)
+class RefusedIdentity:
+    """An identity we know but do not admit; its InitHello gets an authenticated Refused."""
+
+    name: str
+    static: HybridPublicKey
+    wg_public: bytes
+    code: int  # messages.REFUSED_NOT_YET_VALID, _EXPIRED or _NO_CONDUIT
 
     @property
     def id(self) -> bytes:
@@ -102,7 +125,32 @@ class Timeout:
     reason: str
 
 
-Event = Send | PskReady | PskExpired | Rejected | Timeout
+@dataclass(frozen=True)
+class Refusal:
+    """Initiator: `peer` refused our InitHello with `code` (authenticated or only a hint)."""
+
+    peer: str
+    code: int
+    authenticated: bool
+
+
+Event = Send | PskReady | PskExpired | Rejected | Timeout | Refusal
+
+_REFUSAL_TEXT = {
+    m.REFUSED_UNKNOWN: "it does not know this identity's keys (not in its topology, revoked, "
+    "or the topology pins other keys)",
+    m.REFUSED_NOT_FOR_US: "its keys are not the ones pinned here (get a new profile)",
+    m.REFUSED_NOT_YET_VALID: "identity {ident} is outside its validity window (not valid yet)",
+    m.REFUSED_EXPIRED: "identity {ident} is outside its validity window (it has ended)",
+    m.REFUSED_NO_CONDUIT: "identity {ident} has no conduit into this site",
+}
+
+
+def describe_refusal(peer: str, code: int, authenticated: bool, ident: str) -> str:
+    """The line a user reads: 'gateway plant-a refused: identity x is outside ...'."""
+    text = _REFUSAL_TEXT.get(code, f"code {code}").format(ident=ident)
+    note = "" if authenticated else " [unauthenticated reply]"
+    return f"gateway {peer} refused: {text}{note}"
 
 
 # --- per-peer state -------------------------------------------------------------
@@ -140,6 +188,14 @@ class _Completed:
     index: int
     msg3: bytes
     msg4: bytes
+
+
+@dataclass(frozen=True)
+class _RefusedPeer:
+    name: str
+    code: int
+    mac_in: bytes
+    mac_out: bytes
 
 
 @dataclass
@@ -185,6 +241,9 @@ class Endpoint:
         self._peers: dict[str, _Peer] = {}
         self._by_id: dict[bytes, str] = {}
         self._sessions: dict[int, str] = {}
+        self._refused: dict[bytes, _RefusedPeer] = {}
+        # MAC1 key for senders we can not attribute: the check costs the same either way.
+        self._no_key = t.sha3(t.PROTOCOL, b" no peer", self._local_id)
         now = clock.monotonic()
         for cfg in peers:
             self.add_peer(cfg, now)
@@ -217,6 +276,25 @@ class Endpoint:
         )
         self._by_id[pid] = cfg.name
 
+    def set_refused(self, identities: Iterable[RefusedIdentity]) -> None:
+        """Replace the table of known-but-refused identities (one static DH each)."""
+        table: dict[bytes, _RefusedPeer] = {}
+        for r in identities:
+            rid = r.id
+            if rid == self._local_id or rid in self._by_id:
+                continue
+            dh = self.local.static.static_dh(r.static.x_public)
+            table[rid] = _RefusedPeer(
+                r.name,
+                r.code,
+                mac_in=t.mac1_key(dh, rid, self._local_id),
+                mac_out=t.mac1_key(dh, self._local_id, rid),
+            )
+        self._refused = table
+
+    def refused(self) -> dict[str, int]:
+        return {r.name: r.code for r in self._refused.values()}
+
     def remove_peer(self, name: str) -> None:
         p = self._peers.pop(name)
         self._by_id.pop(p.cfg.id, None)
@@ -242,9 +320,14 @@ class Endpoint:
                 return self._on_init_conf(msg, data)
             if isinstance(msg, m.RespConf):
                 return self._on_resp_conf(msg, data)
+            if isinstance(msg, m.Refused):
+                return self._on_refused(msg, data)
             return self._on_rekey_request(msg, data)
         except _Reject as r:
-            return [Rejected(r.peer, r.reason)]
+            out: list[Event] = [Rejected(r.peer, r.reason)]
+            if r.reply is not None:
+                out.append(Send(r.peer or "", r.reply, reply=True))
+            return out
 
     def poll(self) -> list[Event]:
         """Run every timer that is due."""
@@ -434,6 +517,20 @@ class Endpoint:
         p.next_rekey_at = now + tm.rekey_interval - tm.rekey_jitter * self._unit()
         return [PskReady(name, psk, "initiator")]
 
+    def _on_refused(self, msg: m.Refused, data: bytes) -> list[Event]:
+        """A refusal changes nothing: the retransmit timer retries with backoff."""
+        p = self._session_peer(msg.receiver, "Refused")
+        name = p.cfg.name
+        st = p.initiating
+        if st is None or st.index != msg.receiver or st.stage != "hello":
+            raise _Reject(name, "Refused: no InitHello of ours is waiting for an answer")
+        if not hmac.compare_digest(msg.echo, t.refusal_echo(st.msg1)):
+            raise _Reject(name, "Refused: does not answer our InitHello (stale or forged)")
+        authenticated = m.refusal_authenticated(msg.code)
+        if authenticated:
+            self._check_mac(p, msg, "Refused")
+        return [Refusal(name, msg.code, authenticated)]
+
     def _on_rekey_request(self, msg: m.RekeyRequest, data: bytes) -> list[Event]:
         if msg.responder == self._local_id:
             raise _Reject(None, "RekeyRequest: sent by our own identity (reflected)")
@@ -464,24 +561,57 @@ class Endpoint:
 
     # -- responder ----------------------------------------------------------------
 
+    @staticmethod
+    def _refusal(code: int, msg: m.InitHello, data: bytes, mac_key: bytes | None) -> bytes:
+        body = m.body(m.Refused(code, msg.sender, t.refusal_echo(data)))
+        return body + (t.mac1(mac_key, body) if mac_key is not None else bytes(m.MAC_SIZE))
+
     def _on_init_hello(self, msg: m.InitHello, data: bytes) -> list[Event]:
         if msg.initiator == self._local_id:
             raise _Reject(None, "InitHello: sent by our own identity (reflected)")
+        # Until MAC1 has proven the sender, every answer depends only on the message and
+        # on our own keys, never on whom we know: an unattributed hello gets the same
+        # unauthenticated refusal whether its id is pinned, refused or unknown here.
+        claimed = self._by_id.get(msg.initiator)
         if msg.responder != self._local_id:
             # Attributed to the claimed sender for status only; nothing is trusted.
-            claimed = self._by_id.get(msg.initiator)
-            raise _Reject(claimed, "InitHello: not addressed to this node (our key not pinned?)")
-        name = self._by_id.get(msg.initiator)
-        if name is None:
-            raise _Reject(None, "InitHello: from an identity not pinned here")
+            not_us = self._refusal(m.REFUSED_NOT_FOR_US, msg, data, None)
+            raise _Reject(
+                claimed, "InitHello: not addressed to this node (our key not pinned?)", not_us
+            )
+        if msg.static_kem != PARAMS[self.local.static.kem].wire_id:
+            not_us = self._refusal(m.REFUSED_NOT_FOR_US, msg, data, None)
+            raise _Reject(claimed, "InitHello: static KEM is not our identity's KEM", not_us)
+        refused = self._refused.get(msg.initiator) if claimed is None else None
+        if claimed is not None:
+            mac_in = self._peers[claimed].mac_in
+        elif refused is not None:
+            mac_in = refused.mac_in
+        else:
+            mac_in = self._no_key
+        mac_ok = t.mac1_ok(mac_in, m.body(msg), msg.mac1)
+        unknown = self._refusal(m.REFUSED_UNKNOWN, msg, data, None)
+        if claimed is None and refused is None:
+            raise _Reject(None, "InitHello: from an identity not pinned here", unknown)
+        if not mac_ok:
+            raise _Reject(
+                claimed or (refused.name if refused else None),
+                "InitHello: bad MAC1 (tampered, reflected or wrong key)",
+                unknown,
+            )
+        if refused is not None:
+            why = m.REFUSAL_CODES[refused.code]
+            answer = self._refusal(refused.code, msg, data, refused.mac_out)
+            raise _Reject(
+                refused.name, f"InitHello: identity {refused.name} refused ({why})", answer
+            )
+        assert claimed is not None
+        name = claimed
         p = self._peers[name]
         if p.cfg.role != "responder":
             raise _Reject(name, "InitHello: we are the initiator for this peer")
         if msg.eph_kem != PARAMS[p.cfg.kem].wire_id:
             raise _Reject(name, f"InitHello: ephemeral KEM is not {p.cfg.kem}")
-        if msg.static_kem != PARAMS[self.local.static.kem].wire_id:
-            raise _Reject(name, "InitHello: static KEM is not our identity's KEM")
-        self._check_mac(p, msg, "InitHello")
         if msg.timestamp <= p.last_init_ts:
             raise _Reject(name, "InitHello: replayed (timestamp not newer than last accepted)")
         now = self.clock.monotonic()
@@ -558,7 +688,7 @@ class Endpoint:
 
     def _wants_nudge(self, p: _Peer, now: float | None) -> bool:
         """Responder: ask the initiator for a handshake when we have no fresh PSK."""
-        if p.cfg.role != "responder" or p.responding is not None:
+        if p.cfg.role != "responder" or not p.cfg.nudge or p.responding is not None:
             return False
         if p.psk_installed_at is None or p.psk_expired:
             return True
@@ -608,7 +738,8 @@ class Endpoint:
 
 
 class _Reject(Exception):
-    def __init__(self, peer: str | None, reason: str) -> None:
+    def __init__(self, peer: str | None, reason: str, reply: bytes | None = None) -> None:
         super().__init__(reason)
         self.peer = peer
         self.reason = reason
+        self.reply = reply  # a Refused to send back on the same connection

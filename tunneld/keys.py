@@ -12,6 +12,7 @@ keygen never overwrites an existing key. Secrets never appear in error messages.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -63,8 +64,8 @@ class PublicBundle:
     x25519: bytes
     kem_public: bytes
 
-    def to_json(self) -> str:
-        doc = {
+    def to_dict(self) -> dict[str, object]:
+        return {
             "format": FORMAT,
             "version": 1,
             "kem": self.kem,
@@ -72,7 +73,14 @@ class PublicBundle:
             "x25519": b64(self.x25519),
             "kem_public": b64(self.kem_public),
         }
-        return json.dumps(doc, indent=2) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def digest(self) -> str:
+        """Names this bundle in a tunnel profile: SHA-256 of its canonical JSON."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     def hybrid(self, backend: KemBackend) -> HybridPublicKey:
         return HybridPublicKey(backend, self.kem, self.x25519, self.kem_public)
@@ -140,16 +148,23 @@ def load_public(path: Path | str) -> PublicBundle:
         raise KeyFileError(f"{path} does not exist") from None
     except (ValueError, UnicodeDecodeError):
         raise KeyFileError(f"{path}: not a JSON key bundle") from None
+    return parse_public(doc, str(path))
+
+
+def parse_public(doc: object, where: str) -> PublicBundle:
+    """A public bundle from its parsed JSON (a file, or inline in a tunnel profile)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
-        raise KeyFileError(f"{path}: not a {FORMAT} v1 public bundle")
+        raise KeyFileError(f"{where}: not a {FORMAT} v1 public bundle")
     kem = doc.get("kem")
     if kem not in PARAMS:
-        raise KeyFileError(f"{path}: unknown KEM {kem!r}")
+        raise KeyFileError(f"{where}: unknown KEM {kem!r}")
     return PublicBundle(
         kem=kem,
-        wireguard=unb64(doc.get("wireguard"), f"{path}: wireguard", 32),
-        x25519=unb64(doc.get("x25519"), f"{path}: x25519", 32),
-        kem_public=unb64(doc.get("kem_public"), f"{path}: kem_public", PARAMS[kem].public_key_size),
+        wireguard=unb64(doc.get("wireguard"), f"{where}: wireguard", 32),
+        x25519=unb64(doc.get("x25519"), f"{where}: x25519", 32),
+        kem_public=unb64(
+            doc.get("kem_public"), f"{where}: kem_public", PARAMS[kem].public_key_size
+        ),
     )
 
 

@@ -1,10 +1,11 @@
-"""Wire format of the handshake: five fixed-layout messages, strictly decoded.
+"""Wire format of the handshake: six fixed-layout messages, strictly decoded.
 
 Every message starts with a 4-byte header (type, version, two KEM ids) and ends with a
-16-byte MAC1. Each field has a fixed size given by the header's KEM ids, so a message
-is accepted only at its exact length: anything shorter, longer or with unknown
-type/version/KEM is rejected before any cryptography runs. The decoder checks layout
-only; MACs, replay and state are the state machine's job.
+16-byte MAC1 (all zero in an unauthenticated `Refused`). Each field has a fixed size
+given by the header's KEM ids, so a message is accepted only at its exact length:
+anything shorter, longer or with unknown type/version/KEM is rejected before any
+cryptography runs. The decoder checks layout only; MACs, replay and state are the
+state machine's job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ RESP_HELLO = 2
 INIT_CONF = 3
 RESP_CONF = 4
 REKEY_REQUEST = 5
+REFUSED = 6
+
+# Refusal codes (header byte a of a Refused message). The first two are answers a
+# responder can give without knowing who sent the InitHello, so they are
+# unauthenticated and the same for every sender; the others are only sent to an
+# identity that proved its key with MAC1, and carry a MAC1 under that pair's key.
+REFUSED_UNKNOWN = 1  # initiator id not known here, or MAC1 wrong        (unauthenticated)
+REFUSED_NOT_FOR_US = 2  # responder id / static KEM is not this node's   (unauthenticated)
+REFUSED_NOT_YET_VALID = 3  # identity's validity window has not begun     (authenticated)
+REFUSED_EXPIRED = 4  # identity's validity window has ended               (authenticated)
+REFUSED_NO_CONDUIT = 5  # identity has no conduit into this site          (authenticated)
+REFUSAL_CODES = {
+    REFUSED_UNKNOWN: "unknown",
+    REFUSED_NOT_FOR_US: "not-for-us",
+    REFUSED_NOT_YET_VALID: "not-yet-valid",
+    REFUSED_EXPIRED: "expired",
+    REFUSED_NO_CONDUIT: "no-conduit",
+}
+ECHO_SIZE = 16
+
+
+def refusal_authenticated(code: int) -> bool:
+    return code >= REFUSED_NOT_YET_VALID
+
 
 TYPE_NAMES = {
     INIT_HELLO: "InitHello",
@@ -34,6 +59,7 @@ TYPE_NAMES = {
     INIT_CONF: "InitConf",
     RESP_CONF: "RespConf",
     REKEY_REQUEST: "RekeyRequest",
+    REFUSED: "Refused",
 }
 
 
@@ -108,7 +134,23 @@ class RekeyRequest:
     mac1: bytes = b""
 
 
-Message = InitHello | RespHello | InitConf | RespConf | RekeyRequest
+@dataclass(frozen=True)
+class Refused:
+    """Responder -> initiator: this InitHello will not be answered, and why.
+
+    `receiver` is the InitHello's sender index and `echo` a hash of the whole InitHello
+    (`transcript.refusal_echo`), so a refusal answers exactly one attempt and can not be
+    replayed against another. Authenticated codes carry MAC1 under the pair's key;
+    unauthenticated ones carry 16 zero bytes and are only a hint to the initiator.
+    """
+
+    code: int
+    receiver: int
+    echo: bytes
+    mac1: bytes = b""
+
+
+Message = InitHello | RespHello | InitConf | RespConf | RekeyRequest | Refused
 
 _IDX = struct.Struct(">I")
 _TS = struct.Struct(">Q")
@@ -150,6 +192,8 @@ def body(msg: Message) -> bytes:
     if isinstance(msg, InitConf | RespConf):
         t = INIT_CONF if isinstance(msg, InitConf) else RESP_CONF
         return _header(t) + _IDX.pack(msg.sender) + _IDX.pack(msg.receiver) + msg.confirm
+    if isinstance(msg, Refused):
+        return _header(REFUSED, msg.code) + _IDX.pack(msg.receiver) + msg.echo
     return _header(REKEY_REQUEST) + msg.initiator + msg.responder + _TS.pack(msg.timestamp)
 
 
@@ -188,6 +232,8 @@ def layout(msg_type: int, a: KemParams | None, b: KemParams | None) -> list[tupl
         ]
     if msg_type in (INIT_CONF, RESP_CONF):
         return [("sender", 4), ("receiver", 4), ("confirm", TAG_SIZE), ("mac1", MAC_SIZE)]
+    if msg_type == REFUSED:
+        return [("receiver", 4), ("echo", ECHO_SIZE), ("mac1", MAC_SIZE)]
     return [("initiator", ID_SIZE), ("responder", ID_SIZE), ("timestamp", 8), ("mac1", MAC_SIZE)]
 
 
@@ -212,6 +258,11 @@ def decode(data: bytes) -> Message:
         a, b = PARAMS_BY_WIRE_ID.get(a_id), PARAMS_BY_WIRE_ID.get(b_id)
         if a is None or b is None:
             raise DecodeError(f"{name}: unknown KEM id {a_id if a is None else b_id}")
+    elif msg_type == REFUSED:
+        if a_id not in REFUSAL_CODES:
+            raise DecodeError(f"{name}: unknown refusal code {a_id}")
+        if b_id:
+            raise DecodeError(f"{name}: reserved header byte is not zero")
     elif a_id or b_id:
         raise DecodeError(f"{name}: reserved header bytes are not zero")
     fields = layout(msg_type, a, b)
@@ -239,4 +290,8 @@ def decode(data: bytes) -> Message:
         return InitConf(**values)  # type: ignore[arg-type]
     if msg_type == RESP_CONF:
         return RespConf(**values)  # type: ignore[arg-type]
+    if msg_type == REFUSED:
+        if not refusal_authenticated(a_id) and values["mac1"] != bytes(MAC_SIZE):
+            raise DecodeError(f"{name}: unauthenticated refusal with a non-zero MAC1")
+        return Refused(code=a_id, **values)  # type: ignore[arg-type]
     return RekeyRequest(**values)  # type: ignore[arg-type]

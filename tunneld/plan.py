@@ -1,17 +1,23 @@
-"""What one node's tunnels should look like: a pure function of the topology.
+"""What one node's tunnels should look like: a pure function of the topology and time.
 
-`plan(topology, node)` lists the node's gateway peers with their pinned keys,
-endpoints, allowed IPs, routes, handshake role and KEM. A site gateway's peers are the
-gateways of every other site; a user node (later: `tunneld join`) is just a node with
-one gateway peer, so the daemon below this plan does not care which kind it runs.
+`plan(topology, node, at)` lists the node's peers with their pinned keys, endpoints,
+allowed IPs, routes, handshake role and KEM. A site gateway's peers are the gateways
+of every other site, plus every user or service identity whose conduits reach this
+site and that is valid at `at` (no endpoint: WireGuard learns it; allowed IPs: the
+overlay /32; we respond). Known identities we must not admit are listed as `refused`
+so the handshake can tell them why, and `replan_at` says when a validity window next
+opens or closes. A user node (`tunneld join`, see `tunneld/profile.py`) is just a plan
+with one initiator peer per gateway, so the daemon below does not care which it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from ipaddress import IPv4Interface, IPv4Network
 
-from topology.model import Site, Topology
+from topology.model import Identity, Site, Sources, Topology
+from tunneld import messages as m
 from tunneld.handshake import Role
 from tunneld.kem import PARAMS
 from tunneld.keys import KeyFileError, PublicBundle, load_public
@@ -25,20 +31,37 @@ class PlanError(Exception):
 class PeerPlan:
     name: str
     bundle: PublicBundle
-    endpoint: str  # underlay host:port, for WireGuard (udp) and the handshake (tcp)
+    # underlay host:port, for WireGuard (udp) and the handshake (tcp); None for a user
+    # or service peer: it connects to us, WireGuard learns its address
+    endpoint: str | None
     allowed_ips: tuple[str, ...]
     routes: tuple[IPv4Network, ...]
     role: Role
-    kem: str  # ephemeral KEM of the pair: the stronger of the two sites'
+    kem: str  # ephemeral KEM of the pair: the stronger of the two sides'
+    kind: str = "site"  # the peer identity's kind: site, user or service
+
+
+@dataclass(frozen=True)
+class RefusedPlan:
+    """A user or service identity we know (its keys are pinned) but do not admit now."""
+
+    name: str
+    bundle: PublicBundle
+    code: int  # messages.REFUSED_NOT_YET_VALID / _EXPIRED / _NO_CONDUIT
+    reason: str
 
 
 @dataclass(frozen=True)
 class NodePlan:
     name: str
-    bundle: PublicBundle  # what the topology pins for this node
-    listen_port: int
+    bundle: PublicBundle  # what the topology (or profile) pins for this node
+    listen_port: int | None  # None: a user node, any UDP port and no handshake listener
     address: IPv4Interface
     peers: tuple[PeerPlan, ...]
+    refused: tuple[RefusedPlan, ...] = ()
+    skipped: tuple[str, ...] = ()  # identities we can not serve, with the fix
+    replan_at: datetime | None = None  # next validity change of a served identity
+    expires: datetime | None = None  # a profile's expiry: the node stops then
 
 
 def role_towards(local: str, peer: str) -> Role:
@@ -50,7 +73,7 @@ def stronger(a: str, b: str) -> str:
     return a if PARAMS[a].public_key_size >= PARAMS[b].public_key_size else b
 
 
-def _bundle(topo: Topology, site: Site) -> PublicBundle:
+def site_bundle(topo: Topology, site: Site) -> PublicBundle:
     ident = topo.site_identity(site.name)
     if ident is None:
         raise PlanError(f"site {site.name} has no identity of kind site; add one to identities")
@@ -71,7 +94,81 @@ def _bundle(topo: Topology, site: Site) -> PublicBundle:
     return bundle
 
 
-def plan(topo: Topology, node: str) -> NodePlan:
+def names(sources: Sources, ident: Identity) -> bool:
+    """Does a conduit's `from` admit this identity, by name or by one of its roles?"""
+    return ident.name in sources.identities or bool(set(ident.roles) & set(sources.roles))
+
+
+def admits(topo: Topology, ident: Identity, site: str) -> bool:
+    """Does any conduit into `site` admit this identity?"""
+    return any(c.target.site == site and names(c.sources, ident) for c in topo.conduits.values())
+
+
+def _validity_code(ident: Identity, at: datetime) -> int | None:
+    if ident.valid_from is not None and at < ident.valid_from:
+        return m.REFUSED_NOT_YET_VALID
+    if ident.valid_until is not None and at >= ident.valid_until:
+        return m.REFUSED_EXPIRED
+    return None
+
+
+def remote_peers(
+    topo: Topology, site: Site, at: datetime
+) -> tuple[list[PeerPlan], list[RefusedPlan], list[str], datetime | None]:
+    """User and service identities at `site`: (admitted, refused, skipped, next change)."""
+    peers: list[PeerPlan] = []
+    refused: list[RefusedPlan] = []
+    skipped: list[str] = []
+    changes: list[datetime] = []
+    for name in sorted(topo.identities):
+        ident = topo.identities[name]
+        if ident.kind not in ("user", "service"):
+            continue
+        reaches = admits(topo, ident, site.name)
+        if not ident.keys:
+            if reaches:
+                skipped.append(
+                    f"identity {name} has no keys: it can not join until its topology entry "
+                    f"has keys: PATH/identity.pub (from 'tunneld keygen' on its machine)"
+                )
+            continue
+        if ident.overlay is None:
+            continue
+        try:
+            bundle = load_public(ident.keys)
+        except KeyFileError as exc:
+            skipped.append(f"identity {name}: {exc}")
+            continue
+        if not reaches:
+            refused.append(
+                RefusedPlan(name, bundle, m.REFUSED_NO_CONDUIT, "no conduit into this site")
+            )
+            continue
+        changes += [t for t in (ident.valid_from, ident.valid_until) if t is not None and t > at]
+        code = _validity_code(ident, at)
+        if code is not None:
+            why = "not valid yet" if code == m.REFUSED_NOT_YET_VALID else "validity ended"
+            refused.append(RefusedPlan(name, bundle, code, why))
+            continue
+        overlay = IPv4Network(f"{ident.overlay}/32")
+        peers.append(
+            PeerPlan(
+                name=name,
+                bundle=bundle,
+                endpoint=None,
+                allowed_ips=(str(overlay),),
+                routes=(overlay,),
+                role="responder",
+                kem=stronger(site.kem, bundle.kem),
+                kind=ident.kind,
+            )
+        )
+    return peers, refused, skipped, min(changes, default=None)
+
+
+def plan(topo: Topology, node: str, at: datetime | None = None) -> NodePlan:
+    """The plan for site `node` at time `at` (validity windows; default: now)."""
+    at = at or datetime.now(UTC)
     site = topo.sites.get(node)
     if site is None:
         known = ", ".join(sorted(topo.sites)) or "none"
@@ -86,7 +183,7 @@ def plan(topo: Topology, node: str) -> NodePlan:
         peers.append(
             PeerPlan(
                 name=name,
-                bundle=_bundle(topo, other),
+                bundle=site_bundle(topo, other),
                 endpoint=f"{other.gateway.underlay}:{other.gateway.port}",
                 allowed_ips=tuple(str(n) for n in (overlay, *zones)),
                 routes=(overlay, *zones),
@@ -94,10 +191,14 @@ def plan(topo: Topology, node: str) -> NodePlan:
                 kem=stronger(site.kem, other.kem),
             )
         )
+    users, refused, skipped, replan_at = remote_peers(topo, site, at)
     return NodePlan(
         name=node,
-        bundle=_bundle(topo, site),
+        bundle=site_bundle(topo, site),
         listen_port=site.gateway.port,
         address=IPv4Interface(f"{site.gateway.overlay}/32"),
-        peers=tuple(peers),
+        peers=(*peers, *users),
+        refused=tuple(refused),
+        skipped=tuple(skipped),
+        replan_at=replan_at,
     )

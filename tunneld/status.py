@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 from aiohttp import ClientSession, UnixConnector, web
 
+from tunneld.messages import REFUSAL_CODES
+
 
 class HasSnapshot(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
@@ -69,6 +71,14 @@ def render(status: dict[str, Any]) -> str:
             f"{_age(p['psk_age']) if p['psk_age'] is not None else 'none':<9}"
             f"{p['rotations']:>9}{p['failures']:>9}  {p['last_failure'] or '-'}"
         )
+    refused = status.get("refused_identities") or {}
+    if refused:
+        names = ", ".join(
+            f"{name} ({REFUSAL_CODES.get(code, code)})" for name, code in sorted(refused.items())
+        )
+        lines.append(f"\nrefused here: {names}")
+    if status.get("profile_expires"):
+        lines.append(f"profile expires {status['profile_expires']}")
     if status.get("unattributed_failures"):
         lines.append(
             f"\nrejected from unknown senders: {status['unattributed_failures']} "

@@ -96,3 +96,8 @@ def mac1(key: bytes, body: bytes) -> bytes:
 
 def mac1_ok(key: bytes, body: bytes, tag: bytes) -> bool:
     return hmac.compare_digest(mac1(key, body), tag)
+
+
+def refusal_echo(init_hello: bytes) -> bytes:
+    """Names the exact InitHello a Refused answers (so it can not answer another)."""
+    return sha3(PROTOCOL, b" refused", init_hello)[:16]

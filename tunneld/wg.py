@@ -44,7 +44,7 @@ class PeerSpec:
 @dataclass(frozen=True)
 class InterfaceSpec:
     private_key: bytes = field(repr=False)
-    listen_port: int
+    listen_port: int | None  # None: any port (a user node), WireGuard picks one
     peers: tuple[PeerSpec, ...]
 
 
@@ -117,8 +117,9 @@ def diff(want: InterfaceSpec, have: Observed) -> list[Change]:
     """What must change to turn `have` into `want` (PSKs excluded, see module doc)."""
     out: list[Change] = []
     # Compare public keys: WireGuard stores the private key clamped, so its bytes differ.
-    if wg_public_key(want.private_key) != have.public_key or want.listen_port != have.listen_port:
-        out.append(Change("interface", "", f"listen-port {want.listen_port}"))
+    port_differs = want.listen_port is not None and want.listen_port != have.listen_port
+    if wg_public_key(want.private_key) != have.public_key or port_differs:
+        out.append(Change("interface", "", f"listen-port {want.listen_port or 'any'}"))
     wanted = {p.public_key: p for p in want.peers}
     for pk in have.peers:
         if pk not in wanted:
@@ -241,10 +242,9 @@ class WireGuard:
         specs = {b64(p.public_key): p for p in want.peers}
         for ch in changes:
             if ch.kind == "interface":
-                lines += [
-                    f"private_key={want.private_key.hex()}",
-                    f"listen_port={want.listen_port}",
-                ]
+                lines.append(f"private_key={want.private_key.hex()}")
+                if want.listen_port is not None:
+                    lines.append(f"listen_port={want.listen_port}")
             elif ch.kind == "remove":
                 lines += [f"public_key={base64.b64decode(ch.peer).hex()}", "remove=true"]
             else:

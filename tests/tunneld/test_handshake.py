@@ -32,10 +32,15 @@ def rejected(events: Sequence[object]) -> list[str]:
 
 
 def assert_rejected_unchanged(ep: Endpoint, data: bytes, reason: str) -> None:
+    """Rejected with `reason`, state unchanged; at most a Refused goes back, nothing else."""
     before = ep.fingerprint()
     out = ep.receive(data)
-    assert len(out) == 1 and isinstance(out[0], Rejected), out
+    assert isinstance(out[0], Rejected), out
     assert reason in out[0].reason
+    for extra in out[1:]:
+        assert isinstance(extra, Send) and extra.reply, out
+        assert isinstance(m.decode(extra.data), m.Refused), out
+    assert len(out) <= 2, out
     assert ep.fingerprint() == before
 
 
