@@ -1,10 +1,11 @@
 """A topology file as a running plant whose declared tests are replayed as real traffic.
 
-`Scenario` copies the topology into a work directory with freshly generated keys
-pinned in it, builds the plant in Mininet (`PlantNet`), starts tunneld and policyd on
-every gateway host, waits until every site-to-site tunnel holds a post-quantum PSK,
-and then sends each declared test as real traffic from the source's host to the
-target's host. Each outcome is compared with the reference verdict *now* (see
+`Scenario` copies the topology into a work directory with fresh keys pinned in it
+(`tunneld.keyring.materialize_keys`), builds the plant in Mininet (`PlantNet`),
+starts policyd and tunneld on every gateway host and `tunneld join` on every user
+host, waits until every tunnel holds a post-quantum PSK and carries traffic, and then
+sends each declared test as real traffic from the source's host to the target's
+host. Each outcome is compared with the reference verdict *now* (see
 `scenario_cases`); the table says which tests could not be replayed and why. On any
 failure the daemons' logs, `nft list ruleset` and `wg show` of every gateway are
 dumped, and everything is torn down however the run ends (error, SIGINT, SIGTERM).
@@ -30,8 +31,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
-
 import topology
 from topology.emulation import PlantNet
 from topology.explore import hold, instructions
@@ -41,31 +40,7 @@ from topology.scenario_cases import Case, Outcome, outcome_table, plan_cases, su
 from topology.scenario_grants import GrantStep, close_grants, open_grants
 from topology.table import format_table
 from topology.user_tunnels import UserTunnels
-
-
-# --- STOPGAP (issue 7): replaced by the `remote` branch's materialize_keys when it lands.
-def _materialize_keys_stopgap(src: Path, dst: Path, identities: list[str]) -> dict[str, Path]:
-    """Copy the topology to dst/topology, run keygen per identity into dst/keys/NAME and
-    pin each public bundle (`keys:`) in the copy. Returns identity -> key directory."""
-    from tunneld.keys import keygen
-
-    out = dst / "topology"
-    out.mkdir(parents=True, exist_ok=True)
-    files = [src] if src.is_file() else sorted(src.glob("*.y*ml"))
-    keys = {name: dst / "keys" / name for name in identities}
-    for d in keys.values():
-        keygen(d)
-    for f in files:
-        doc = yaml.safe_load(f.read_text())
-        if isinstance(doc, dict) and isinstance(doc.get("identities"), dict):
-            for name, body in doc["identities"].items():
-                if name in keys and isinstance(body, dict):
-                    body["keys"] = str(keys[name] / "identity.pub")
-        (out / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    return keys
-
-
-# --- END STOPGAP
+from tunneld.keyring import materialize_keys
 
 
 def random_prefix() -> str:
@@ -113,7 +88,7 @@ class Scenario:
             raise RuntimeError(f"sites without an identity of kind site: {', '.join(missing)}")
         users = [i.name for i in topo.identities.values() if i.kind in ("user", "service")]
         names = [ident.name for ident in sites.values() if ident is not None] + users
-        keys = _materialize_keys_stopgap(self.source, self.workdir, names)
+        keys = materialize_keys(self.source, self.workdir, names).keys
         self.topology = topology.load(self.topology_dir).topology
         site_keys = {s: keys[ident.name] for s, ident in sites.items() if ident is not None}
         self.timings["keys"] = time.monotonic() - t0

@@ -49,3 +49,8 @@ class TestFleetScenario:
         assert all(o.ok for o in outcomes), outcome_table(outcomes)
         ran = [o for o in outcomes if o.case.runnable]
         assert {o.passed for o in ran} == {True, False}
+        assert len(ran) == len(outcomes), "every fleet test runs (none is pinned to a time)"
+        # shift-lead-1 is admitted by no fleet conduit: no profile, no tunnel; its
+        # traffic goes to the gateway over the WAN and must be dropped there.
+        (lead,) = [o for o in ran if o.case.test.source == "shift-lead-1"]
+        assert lead.case.note and lead.passed is False

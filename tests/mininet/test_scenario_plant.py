@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from tests.mininet.conftest import bring_up
 from topology.plant_daemons import in_host
 from topology.scenario import Scenario
 from topology.scenario_cases import SKIP_PINNED, outcome_table, summary
+from tunneld.keys import load_public
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -34,11 +36,13 @@ class TestPlantScenario:
             cls.scenario = scenario
             yield
 
-    def psk_digest(self, site: str) -> str:
+    def psk_digest(self, site: str, peer: str) -> str:
+        """Digest of the PSK `site` holds for `peer` (tests never print keys)."""
+        pub = load_public(self.scenario.workdir / "keys" / peer / "identity.pub")
+        peer_key = base64.b64encode(pub.wireguard).decode()
         rc, out = in_host(self.scenario.host(site), ["wg", "show", "zg0", "preshared-keys"])
         assert rc == 0, out
-        (line,) = out.strip().splitlines()
-        psk = line.split("\t")[1]
+        (psk,) = [line.split("\t")[1] for line in out.splitlines() if line.startswith(peer_key)]
         assert psk != "(none)"
         return hashlib.sha256(psk.encode()).hexdigest()[:12]
 
@@ -46,7 +50,7 @@ class TestPlantScenario:
         st = self.scenario.daemons.status("plant-a") if self.scenario.daemons else None
         assert st is not None
         assert st["peers"]["plant-b"]["psk_age"] is not None
-        assert self.psk_digest("plant-a") == self.psk_digest("plant-b")
+        assert self.psk_digest("plant-a", "plant-b") == self.psk_digest("plant-b", "plant-a")
         print(self.scenario.tunnel_table())
 
     def test_declared_tests_match_the_model_as_real_traffic(self) -> None:
@@ -62,6 +66,10 @@ class TestPlantScenario:
         )
         pinned = [o for o in outcomes if o.case.test.at is not None]
         assert pinned and all(o.case.skip == SKIP_PINNED and o.passed is None for o in pinned)
+        # Everything else ran: users through their own tunnels, grants through the API.
+        assert all(o.case.runnable for o in outcomes if o.case.test.at is None)
+        granted = [o for o in ran if o.case.test.granted]
+        assert granted and all("grants: none" not in o.detail for o in granted)
 
     def test_a_gateway_that_blocks_an_allowed_flow_is_a_mismatch(self, tmp_path: Path) -> None:
         gw = self.scenario.host("plant-a")
