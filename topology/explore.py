@@ -33,7 +33,7 @@ def instructions(plant: Any, flow_logs: list[str]) -> str:
     users = [h for h in plant.plan.hosts if h.kind == "user"]
     assets = [h for h in plant.plan.hosts if h.kind == "asset" and h.modbus]
     gw = plant.host(gateways[0].label) if gateways else None
-    lines = ["The network stays up. From another terminal (as root):", ""]
+    lines = ["The network stays up. From another terminal, as root, in the repository:", ""]
     if gw is not None:
         site = gateways[0].label
         lines += [
@@ -41,7 +41,7 @@ def instructions(plant: Any, flow_logs: list[str]) -> str:
             f"  mnexec -a {gw.pid} wg show                           # tunnels, PSK set",
             f"  mnexec -a {gw.pid} .venv/bin/tunneld status --node {site}",
             f"  mnexec -a {gw.pid} .venv/bin/zonegate grant list",
-            f"  mnexec -a {gw.pid} conntrack -L -m 0x0/0x0 2>/dev/null | head",
+            f"  mnexec -a {gw.pid} conntrack -L                      # flows, with ct mark",
             f"  mnexec -a {gw.pid} bash                              # a shell on {site}",
         ]
     if users and assets:
@@ -67,6 +67,7 @@ def hold(plant: Any, interactive: bool | None = None) -> None:
 
         print("Mininet CLI: NODE CMD runs CMD in a host (nodes above); `exit` tears it down.")
         CLI(plant.net)
+        print("tearing down ...", flush=True)
         return
     print("Ctrl-C tears everything down.", flush=True)
     done = threading.Event()
@@ -74,5 +75,8 @@ def hold(plant: Any, interactive: bool | None = None) -> None:
     try:
         while not done.wait(1.0):
             pass
+    except KeyboardInterrupt:  # the expected way out: not an interruption of the run
+        pass
     finally:
         signal.signal(signal.SIGTERM, old)
+    print("tearing down ...", flush=True)
