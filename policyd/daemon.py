@@ -166,6 +166,17 @@ class Daemon:
             self.recorder.update_topology(self.topology)
         if self.book is not None:
             self.book.topology = self.topology
+            for grant in self.book.drop_orphans(datetime.now(UTC)):
+                self.audit(
+                    AuditEvent(
+                        "grant_revoked",
+                        actor="topology",
+                        message=f"{grant.identity} on {grant.conduit}: {grant.note}",
+                        details=grant.as_dict(),
+                    )
+                )
+            if self.store is not None:
+                self.store.save(self.book)
 
     def reload(self, why: str) -> None:
         log.info("reload (%s)", why)

@@ -20,7 +20,7 @@ from typing import Any
 
 from policyd.flowlog.reader import RecordFilter, follow_records, parse_since, read_records
 
-DEFAULT_LOG = "/var/log/zonegate/flows.jsonl"
+LOG_DIR = Path("/var/log/zonegate")  # policyd writes flows-GATEWAY.jsonl here
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 COLUMNS = (
@@ -38,11 +38,24 @@ COLUMNS = (
 )
 
 
+def default_log() -> Path:
+    """The one gateway log on this machine; with several, --log must pick."""
+    found = sorted(LOG_DIR.glob("flows-*.jsonl"))
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise SystemExit(
+            f"zonegate flows: several logs in {LOG_DIR} ({names}): pick one with --log"
+        )
+    return LOG_DIR / "flows.jsonl"  # reported as missing by the reader, with its path
+
+
 def add_flows_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log",
-        default=DEFAULT_LOG,
-        help=f"the recorder's JSON-lines file (rotations are read too; default {DEFAULT_LOG})",
+        help="the recorder's JSON-lines file (rotations are read too; default: the one "
+        f"{LOG_DIR}/flows-*.jsonl)",
     )
     parser.add_argument("--identity", help="only records of this identity")
     parser.add_argument("--conduit", help="only records attributed to this conduit")
@@ -74,7 +87,7 @@ def flows_command(args: argparse.Namespace) -> int:
         since=since,
         events=frozenset(args.event) if args.event else None,
     )
-    path = Path(args.log)
+    path = Path(args.log) if args.log else default_log()
     if not args.follow and not path.exists() and not list(path.parent.glob(path.name + ".*")):
         print(f"zonegate flows: no log at {path} (is policyd recording? --log)", file=sys.stderr)
         return EXIT_FAIL

@@ -130,6 +130,7 @@ def grant_command(args: argparse.Namespace) -> int:
         headers = ["id", "state", "identity", "conduit", "duration", "expires", "by", "reason"]
         print(format_table(headers, rows) if rows else "no grants")
         return 0
-    expires = f", expires {data['expires_at']}" if data.get("expires_at") else ""
+    active = data.get("state") == "active" and data.get("expires_at")
+    expires = f", expires {data['expires_at']}" if active else ""
     print(f"grant {data['id']}: {data['state']} ({data['identity']} on {data['conduit']}{expires})")
     return 0

@@ -249,5 +249,23 @@ class GrantBook:
                 expired.append(done)
         return expired
 
+    def drop_orphans(self, now: datetime) -> list[Grant]:
+        """After a reload: grants whose conduit or identity is gone are revoked."""
+        dropped = []
+        for gid, grant in list(self.grants.items()):
+            if grant.state not in (GrantState.ACTIVE, GrantState.REQUESTED):
+                continue
+            if (
+                grant.conduit in self.topology.conduits
+                and grant.identity in self.topology.identities
+            ):
+                continue
+            done = replace(
+                grant, state=GrantState.REVOKED, note=f"removed from the topology at {now}"
+            )
+            self.grants[gid] = done
+            dropped.append(done)
+        return dropped
+
     def active(self) -> list[Grant]:
         return [g for g in self.grants.values() if g.state is GrantState.ACTIVE]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from policyd.api import flow_routes, grant_routes, status_routes
 from policyd.api.context import API_PORT, LOCAL, STATE, ControlState
 from policyd.api.errors import json_errors
 
+IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
 RUN_DIR = Path("/run/zonegate")  # policyd-GATEWAY.sock lives here
 
 
@@ -22,6 +24,20 @@ def make_app(state: ControlState, local: bool) -> web.Application:
     app.add_routes(status_routes.routes)
     app.add_routes(flow_routes.routes)
     return app
+
+
+def overlay_socket(address: str, port: int) -> socket.socket:
+    """A listening socket on the overlay address, even before tunneld has added it.
+
+    IP_FREEBIND lets policyd start first; the socket answers once the address exists.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+    sock.bind((address, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 async def serve(
@@ -40,6 +56,6 @@ async def serve(
     if overlay is not None:
         remote = web.AppRunner(make_app(state, local=False), access_log=None)
         await remote.setup()
-        await web.TCPSite(remote, overlay, port).start()
+        await web.SockSite(remote, overlay_socket(overlay, port)).start()
         runners.append(remote)
     return runners

@@ -26,12 +26,20 @@ def _duration(text: str) -> timedelta:
     return value
 
 
-def _open(state: ControlState, grant: Grant) -> None:
+def _open(state: ControlState, grant: Grant, before: Grant | None) -> None:
+    """Put an active grant into the kernel; if the kernel refuses, the book forgets it."""
     book = state.book
     ident, conduit = book.topology.identities[grant.identity], book.topology.conduits[grant.conduit]
     assert grant.expires_at is not None
     timeout = grant.expires_at - state.clock()
-    state.enforcer.open_grant(ident, conduit, max(timeout, timedelta(seconds=1)))
+    try:
+        state.enforcer.open_grant(ident, conduit, max(timeout, timedelta(seconds=1)))
+    except Exception:
+        if before is None:
+            del book.grants[grant.id]
+        else:
+            book.grants[grant.id] = before
+        raise
 
 
 def _close(state: ControlState, grant: Grant) -> None:
@@ -44,29 +52,28 @@ def _audit(state: ControlState, event: str, grant: Grant, caller: Caller) -> Non
     state.audit(event, {"grant": grant_view(grant), "by": caller.label(), "gateway": state.gateway})
 
 
-@routes.post("/v1/grants")
-async def request_grant(request: web.Request) -> web.Response:
+async def _new_grant(request: web.Request, emergency: bool) -> web.Response:
     state = request.app[STATE]
-    data = await body(request, schemas.GRANT_REQUEST)
+    data = await body(request, schemas.EMERGENCY_REQUEST if emergency else schemas.GRANT_REQUEST)
     caller = caller_of(request, data.get("as"))
-    grant = state.book.request(
+    make = state.book.emergency if emergency else state.book.request
+    grant = make(
         caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
     )
-    _audit(state, "grant_requested", grant, caller)
+    if emergency:
+        _open(state, grant, before=None)
+    _audit(state, "emergency_opened" if emergency else "grant_requested", grant, caller)
     return web.json_response(grant_view(grant), status=201)
+
+
+@routes.post("/v1/grants")
+async def request_grant(request: web.Request) -> web.Response:
+    return await _new_grant(request, emergency=False)
 
 
 @routes.post("/v1/emergency")
 async def emergency(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    data = await body(request, schemas.EMERGENCY_REQUEST)
-    caller = caller_of(request, data.get("as"))
-    grant = state.book.emergency(
-        caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
-    )
-    _open(state, grant)
-    _audit(state, "emergency_opened", grant, caller)
-    return web.json_response(grant_view(grant), status=201)
+    return await _new_grant(request, emergency=True)
 
 
 @routes.post("/v1/grants/{grant_id}/approve")
@@ -74,8 +81,9 @@ async def approve(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
     caller = caller_of(request, data.get("as"))
-    grant = state.book.approve(request.match_info["grant_id"], caller.identity, state.clock())
-    _open(state, grant)
+    before = state.book.get(request.match_info["grant_id"])
+    grant = state.book.approve(before.id, caller.identity, state.clock())
+    _open(state, grant, before)
     _audit(state, "grant_approved", grant, caller)
     return web.json_response(grant_view(grant))
 

@@ -232,3 +232,41 @@ def test_flow_stream_without_recorder_is_503() -> None:
         assert r.status == 503 and "no-flow-log" in (await r.json())["error"]
 
     run(scenario)
+
+
+def test_a_grant_the_kernel_refuses_is_not_left_active() -> None:
+    from policyd.grants import GrantError
+
+    class Refusing(RecordingEnforcer):
+        def open_grant(self, identity: Identity, conduit: Conduit, timeout: timedelta) -> None:
+            raise GrantError(500, "kernel refused the grant: test")
+
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        world.state.enforcer = Refusing()
+        r = await client.post(
+            "/v1/grants",
+            json={
+                "conduit": "vendor-maintenance",
+                "duration": "1h",
+                "reason": "x",
+                "as": "vendor-tech",
+            },
+        )
+        gid = (await r.json())["id"]
+        r = await client.post(f"/v1/grants/{gid}/approve", json={"as": "shift-lead-1"})
+        assert r.status == 500 and "kernel refused" in (await r.json())["error"]
+        assert world.state.book.get(gid).state.value == "requested"
+        r = await client.post(
+            "/v1/emergency",
+            json={
+                "conduit": "safety-emergency",
+                "duration": "10m",
+                "reason": "x",
+                "as": "safety-engineer-1",
+            },
+        )
+        assert r.status == 500
+        assert [g.conduit for g in world.state.book.grants.values()] == ["vendor-maintenance"]
+
+    world = run(scenario)
+    assert [e for e, _ in world.events] == ["grant_requested"]

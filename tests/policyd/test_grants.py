@@ -102,3 +102,20 @@ def test_revoke(book: GrantBook) -> None:
         book.revoke(g.id, "shift-lead-1", NOW)
     with pytest.raises(GrantError, match="no grant"):
         book.revoke("g999", "shift-lead-1", NOW)
+
+
+def test_grants_of_removed_conduits_or_identities_are_revoked(book: GrantBook) -> None:
+    import dataclasses
+
+    from topology.model import frozen_map
+
+    g = book.request("vendor-tech", "vendor-maintenance", H, "x", NOW)
+    e = book.emergency("safety-engineer-1", "safety-emergency", H, "x", NOW)
+    topo = book.topology
+    book.topology = dataclasses.replace(
+        topo,
+        conduits=frozen_map({k: v for k, v in topo.conduits.items() if k != "vendor-maintenance"}),
+    )
+    assert [x.id for x in book.drop_orphans(NOW)] == [g.id]
+    assert book.get(g.id).state is GrantState.REVOKED and book.get(e.id).state is GrantState.ACTIVE
+    assert book.drop_orphans(NOW) == []
