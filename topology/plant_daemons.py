@@ -122,9 +122,6 @@ class GatewayDaemons:
         py = sys.executable
         topo = self.plant.topology
         for site in self.sites:
-            host = self.plant.host(site)
-            # The control API binds the overlay address before tunneld adds it.
-            host.cmd("sysctl -qw net.ipv4.ip_nonlocal_bind=1")
             policyd = [py, "-m", "policyd.cli", "--topology", str(self.topology_dir)]
             policyd += ["--gateway", site, "--tunnel", "zg0", "--flush-on-exit"]
             policyd += ["--api-listen", str(topo.sites[site].gateway.overlay)]
