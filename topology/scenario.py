@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,11 +187,14 @@ class Scenario:
         when = now or datetime.now(UTC)
         return plan_cases(self.topology, self.plant.plan, when, no_tunnel, notes)
 
-    def run_tests(self, now: datetime | None = None) -> list[Outcome]:
-        """Every declared test as real traffic; ungranted ones in parallel, then the
-        granted ones one by one (a grant opens a source's access for all its flows)."""
+    def run_tests(
+        self, now: datetime | None = None, only: Callable[[Case], bool] | None = None
+    ) -> list[Outcome]:
+        """Every declared test (or those `only` selects) as real traffic; ungranted ones
+        in parallel, then the granted ones one by one (a grant opens a source's access
+        for all its flows)."""
         t = time.monotonic()
-        cases = self.cases(now)
+        cases = [c for c in self.cases(now) if only is None or only(c)]
         results: dict[int, Outcome] = {c.index: Outcome(c, None) for c in cases}
         plain = [c for c in cases if c.runnable and not c.test.granted]
         for start in range(0, len(plain), self.parallel):
