@@ -58,16 +58,17 @@ def _age(seconds: float | None) -> str:
 
 def render(status: dict[str, Any]) -> str:
     """Human-readable table: one line per peer, failures with their last reason."""
+    width = max([15, *(len(n) for n in status["peers"])]) + 1
     lines = [
         f"node {status['node']}  interface {status['interface']} ({status['wireguard_backend']})"
         f"  KEM backend {status['kem_backend']}  up {_age(status['uptime'])}",
         "",
-        f"{'PEER':<16}{'ROLE':<11}{'LAST HANDSHAKE':<16}{'PSK AGE':<9}{'ROTATIONS':>9}"
+        f"{'PEER':<{width}}{'ROLE':<11}{'LAST HANDSHAKE':<16}{'PSK AGE':<9}{'ROTATIONS':>9}"
         f"{'FAILURES':>9}  LAST FAILURE",
     ]
     for name, p in sorted(status["peers"].items()):
         lines.append(
-            f"{name:<16}{p['role']:<11}{_age(p['last_handshake_ago']) + ' ago':<16}"
+            f"{name:<{width}}{p['role']:<11}{_age(p['last_handshake_ago']) + ' ago':<16}"
             f"{_age(p['psk_age']) if p['psk_age'] is not None else 'none':<9}"
             f"{p['rotations']:>9}{p['failures']:>9}  {p['last_failure'] or '-'}"
         )
