@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,9 @@ def forwarding(b: Bench, with_recorder: bool, duration: float) -> tuple[float, f
     return bulk, delivered / elapsed
 
 
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "flows.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench flows", description=__doc__)
     p.add_argument("--rates", default="5000,10000,20000,30000,40000", help="flows/s, comma list")
@@ -279,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             b.close()
     zero_loss = [r["offered_per_s"] for r in rows if r["lost_counted"] == 0 and r["accounted"]]
     result = {
+        "machine": os.uname().release,
+        "cpus": os.cpu_count(),
+        "when": datetime.now(UTC).isoformat(),
         "rates": rows,
         "max_zero_loss_per_s": max(zero_loss) if zero_loss else 0,
         "bulk_tcp_bps": {"recorder_off": round(bulk_off), "recorder_on": round(bulk_on)},
@@ -286,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "new_flow_flood_per_s": {"recorder_off": round(off), "recorder_on": round(on)},
         "flood_cost": round(1 - on / off, 3) if off else None,
     }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -304,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         f"one-packet new-flow flood: off {off:.0f}/s, on {on:.0f}/s, "
         f"cost {result['flood_cost']:.1%} (recorder saturated, loss counted)"
     )
+    print(f"results: {RESULTS}")
     return 0
 
 
