@@ -446,22 +446,6 @@ def _underlays(s: dict[str, Any]) -> None:
     s["sites"]["plant-b"]["gateway"]["underlay"] = NOBODY
 
 
-def ping(ns: str, addr: str, timeout: float = 8.0) -> bool:
-    """True as soon as one echo reply comes back within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = subprocess.run(
-            ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", addr],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-        if res.returncode == 0:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @contextmanager
 def plant_network(base: Path) -> Iterator[PlantNet]:
     """A built `PlantNet` (nothing running), removed on exit whatever happened."""

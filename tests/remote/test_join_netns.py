@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.remote.netns_plant import LAN_HOSTS, ROOT, PlantNet, ping, tunneld, wait_for
+from tests.remote.netns_plant import LAN_HOSTS, ROOT, PlantNet, tunneld, wait_for
+from tests.tunneld.nsutil import ping
 
 pytestmark = pytest.mark.root
 

@@ -87,4 +87,5 @@ def ping(ns: str, addr: str, timeout: float = 8.0) -> bool:
         )
         if res.returncode == 0:
             return True
+        time.sleep(0.1)
     return False
