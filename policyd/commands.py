@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import topology
 from policyd.api.context import API_PORT
@@ -33,6 +34,9 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-port", type=int, default=API_PORT, help=f"control API port (default {API_PORT})"
     )
     parser.add_argument("--no-api", action="store_true", help="as for policyd --no-api")
+    parser.add_argument(
+        "--summary", action="store_true", help="render: counts and conduits, not the rules"
+    )
     parser.add_argument(
         "--at", default=None, help="compile as of this ISO time (default: now; UTC if naive)"
     )
@@ -58,11 +62,36 @@ def _compile(args: argparse.Namespace) -> Ruleset | None:
         return None
 
 
+def summary(rs: Ruleset) -> str:
+    """What a gateway's compiled ruleset holds, in a few lines for people."""
+    rules = sum(1 for o in rs.objects if "rule" in o)
+    chains = sum(1 for o in rs.objects if "chain" in o)
+    bodies: list[dict[str, Any]] = [o.get("set") or o.get("map") or {} for o in rs.objects]
+    elements = sum(len(b.get("elem", [])) for b in bodies)
+    lines = [
+        f"gateway {rs.gateway}: table inet zonegate, {chains} chains, {rules} rules "
+        f"({rs.hook_rule_count()} in hook chains), {elements} set/map elements",
+    ]
+    for plan in sorted(rs.conduits.values(), key=lambda p: p.name):
+        if plan.needs_grant:
+            who = f"closed until granted (set {plan.identity_set or plan.zone_set})"
+        else:
+            who = f"{len(plan.identities)} identities" if plan.identities else ""
+            if plan.zones:
+                who = ", ".join(filter(None, [who, f"{len(plan.zones)} source zone(s)"]))
+        lines.append(f"  conduit {plan.name:<24} ct mark {plan.mark:#010x}  {who}")
+    if rs.next_change:
+        lines.append(f"  recompiles at {rs.next_change.isoformat()} (schedule or validity)")
+    return "\n".join(lines)
+
+
 def render_command(args: argparse.Namespace) -> int:
     rs = _compile(args)
     if rs is None:
         return 2
-    if args.json:
+    if getattr(args, "summary", False):
+        print(summary(rs))
+    elif args.json:
         print(json.dumps(rs.to_json(), indent=2))
     else:
         sys.stdout.write(render_text(rs.objects))

@@ -146,3 +146,14 @@ def test_fleet_example_is_what_its_generator_writes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert {p.name: p.read_text() for p in fleet.glob("*.yaml")} == before
+
+
+def test_render_summary_names_each_conduit_and_its_mark(capsys: pytest.CaptureFixture[str]) -> None:
+    from topology.model import conduit_mark
+
+    assert main(["render", str(EXAMPLE), "--gateway", "plant-a", "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gateway plant-a: table inet zonegate")
+    assert f"conduit vendor-maintenance       ct mark {conduit_mark('vendor-maintenance'):#010x}" in out
+    assert "closed until granted (set grant_vendor_maintenance)" in out
+    assert "engineers-plant-b" not in out  # plant-b's conduit is enforced by plant-b
