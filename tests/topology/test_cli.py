@@ -154,6 +154,9 @@ def test_render_summary_names_each_conduit_and_its_mark(capsys: pytest.CaptureFi
     assert main(["render", str(EXAMPLE), "--gateway", "plant-a", "--summary"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("gateway plant-a: table inet zonegate")
-    assert f"conduit vendor-maintenance       ct mark {conduit_mark('vendor-maintenance'):#010x}" in out
+    assert (
+        f"conduit vendor-maintenance       ct mark {conduit_mark('vendor-maintenance'):#010x}"
+        in out
+    )
     assert "closed until granted (set grant_vendor_maintenance)" in out
     assert "engineers-plant-b" not in out  # plant-b's conduit is enforced by plant-b
