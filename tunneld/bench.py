@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunneld.handshake import Endpoint, LocalIdentity, PeerConfig, PskReady, Send
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import LocalIdentity, PeerConfig, PskReady, Send
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
 from tunneld.kem import get_backend
 from tunneld.keys import keygen, wg_public_key

@@ -26,8 +26,8 @@ from typing import Any
 import topology
 from topology.model import Topology
 from tunneld import kem as kem_mod
-from tunneld.handshake import (
-    Endpoint,
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import (
     Event,
     LocalIdentity,
     PeerConfig,

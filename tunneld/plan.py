@@ -18,7 +18,7 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from topology.model import Identity, Site, Sources, Topology
 from tunneld import messages as m
-from tunneld.handshake import Role
+from tunneld.handshake_types import Role
 from tunneld.kem import PARAMS
 from tunneld.keys import KeyFileError, PublicBundle, load_public
 

@@ -20,7 +20,8 @@ from tests.tunneld.tunneld_helpers import (
     sends,
 )
 from tunneld import messages as m
-from tunneld.handshake import Endpoint, PskExpired, PskReady, Rejected, Send, Timeout
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import PskExpired, PskReady, Rejected, Send, Timeout
 from tunneld.hybrid import HybridPrivateKey
 from tunneld.timers import Timers
 

@@ -16,8 +16,8 @@ from tests.tunneld.tunneld_helpers import (
 )
 from tunneld import messages as m
 from tunneld import transcript as t
-from tunneld.handshake import (
-    Endpoint,
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import (
     Refusal,
     RefusedIdentity,
     Rejected,

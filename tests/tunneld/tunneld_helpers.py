@@ -5,15 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from tunneld.handshake import (
-    Endpoint,
-    Event,
-    LocalIdentity,
-    PeerConfig,
-    PskReady,
-    Role,
-    Send,
-)
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import Event, LocalIdentity, PeerConfig, PskReady, Role, Send
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
 from tunneld.kem import get_backend
 from tunneld.timers import Timers
