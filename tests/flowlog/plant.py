@@ -53,7 +53,10 @@ def standin_ruleset(topo: Topology) -> str:
 
     Accepted new flows get `ct mark set <conduit.mark>`; a Modbus write is dropped
     and logged as its own reason; everything else is logged to NFLOG group 7 with
-    "zg deny default" and dropped. Replace with the compiler's output when it lands.
+    "zg deny default" and dropped. Hand-written on purpose: these tests pin the
+    recorder's accounting (exact counts, bursts, overruns) independently of the
+    compiler's layout; records from the real compiled rules are checked in
+    tests/policyd/test_grants_ns.py, test_sessions_ns.py and the Mininet scenarios.
     """
     rules = []
     for conduit in topo.conduits.values():
