@@ -6,6 +6,7 @@ Exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
+from topology.model import Topology
 from topology.policy_tests import TestResult, run_tests
 from topology.report import gateway_rows, topology_counts
 from topology.table import format_table
@@ -128,7 +130,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"reason:     {verdict.reason}")
     for i, cond in enumerate(verdict.conditions):
         print(f"{'conditions:' if i == 0 else '':<12}{cond}")
+    if args.compiled:
+        return _explain_compiled(topo, flow, args.at)
     return EXIT_OK
+
+
+def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
+    """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
+    from policyd.crosscheck import compiled_verdict
+
+    when = at or datetime.now(UTC)
+    model = evaluate(topo, dataclasses.replace(flow, at=when))
+    try:
+        kernel = compiled_verdict(topo, dataclasses.replace(flow, at=when), when)
+    except FlowError as exc:
+        print(f"compiled:   cannot be run through the rules ({exc})")
+        return EXIT_OK
+    word = "allow" if kernel.allowed else "deny"
+    marks = sorted({f"{res.ct_mark:#010x}" for _, _, res in kernel.hops if res.ct_mark})
+    sites = " then ".join(dict.fromkeys(gw for gw, _, _ in kernel.hops))
+    agree = "agrees with" if kernel.allowed == model.allowed else "DISAGREES with"
+    print(
+        f"compiled:   {word} by the nftables rules of {sites} at {when:%Y-%m-%d %H:%M %Z}"
+        + (f" (ct mark {', '.join(marks)})" if marks and kernel.allowed else "")
+        + f"; {agree} the model at that time ({model.word})"
+    )
+    return EXIT_OK if kernel.allowed == model.allowed else EXIT_FAIL
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -204,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--at", type=_parse_time, help="evaluate at this time (ISO 8601)")
     p.add_argument("--granted", action="store_true", help="as if a grant were active")
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also run the flow through the compiled nftables rules (at --at or now)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
 

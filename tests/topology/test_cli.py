@@ -160,3 +160,19 @@ def test_render_summary_names_each_conduit_and_its_mark(capsys: pytest.CaptureFi
     )
     assert "closed until granted (set grant_vendor_maintenance)" in out
     assert "engineers-plant-b" not in out  # plant-b's conduit is enforced by plant-b
+
+
+def test_explain_compiled_agrees_with_the_model_on_every_declared_test(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check", str(EXAMPLE), "--json"]) == 0
+    pinned = "2026-11-25T10:00:00+01:00"  # inside the engineers' hours, so allows are real
+    for t in json.loads(capsys.readouterr().out)["tests"]:
+        args = ["explain", str(EXAMPLE), "--from", t["from"], "--to", t["to"]]
+        args += ["--service", t["service"], "--compiled", "--at", t["at"] or pinned]
+        if t["granted"]:
+            args.append("--granted")
+        assert main(args) == 0, capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"compiled:   {t['expect']} by the nftables rules of" in out, out
+        assert "agrees with the model" in out
