@@ -217,25 +217,46 @@ class GrantBook:
             raise GrantError(409, f"grant '{grant_id}' is {grant.state.value}, not requested")
         return grant
 
+    def may_decide(self, grant: Grant, identity: str) -> bool:
+        """Whether the conduit's `approval.by` names this identity, directly or by role."""
+        conduit = self.topology.conduits.get(grant.conduit)
+        who = self.topology.identities.get(identity)
+        if conduit is None or conduit.approval is None or who is None:
+            return False
+        approval = conduit.approval
+        return identity in approval.by_identities or any(r in approval.by_roles for r in who.roles)
+
+    def visible_to(self, identity: str) -> list[Grant]:
+        """A remote identity sees its own grants and those it may decide."""
+        return [
+            g
+            for g in self.grants.values()
+            if g.identity == identity or self.may_decide(g, identity)
+        ]
+
     def _check_approver(self, grant: Grant, approver: str) -> None:
-        who = self._identity(approver)
+        self._identity(approver)
         if approver == grant.identity:
             raise GrantError(403, "the requester cannot approve or deny its own grant")
+        if self.may_decide(grant, approver):
+            return
         approval = self._conduit(grant.conduit).approval
         assert approval is not None  # only approval conduits have requested grants
-        if approver in approval.by_identities or any(r in approval.by_roles for r in who.roles):
-            return
         raise GrantError(
             403,
             f"identity '{approver}' may not decide grants on '{grant.conduit}' "
             f"({approval.describe()})",
         )
 
-    def revoke(self, grant_id: str, by: str, now: datetime) -> Grant:
+    def revoke(self, grant_id: str, by: str, now: datetime, admin: bool = False) -> Grant:
+        """Revoke: by the grant's identity, an approver of its conduit, or an administrator."""
         grant = self.get(grant_id)
+        if not (admin or by == grant.identity or self.may_decide(grant, by)):
+            raise GrantError(403, f"identity '{by}' may not revoke this grant")
         if grant.state not in (GrantState.ACTIVE, GrantState.REQUESTED):
             raise GrantError(409, f"grant '{grant_id}' is already {grant.state.value}")
-        done = replace(grant, state=GrantState.REVOKED, note=f"revoked by {by} at {now}")
+        who = f"local:{by}" if admin else by
+        done = replace(grant, state=GrantState.REVOKED, note=f"revoked by {who} at {now}")
         self.grants[grant_id] = done
         return done
 

@@ -94,14 +94,33 @@ def test_emergency_is_immediate_capped_and_only_on_emergency_conduits(book: Gran
         book.emergency("engineer-1", "safety-emergency", H, "x", NOW)
 
 
-def test_revoke(book: GrantBook) -> None:
+def test_revoke_by_holder_approver_or_administrator_only(book: GrantBook) -> None:
     g = book.emergency("safety-engineer-1", "safety-emergency", H, "x", NOW)
-    r = book.revoke(g.id, "shift-lead-1", NOW)
+    with pytest.raises(GrantError, match="may not revoke") as info:
+        book.revoke(g.id, "shift-lead-1", NOW)  # no approver on an emergency conduit
+    assert info.value.status == 403 and book.get(g.id).state is GrantState.ACTIVE
+    r = book.revoke(g.id, "safety-engineer-1", NOW)
     assert r.state is GrantState.REVOKED and book.active() == []
     with pytest.raises(GrantError, match="already revoked"):
-        book.revoke(g.id, "shift-lead-1", NOW)
+        book.revoke(g.id, "safety-engineer-1", NOW)
     with pytest.raises(GrantError, match="no grant"):
-        book.revoke("g999", "shift-lead-1", NOW)
+        book.revoke("g999", "safety-engineer-1", NOW)
+
+    v = book.request("vendor-tech", "vendor-maintenance", H, "x", NOW)
+    book.approve(v.id, "shift-lead-1", NOW)
+    with pytest.raises(GrantError, match="may not revoke"):
+        book.revoke(v.id, "engineer-1", NOW)
+    assert book.revoke(v.id, "shift-lead-1", NOW).state is GrantState.REVOKED
+
+    w = book.request("vendor-tech", "vendor-maintenance", H, "x", NOW)
+    done = book.revoke(w.id, "engineer-1", NOW, admin=True)
+    assert done.state is GrantState.REVOKED and "local:engineer-1" in done.note
+
+
+def test_visible_to_holder_and_approvers(book: GrantBook) -> None:
+    g = book.request("vendor-tech", "vendor-maintenance", H, "x", NOW)
+    assert book.visible_to("vendor-tech") == [g] and book.visible_to("shift-lead-1") == [g]
+    assert book.visible_to("engineer-1") == []
 
 
 def test_grants_of_removed_conduits_or_identities_are_revoked(book: GrantBook) -> None:
