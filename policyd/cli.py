@@ -12,11 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from policyd.api.context import API_PORT
 from policyd.compiler import CompileOptions
+from policyd.conventions import API_PORT, RUN_DIR
 from policyd.daemon import Daemon, Settings
 
-RUN_DIR = Path("/run/zonegate")
 LOG_DIR = Path("/var/log/zonegate")
 STATE_DIR = Path("/var/lib/zonegate")
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import topology
-from policyd.api.context import API_PORT
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.conventions import API_PORT
 from policyd.render import render_text
 from topology.diagnostics import TopologyError
 

@@ -5,7 +5,13 @@ Kept in one place so the rules policyd writes and the records it reads back agre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from topology.model import conduit_mark
+
+# The control API: a unix socket per gateway here, and this port on the overlay address.
+RUN_DIR = Path("/run/zonegate")
+API_PORT = 9780
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "zonegate"  # policyd owns this table and never touches any other
@@ -29,6 +35,7 @@ MARK_TAG = 0x5A000000
 MARK_TAG_MASK = 0xFF000000
 
 __all__ = [
+    "API_PORT",
     "MARK_TAG",
     "MARK_TAG_MASK",
     "NFLOG_DENY_PREFIX",
@@ -37,6 +44,7 @@ __all__ = [
     "NFLOG_RECORD_PREFIX",
     "RECORD_QTHRESH",
     "RECORD_SNAPLEN",
+    "RUN_DIR",
     "TABLE_FAMILY",
     "TABLE_NAME",
     "conduit_mark",

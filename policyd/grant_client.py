@@ -14,9 +14,7 @@ import os
 import sys
 from typing import Any
 
-import aiohttp
-
-from policyd.api.app import RUN_DIR
+from policyd.conventions import RUN_DIR
 from topology.table import format_table
 
 ENV_API = "ZONEGATE_API"
@@ -78,6 +76,8 @@ def local_socket() -> str:
 
 
 async def call(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    import aiohttp  # here, not at the top: every zonegate command builds this parser
+
     method, path, body = _request_for(args)
     if args.api:
         connector: aiohttp.BaseConnector = aiohttp.TCPConnector()
@@ -95,6 +95,8 @@ async def call(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
 
 
 def grant_command(args: argparse.Namespace) -> int:
+    import aiohttp
+
     try:
         status, data = asyncio.run(call(args))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:

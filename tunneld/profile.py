@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from policyd.conventions import API_PORT
 from topology.model import Identity, TargetKind, Topology
 from tunneld.keys import KeyFileError, PublicBundle, load_public, parse_public
 from tunneld.plan import NodePlan, PeerPlan, PlanError, names, site_bundle, stronger
@@ -37,7 +38,6 @@ from tunneld.plan import NodePlan, PeerPlan, PlanError, names, site_bundle, stro
 FORMAT = "zonegate-profile"
 VERSION = 1
 DEFAULT_DAYS = 30
-API_PORT = 9780  # policyd's control API on each gateway's overlay address
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from aiohttp import web
 
 from policyd.api import flow_routes, grant_routes, status_routes
-from policyd.api.context import API_PORT, LOCAL, STATE, ControlState
+from policyd.api.context import LOCAL, STATE, ControlState
 from policyd.api.errors import json_errors
+from policyd.conventions import API_PORT
 
 IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
-RUN_DIR = Path("/run/zonegate")  # policyd-GATEWAY.sock lives here
 
 
 def make_app(state: ControlState, local: bool) -> web.Application:

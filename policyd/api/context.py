@@ -14,8 +14,6 @@ from policyd.flowlog.sinks import LiveStream
 from policyd.grants import Grant, GrantBook, GrantError
 from topology.model import Conduit, Identity
 
-API_PORT = 9780  # on the gateway's overlay address, reachable only through tunnels
-
 
 class Enforcer(Protocol):
     """The kernel side of a grant: open it with a timeout, close it and its sessions."""
