@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from topology.version import package_version
 from tunneld import kem
 from tunneld.keys import KeyFileError, keygen
 
@@ -23,6 +24,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "Other commands: tunneld join PROFILE --keys DIR | tunneld keygen DIR | "
         "tunneld status | tunneld backends",
     )
+    p.add_argument("--version", action="version", version=f"tunneld {package_version()}")
     p.add_argument("--topology", required=True, type=Path, help="topology file or directory")
     p.add_argument("--node", required=True, help="the site whose gateway this is")
     p.add_argument("--listen", default="0.0.0.0", help="handshake listen address (tcp)")

@@ -13,7 +13,7 @@ import pytest
 
 from policyd.api.app import serve
 from tests.policyd.test_api import World
-from topology.cli import main
+from zonegate.cli import main
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def test_revoke_ends_a_live_session(net: Net, tmp_path: Path) -> None:
     topo.write_text(topology_yaml())
     d = Policyd(net, topo)
     d.wait_for("control API on")
-    zg = [PY, "-m", "topology.cli", "grant", "--socket", str(d.socket), "--json"]
+    zg = [PY, "-m", "zonegate.cli", "grant", "--socket", str(d.socket), "--json"]
     out = subprocess.run(
         [
             *zg,

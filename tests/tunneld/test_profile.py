@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import topology
-from topology.cli import main as zonegate
 from topology.model import TargetKind, Topology
 from tunneld import profile as prof
 from tunneld.cli import main as tunneld_main
@@ -20,6 +19,7 @@ from tunneld.daemon import Daemon, Options
 from tunneld.keyring import Materialized, materialize_keys
 from tunneld.keys import keygen, load_public
 from tunneld.plan import names
+from zonegate.cli import main as zonegate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)

@@ -31,11 +31,11 @@ import yaml
 
 import topology
 from topology.evaluate import Flow, evaluate
-from topology.explore import hold, instructions
 from topology.model import Topology
-from topology.plant_daemons import in_host
-from topology.scenario import Scenario, interrupts_as_exceptions
 from topology.table import format_table
+from zonegate.lab.explore import hold, instructions
+from zonegate.lab.plant_daemons import in_host
+from zonegate.lab.scenario import Scenario, interrupts_as_exceptions
 
 ENGINEER, VENDOR, LEAD = "engineer-1", "vendor-tech", "shift-lead-1"
 PLC, GATEWAY, CONDUIT = "plant-a/plc-1", "plant-a", "vendor-maintenance"
@@ -120,7 +120,7 @@ class Demo:
         assert self.scenario is not None
         site = self.scenario.topology.sites[GATEWAY]
         api = f"http://{site.gateway.overlay}:9780"
-        argv = [sys.executable, "-m", "topology.cli", "grant", "--api", api, "--json", *action]
+        argv = [sys.executable, "-m", "zonegate.cli", "grant", "--api", api, "--json", *action]
         say(f"  {who}$ zonegate grant --api {api} {' '.join(action)}")
         rc, out = self.sh(who, argv)
         try:
@@ -156,7 +156,7 @@ class Demo:
         heading(5, f"{VENDOR} tries to write a register on {PLC} (Modbus FC 6)")
         self.modbus(VENDOR, "write", "blocked")
         say("  Why, and what would open it (zonegate explain):")
-        explain = [sys.executable, "-m", "topology.cli", "explain", str(source)]
+        explain = [sys.executable, "-m", "zonegate.cli", "explain", str(source)]
         explain += ["--from", VENDOR, "--to", PLC, "--service", "modbus/write"]
         say("    " + in_root(explain).strip().replace("\n", "\n    "))
 
@@ -208,7 +208,7 @@ class Demo:
         if log is None:
             return
         say(f"\nFlow log of {GATEWAY}: {log}  (all gateways: {', '.join(logs)})")
-        argv = [sys.executable, "-m", "topology.cli", "flows", "--log", log, "--starts"]
+        argv = [sys.executable, "-m", "zonegate.cli", "flows", "--log", log, "--starts"]
         out = in_root(argv)
         lines = out.rstrip().splitlines()
         shown = lines if len(lines) <= 17 else lines[:1] + lines[-16:]
@@ -220,7 +220,7 @@ def in_root(argv: list[str]) -> str:
     """A command in the root namespace (the flow log is a plain file)."""
     import subprocess
 
-    from topology.plant_daemons import source_env
+    from zonegate.lab.plant_daemons import source_env
 
     res = subprocess.run(argv, capture_output=True, text=True, env=source_env(), check=False)
     return res.stdout + res.stderr

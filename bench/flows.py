@@ -162,7 +162,7 @@ table inet zonegate {{
     def start_recorder(self, log: Path, status: Path) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "policyd.flowlog", str(self.topo), "--gateway", "bench",
                "--netns", self.g, "--log", str(log), "--status", str(status)]  # fmt: skip
-        env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -256,7 +256,7 @@ def forwarding(b: Bench, with_recorder: bool, duration: float) -> tuple[float, f
     return bulk, delivered / elapsed
 
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "flows.json"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "flows.json"
 
 
 def main(argv: list[str] | None = None) -> int:

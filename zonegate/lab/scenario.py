@@ -10,7 +10,7 @@ host. Each outcome is compared with the reference verdict *now* (see
 failure the daemons' logs, `nft list ruleset` and `wg show` of every gateway are
 dumped, and everything is torn down however the run ends (error, SIGINT, SIGTERM).
 
-    python -m topology.scenario examples/plant [--workdir DIR] [--keep]
+    python -m zonegate.lab.scenario examples/plant [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from types import FrameType
 from typing import Any
 
 import topology
-from topology.emulation import PlantNet
-from topology.explore import hold, instructions
-from topology.leftovers import Footprint, capture, leftovers
-from topology.plant_daemons import GatewayDaemons, in_host, source_env
-from topology.scenario_cases import Case, Outcome, outcome_table, plan_cases, summary
-from topology.scenario_grants import GrantStep, close_grants, open_grants
 from topology.table import format_table
-from topology.user_tunnels import UserTunnels
 from tunneld.keyring import materialize_keys
+from zonegate.lab.emulation import PlantNet
+from zonegate.lab.explore import hold, instructions
+from zonegate.lab.leftovers import Footprint, capture, leftovers
+from zonegate.lab.plant_daemons import GatewayDaemons, in_host, source_env
+from zonegate.lab.scenario_cases import Case, Outcome, outcome_table, plan_cases, summary
+from zonegate.lab.scenario_grants import GrantStep, close_grants, open_grants
+from zonegate.lab.user_tunnels import UserTunnels
 
 
 def random_prefix() -> str:
@@ -160,7 +160,7 @@ class Scenario:
         return self.plant.host(label)
 
     def probe_argv(self, address: str, service: str) -> list[str]:
-        return [sys.executable, "-m", "topology.probe", address, service]
+        return [sys.executable, "-m", "zonegate.lab.probe", address, service]
 
     def probe(self, source: str, address: str, service: str) -> tuple[bool, str]:
         """Real traffic from a host; (passed, detail)."""
@@ -318,7 +318,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m topology.scenario", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m zonegate.lab.scenario", description=__doc__)
     p.add_argument("topology", type=Path)
     p.add_argument("--workdir", type=Path, help="default: a new directory under /tmp")
     p.add_argument("--prefix", help="Mininet node name prefix (default: zm + random hex)")

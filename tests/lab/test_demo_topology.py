@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from topology.demo import ENGINEER, PLC, choose_topology
 from topology.evaluate import Flow, evaluate
+from zonegate.lab.demo import ENGINEER, PLC, choose_topology
 
 PLANT = Path(__file__).resolve().parents[2] / "examples" / "plant"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from topology.emulation import PlantNet
+from zonegate.lab.emulation import PlantNet
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 

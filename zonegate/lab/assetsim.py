@@ -2,7 +2,7 @@
 
 Used by the emulated plant and the namespace tests, so policy is proven against real
 protocol stacks: Modbus requests are real pymodbus ADUs, whose function codes the
-gateway's kernel rules must match. Run as `python -m topology.assetsim --modbus 502
+gateway's kernel rules must match. Run as `python -m zonegate.lab.assetsim --modbus 502
 --tcp 22 --tcp 443 --udp 34964 [--bind ADDR]`; it serves until killed.
 """
 

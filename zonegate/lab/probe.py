@@ -3,7 +3,7 @@
 A Modbus probe sends a real request of the flow's function class (read: FC 3, write:
 FC 6, diagnostics: FC 8) and needs a correct reply; other TCP services need the
 asset's banner; UDP services need the echo. Anything else (timeout, reset, an error
-reply) counts as blocked. Run as `python -m topology.probe ADDRESS SERVICE`; exit 0
+reply) counts as blocked. Run as `python -m zonegate.lab.probe ADDRESS SERVICE`; exit 0
 when the flow passed, 1 when it was blocked, 2 on usage errors.
 """
 
@@ -16,9 +16,9 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 
-from topology.assetsim import BANNER
 from topology.refs import ServiceSpec, parse_service_spec
 from topology.services import BUILTIN_SERVICES
+from zonegate.lab.assetsim import BANNER
 
 
 @dataclass(frozen=True)

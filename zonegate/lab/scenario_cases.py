@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address
 
-from topology.emulation import HostPlan, Plan
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, Verdict, evaluate
 from topology.model import PolicyTest, Topology
 from topology.refs import parse_service_spec
 from topology.table import format_table
+from zonegate.lab.emulation import HostPlan, Plan
 
 SKIP_PINNED = "skipped (pinned time)"
 

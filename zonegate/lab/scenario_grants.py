@@ -64,7 +64,7 @@ def grant_steps(topo: Topology, identity: str, now: datetime) -> list[GrantStep]
 def grant_argv(site: str, acting_as: str, *action: str) -> list[str]:
     """`zonegate grant` on a gateway's local policyd socket, acting as an identity."""
     sock = f"/run/zonegate/policyd-{site}.sock"
-    cli = [sys.executable, "-m", "topology.cli", "grant", "--socket", sock]
+    cli = [sys.executable, "-m", "zonegate.cli", "grant", "--socket", sock]
     return [*cli, "--as", acting_as, "--json", *action]
 
 

@@ -48,7 +48,7 @@ def instructions(plant: Any, flow_logs: list[str]) -> str:
         u, a = plant.host(users[0].label), assets[0]
         addr = a.interfaces[0].address.ip
         lines += [
-            f"  mnexec -a {u.pid} .venv/bin/python -m topology.probe {addr} modbus/read"
+            f"  mnexec -a {u.pid} .venv/bin/python -m zonegate.lab.probe {addr} modbus/read"
             f"   # as {users[0].label}, to {a.label}",
             f"  mnexec -a {u.pid} .venv/bin/tunneld status",
         ]

@@ -11,7 +11,6 @@ profile through its tunnel.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,15 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from topology.emulation import PlantNet
-from topology.plant_daemons import Daemon, in_host, source_env
-
-NO_JOIN = "skipped (no user tunnels: `tunneld join` not available yet)"
-
-
-def join_available() -> bool:
-    """Whether this tree has tunneld's user side (profiles and `tunneld join`)."""
-    return importlib.util.find_spec("tunneld.profile") is not None
+from zonegate.lab.emulation import PlantNet
+from zonegate.lab.plant_daemons import Daemon, in_host, source_env
 
 
 @dataclass
@@ -49,7 +41,7 @@ class UserTunnels:
     def issue(self, identity: str) -> Path | None:
         out = self.workdir / "profiles" / f"{identity}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "topology.cli", "profile", "issue"]
+        argv = [sys.executable, "-m", "zonegate.cli", "profile", "issue"]
         argv += [str(self.topology_dir), "--identity", identity, "--out", str(out)]
         argv += ["--pubkeys", str(self.keys[identity] / "identity.pub")]
         res = subprocess.run(argv, capture_output=True, text=True, env=source_env(), check=False)
@@ -76,9 +68,6 @@ class UserTunnels:
         return {name: "no tunnel: sent over the WAN" for name in self.refused}
 
     def start(self) -> None:
-        if not join_available():
-            self.without = dict.fromkeys(self.users, NO_JOIN)
-            return
         for identity in self.users:
             profile = self.issue(identity)
             if profile is None:

@@ -1,4 +1,4 @@
-"""`python -m policyd.bench` (`scripts/bench policy`): compile/apply cost against scale.
+"""`python -m bench.policy` (`scripts/bench policy`): compile/apply cost against scale.
 
 Needs root: applies in a private network namespace (named zp + 4 hex), never in the
 caller's. Measures, for 100, 1k, 10k and 100k identities (roles = identities/1000,
@@ -135,7 +135,7 @@ def in_ns(ns: str, code: str) -> Any:
 KERNEL_CODE = """
 import json, time, statistics
 from datetime import UTC, datetime
-from policyd.bench import synthetic, NOW
+from bench.policy import synthetic, NOW
 from policyd.compiler import compile_ruleset, CompileOptions
 from policyd.kernel import NftHandle
 n = {n}
@@ -200,7 +200,7 @@ def packet_rate(tag: str, gw: str, cli: str, srv: str, seconds: int) -> float:
 
 def main() -> int:
     if os.geteuid() != 0:
-        print("policyd.bench needs root (network namespaces)", file=sys.stderr)
+        print("bench.policy needs root (network namespaces)", file=sys.stderr)
         return 2
     tag = "zp" + secrets.token_hex(2)
     gw, cli, srv = tag + "g", tag + "c", tag + "s"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from topology import load
-from topology.cli import main
+from zonegate.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 

@@ -1,4 +1,4 @@
-"""`zonegate`: the network team's tool for topology files.
+"""`zonegate`: the umbrella command for network teams, approvers and operators.
 
 Exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors.
 """
@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from policyd import commands, flows_cli, grant_client
+from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
 from topology.model import Topology
 from topology.policy_tests import TestResult, run_tests
 from topology.report import gateway_rows, topology_counts
 from topology.table import format_table
+from topology.version import package_version
+from tunneld import profile
 
 Command = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -137,8 +140,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
     """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
-    from policyd.crosscheck import compiled_verdict
-
     when = at or datetime.now(UTC)
     model = evaluate(topo, dataclasses.replace(flow, at=when))
     try:
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "file format: docs/topology.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"zonegate {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="validate a topology and run its policy tests")
@@ -251,39 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diagram)
 
     p = sub.add_parser("render", help="the nftables ruleset a gateway enforces")
-    _lazy_arguments(p, "policyd.commands", "add_render_arguments")
-    p.set_defaults(func=_lazy("policyd.commands", "render_command"))
+    commands.add_render_arguments(p)
+    p.set_defaults(func=commands.render_command)
 
     p = sub.add_parser("diff", help="what applying would change in the running ruleset")
-    _lazy_arguments(p, "policyd.commands", "add_render_arguments")
-    p.set_defaults(func=_lazy("policyd.commands", "diff_command"))
+    commands.add_render_arguments(p)
+    p.set_defaults(func=commands.diff_command)
 
     p = sub.add_parser("grant", help="just-in-time access: request, approve, deny, revoke, list")
-    p.set_defaults(func=_lazy("policyd.grant_client", "grant_command"))
-    _lazy_arguments(p, "policyd.grant_client", "add_grant_arguments")
+    grant_client.add_grant_arguments(p)
+    p.set_defaults(func=grant_client.grant_command)
 
     p = sub.add_parser("profile", help="tunnel profiles for remote users: issue, show")
-    _lazy_arguments(p, "tunneld.profile", "add_profile_arguments")
-    p.set_defaults(func=_lazy("tunneld.profile", "profile_command"))
+    profile.add_profile_arguments(p)
+    p.set_defaults(func=profile.profile_command)
 
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
-    _lazy_arguments(p, "policyd.flows_cli", "add_flows_arguments")
-    p.set_defaults(func=_lazy("policyd.flows_cli", "flows_command"))
+    flows_cli.add_flows_arguments(p)
+    p.set_defaults(func=flows_cli.flows_command)
     return parser
-
-
-def _lazy(module: str, name: str) -> Command:
-    """Subcommands from the daemons' packages load only when used."""
-
-    def run(args: argparse.Namespace) -> int:
-        func: Command = getattr(importlib.import_module(module), name)
-        return func(args)
-
-    return run
-
-
-def _lazy_arguments(parser: argparse.ArgumentParser, module: str, name: str) -> None:
-    getattr(importlib.import_module(module), name)(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

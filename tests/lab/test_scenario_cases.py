@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from topology import load
-from topology.emulation import plan_network
-from topology.scenario_cases import SKIP_PINNED, Outcome, outcome_table, plan_cases, summary
-from topology.scenario_grants import grant_steps
+from zonegate.lab.emulation import plan_network
+from zonegate.lab.scenario_cases import SKIP_PINNED, Outcome, outcome_table, plan_cases, summary
+from zonegate.lab.scenario_grants import grant_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANT = load(ROOT / "examples" / "plant").topology

@@ -201,7 +201,7 @@ class PlantNet:
         if h.gateway is not None:
             node.cmd(f"ip route add default via {h.gateway}")
         if h.modbus or h.tcp_ports or h.udp_ports:
-            args = [sys.executable, "-m", "topology.assetsim"]
+            args = [sys.executable, "-m", "zonegate.lab.assetsim"]
             if h.modbus:
                 args += ["--modbus", "502"]
             for p in h.tcp_ports:
