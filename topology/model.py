@@ -292,8 +292,15 @@ class Conduit:
         return self.approval is not None or self.emergency is not None
 
 
+# ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
+# hash of the conduit name.
+MARK_TAG = 0x5A000000
+MARK_TAG_MASK = 0xFF000000
+
+
 def conduit_mark(name: str) -> int:
-    return 0x5A000000 | (zlib.crc32(name.encode()) & 0x00FFFFFF)
+    """The conduit's id in the kernel (ct mark): stable across reloads and gateways."""
+    return MARK_TAG | (zlib.crc32(name.encode()) & ~MARK_TAG_MASK & 0xFFFFFFFF)
 
 
 Expect = Literal["allow", "deny"]
