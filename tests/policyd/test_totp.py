@@ -72,7 +72,7 @@ def test_failures_lock_out_then_release(store: TotpStore) -> None:
     secret = secret_of(store, "shift-lead-1")
     now = 1_800_000_000.0
     for i in range(MAX_FAILURES):
-        with pytest.raises(TotpError, match="wrong|digit"):
+        with pytest.raises(TotpError, match=r"wrong|digit"):
             store.verify("shift-lead-1", "000000" if i else "12ab", now + i)
     with pytest.raises(TotpError, match="locked"):  # even the right code
         store.verify("shift-lead-1", code_at(secret, now + 10), now + 10)
