@@ -12,6 +12,7 @@ book from the kernel's tagged grant elements.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -180,5 +181,6 @@ class GrantStore:
             finally:
                 os.close(dfd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise StateError(exc.errno or 0, f"grant state {self.path} not written: {exc}") from exc
