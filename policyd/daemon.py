@@ -29,6 +29,7 @@ from policyd.api.guard import Guard
 from policyd.api.metrics import Sample, exposition
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.enforcer import KernelGrants, arrived_via_tunnel
+from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
@@ -246,11 +247,12 @@ class Daemon:
         assert self.topology is not None
         if self.s.flow_log is None:
             return
-        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
+        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log, gateway=self.s.gateway)]
         if self.s.syslog:
             sinks.append(Syslog5424(self.s.syslog))
         config = RecorderConfig(sessions_dir=self.s.sessions)
-        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
+        chain = AuditChain.resume(self.s.flow_log)
+        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config, chain)
         await self.recorder.start()
         log.info("recording flows to %s", self.s.flow_log)
         if self.s.sessions is not None:

@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
     _lazy_arguments(p, "policyd.flows_cli", "add_flows_arguments")
     p.set_defaults(func=_lazy("policyd.flows_cli", "flows_command"))
+
+    p = sub.add_parser("audit", help="check the audit log: verify its hash chain")
+    _lazy_arguments(p, "policyd.audit_cli", "add_audit_arguments")
+    p.set_defaults(func=_lazy("policyd.audit_cli", "audit_command"))
     return parser
 
 
