@@ -166,7 +166,10 @@ class NftHandle:
                 val, left = el["elem"]["val"], int(el["elem"].get("expires", 0))
                 key = val if isinstance(val, str) else json.dumps(val)
                 if left > 0 and key in allowed[name]:
-                    kept.setdefault(name, []).append({"elem": {"val": val, "timeout": left}})
+                    carried = {"val": val, "timeout": left}
+                    if "comment" in el["elem"]:  # the grant id tag (policyd/grant_service.py)
+                        carried["comment"] = el["elem"]["comment"]
+                    kept.setdefault(name, []).append({"elem": carried})
         return kept
 
     def _table_exists(self) -> bool:
@@ -227,11 +230,13 @@ class NftHandle:
         source: str,
         duration: timedelta,
         now: datetime | None = None,
+        tag: str | None = None,
     ) -> Grant:
         """Open `conduit` for `source` (identity name or zone ref) for `duration`.
 
         Capped at the conduit's approval/emergency maximum and the identity's validity;
-        the kernel expires the element even if policyd is not running.
+        the kernel expires the element even if policyd is not running. `tag` (a grant
+        id) is stored as the element's comment, so the kernel says which grant it is.
         """
         now = now or datetime.now(UTC)
         plan = _grant_plan(ruleset, conduit)
@@ -249,7 +254,7 @@ class NftHandle:
         if seconds < 1:
             raise GrantError(f"grant for {source} on {conduit} would expire immediately")
         # Re-granting replaces the old expiry: delete (if present) and add in one batch.
-        el = {"elem": {"val": value, "timeout": seconds}}
+        el = {"elem": {"val": value, "timeout": seconds, **({"comment": tag} if tag else {})}}
         what = f"grant {conduit} to {source} for {seconds}s"
         try:
             self._replace_element(set_name, value, el, what)

@@ -7,7 +7,7 @@ NEWSETELEM or DELSETELEM message, so its cost depends on nothing but the element
 
 Only IPv4 address sets (`ipv4_addr`, plain or `interval`, optionally `timeout`) are
 encoded, which is every set policyd changes at run time. `encode` returns None for
-anything else (another key type, a map, an element with a comment, an interval ending
+anything else (another key type, a map, a comment that is not short ASCII, an interval ending
 at 255.255.255.255, more than MAX_ELEMENTS at once) and the caller falls back to
 libnftables, which handles all of it.
 
@@ -28,6 +28,9 @@ NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_L
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
+NFTA_SET_ELEM_USERDATA = 6
+NFTNL_UDATA_SET_ELEM_COMMENT = 0  # libnftnl's userdata TLV type for an element comment
+MAX_COMMENT = 127  # nftables' NFT_USERDATA_MAXLEN is 256; libnftables caps comments at 128
 NFTA_DATA_VALUE = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_TIMEOUT = 0x4, 0x8, 0x10
@@ -80,7 +83,9 @@ def _span(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def _key(address: int, flags: int = 0, timeout_ms: int | None = None) -> bytes:
+def _key(
+    address: int, flags: int = 0, timeout_ms: int | None = None, comment: str | None = None
+) -> bytes:
     parts = []
     if timeout_ms is not None:
         parts.append(nfnl.be64(NFTA_SET_ELEM_TIMEOUT, timeout_ms))
@@ -89,7 +94,20 @@ def _key(address: int, flags: int = 0, timeout_ms: int | None = None) -> bytes:
     parts.append(
         nfnl.nest(NFTA_SET_ELEM_KEY, nfnl.attr(NFTA_DATA_VALUE, address.to_bytes(4, "big")))
     )
+    if comment is not None:
+        text = comment.encode() + b"\0"
+        tlv = bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(text)]) + text
+        parts.append(nfnl.attr(NFTA_SET_ELEM_USERDATA, tlv))
     return nfnl.nest(NFTA_LIST_ELEM, *parts)
+
+
+def _comment(value: Any) -> str | bool | None:
+    """A comment libnftables would store as is; False when this encoder must not."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isascii() or len(value) > MAX_COMMENT:
+        return False
+    return value
 
 
 def encode(info: SetInfo, elements: list[Any], delete: bool) -> bytes | None:
@@ -100,12 +118,17 @@ def encode(info: SetInfo, elements: list[Any], delete: bool) -> bytes | None:
     out = []
     for el in elements:
         timeout: int | None = None
+        comment: str | None = None
         value = el
         if isinstance(el, dict) and "elem" in el:
             body = el["elem"]
-            if not isinstance(body, dict) or not set(body) <= {"val", "timeout"}:
+            if not isinstance(body, dict) or not set(body) <= {"val", "timeout", "comment"}:
                 return None
             value, timeout = body.get("val"), body.get("timeout")
+            found = _comment(body.get("comment"))
+            if found is False:
+                return None
+            comment = None if delete or found is True else found
             if timeout is not None and (not isinstance(timeout, int) or timeout < 0):
                 return None
         span = _span(value)
@@ -116,11 +139,11 @@ def encode(info: SetInfo, elements: list[Any], delete: bool) -> bytes | None:
         if not info.interval:
             if lo != hi:
                 return None
-            out.append(_key(lo, 0, ms))
+            out.append(_key(lo, 0, ms, comment))
         else:
             if hi == _LAST:
                 return None
-            out.append(_key(lo, 0, ms))
+            out.append(_key(lo, 0, ms, comment))
             out.append(_key(hi + 1, NFT_SET_ELEM_INTERVAL_END))
     return b"".join(out)
 
