@@ -19,9 +19,12 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+
+from topology.model import Topology
 
 log = logging.getLogger("policyd.notify")
 
@@ -33,20 +36,57 @@ TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
-class Webhook:
+class Destination:
+    """A webhook with its URL resolved on the gateway (`url` or `url_file`)."""
+
     name: str
     url: str
     format: Format = "json"
 
     def __repr__(self) -> str:  # URLs often carry a token: keep them out of reprs
-        return f"Webhook({self.name!r}, format={self.format!r})"
+        return f"Destination({self.name!r}, format={self.format!r})"
+
+
+NOTIFY_EVENTS = frozenset(
+    {
+        "grant_requested",
+        "grant_approval_recorded",
+        "grant_approved",
+        "grant_denied",
+        "grant_revoked",
+        "grant_expired",
+        "emergency_opened",
+    }
+)
+
+
+def destinations(
+    topo: Topology, conduit: str, on_failure: Callable[[str, dict[str, Any]], None]
+) -> tuple[Destination, ...]:
+    """The conduit's webhooks, URLs read now (a `url_file` may change without a reload)."""
+    c = topo.conduits.get(conduit)
+    out = []
+    for name in c.notify if c else ():
+        hook = topo.webhooks.get(name)
+        if hook is None:
+            continue
+        url = hook.url
+        if hook.url_file is not None:
+            try:
+                url = Path(hook.url_file).read_text().strip()
+            except OSError as exc:
+                on_failure("notification_failed", {"webhook": name, "reason": str(exc)})
+                continue
+        if url:
+            out.append(Destination(name, url, hook.format))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class Notice:
     event: str
     data: dict[str, Any]
-    hooks: tuple[Webhook, ...]
+    hooks: tuple[Destination, ...]
 
 
 def text_of(event: str, data: dict[str, Any]) -> str:
@@ -68,7 +108,7 @@ def text_of(event: str, data: dict[str, Any]) -> str:
     return (f"[{gateway}] " if gateway else "") + lines.get(event, f"{event}: {what}")
 
 
-def body_of(hook: Webhook, event: str, data: dict[str, Any]) -> bytes:
+def body_of(hook: Destination, event: str, data: dict[str, Any]) -> bytes:
     if hook.format == "slack":
         return json.dumps({"text": text_of(event, data)}).encode()
     return json.dumps({"event": event, **data}, default=str).encode()
@@ -98,7 +138,7 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def notify(self, event: str, data: dict[str, Any], hooks: tuple[Webhook, ...]) -> None:
+    def notify(self, event: str, data: dict[str, Any], hooks: tuple[Destination, ...]) -> None:
         """Queue a notice; never blocks. A full queue drops it, counted and reported."""
         if not hooks or self._queue is None:
             return
@@ -126,7 +166,7 @@ class Notifier:
                 finally:
                     self._queue.task_done()
 
-    async def _deliver(self, session: aiohttp.ClientSession, hook: Webhook, n: Notice) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, hook: Destination, n: Notice) -> None:
         body = body_of(hook, n.event, n.data)
         headers = {"Content-Type": "application/json", "User-Agent": "zonegate-policyd"}
         delay = self.first_backoff

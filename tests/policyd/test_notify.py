@@ -1,4 +1,4 @@
-"""Webhooks against a real HTTP server: bodies, retries, giving up, a full queue."""
+"""Destinations against a real HTTP server: bodies, retries, giving up, a full queue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from policyd.notify import Notifier, Webhook, text_of
+from policyd.notify import Destination, Notifier, text_of
 
 GRANT = {
     "id": "g7",
@@ -52,7 +52,7 @@ def run(receiver: Receiver, events: list[str], **kw: Any) -> tuple[Notifier, lis
         runner, url = await serve(receiver)
         n = Notifier(on_failure=lambda e, d: failures.append((e, d)), first_backoff=0.01, **kw)
         n.start()
-        hooks = (Webhook("soc", url, "json"), Webhook("chat", url, "slack"))
+        hooks = (Destination("soc", url, "json"), Destination("chat", url, "slack"))
         for event in events:
             n.notify(event, {"grant": GRANT, "gateway": "plant-a", "by": "shift-lead-1"}, hooks)
         await asyncio.wait_for(n.drained(), 10)
