@@ -8,6 +8,7 @@ import hmac
 import json
 import shutil
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -22,6 +23,7 @@ from policyd.console import views
 from policyd.console.views import Viewer
 from policyd.grants import GrantError, GrantState
 from topology import diagram
+from topology.fields import parse_duration
 
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,12 +92,17 @@ async def index(request: web.Request) -> web.Response:
 @routes.get("/console/requests")
 async def requests_page(request: web.Request) -> web.Response:
     state, _caller, viewer = await _viewer(request)
-    pending = views.rows(state.service.book, viewer, [GrantState.REQUESTED])
+    book = state.service.book
+    pending = views.rows(book, viewer, [GrantState.REQUESTED])
+    askable = views.requestable(book.topology, viewer.identity)
     return _page(
         "requests.html",
         viewer,
         page="requests",
         rows=pending,
+        requestable=[
+            views.opens(book.topology, c) for c in views.requestable(book.topology, viewer.identity)
+        ],
         token=form_token(state, viewer.identity),
         done=request.query.get("done", ""),
     )
@@ -178,16 +185,37 @@ async def diagram_svg(request: web.Request) -> web.Response:
     return web.Response(body=out, content_type="image/svg+xml")
 
 
+async def _form(request: web.Request, state: ControlState, viewer: Viewer) -> Any:
+    form = await request.post()
+    token = str(form.get("token", ""))
+    if not hmac.compare_digest(token, form_token(state, viewer.identity)):
+        raise ApiError(403, "the form is stale or forged (no valid token): reload the page")
+    return form
+
+
+@routes.post("/console/request")
+async def ask(request: web.Request) -> web.Response:
+    state, caller, viewer = await _viewer(request)
+    form = await _form(request, state, viewer)
+    duration = parse_duration(str(form.get("duration", "")))
+    if duration is None or duration <= timedelta(0):
+        raise ApiError(422, "duration: give one like 30m or 2h")
+    reason = str(form.get("reason", "")).strip()[:500]
+    if not reason:
+        raise ApiError(422, "say why you need access (reason)")
+    grant = await state.service.request(
+        caller.identity, str(form.get("conduit", "")), duration, reason, caller.label()
+    )
+    raise web.HTTPSeeOther(f"/console/requests?{urlencode({'done': f'{grant.id}: requested'})}")
+
+
 @routes.post("/console/grants/{grant_id}/{action}")
 async def act(request: web.Request) -> web.Response:
     state, caller, viewer = await _viewer(request)
     action = request.match_info["action"]
     if action not in ("approve", "deny", "revoke"):
         raise ApiError(404, f"no action '{action}'")
-    form = await request.post()
-    token = str(form.get("token", ""))
-    if not hmac.compare_digest(token, form_token(state, viewer.identity)):
-        raise ApiError(403, "the form is stale or forged (no valid token): reload the page")
+    form = await _form(request, state, viewer)
     note = str(form.get("note", ""))[:500]
     code = str(form.get("code", "")) or None
     gid = request.match_info["grant_id"]

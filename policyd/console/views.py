@@ -83,6 +83,17 @@ def rows(book: GrantBook, viewer: Viewer, states: Iterable[GrantState]) -> list[
     return out
 
 
+def requestable(topo: Topology, identity: str) -> list[Conduit]:
+    """Approval conduits this identity may ask for (emergency ones are the API's: loud)."""
+    who = topo.identities.get(identity)
+    if who is None:
+        return []
+    return sorted(
+        (c for c in topo.conduits.values() if c.approval and c.sources.admits(who)),
+        key=lambda c: c.name,
+    )
+
+
 def grant_visible(book: GrantBook, viewer: Viewer, grant: dict[str, Any]) -> bool:
     """For live updates: may this viewer see an event about this grant?"""
     if viewer.operator or grant.get("identity") == viewer.identity:

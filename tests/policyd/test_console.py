@@ -281,3 +281,21 @@ async def test_live_events_reach_only_those_who_may_see_them(console: Console) -
     gid = await request_grant(console, "vendor-tech")
     assert gid in (await lead or "")
     assert await other_vendor is None
+
+
+@served
+async def test_a_requester_asks_through_the_form(console: Console) -> None:
+    _, page, _ = await get(console, "vendor-tech", "/console/requests")
+    assert 'id="ask"' in page and "vendor-writes" in page
+    form = {
+        "token": token_in(page),
+        "conduit": "vendor-writes",
+        "duration": "30m",
+        "reason": "replace pump firmware",
+    }
+    status, page = await post(console, "vendor-tech", "/console/request", form)
+    assert status == 200 and ": requested" in page
+    [g] = console.service.book.grants.values()
+    assert (g.identity, g.reason) == ("vendor-tech", "replace pump firmware")
+    _, page, _ = await get(console, "shift-lead-1", "/console/requests")
+    assert 'id="ask"' not in page  # leads may ask for nothing here
