@@ -100,9 +100,7 @@ async def requests_page(request: web.Request) -> web.Response:
         viewer,
         page="requests",
         rows=pending,
-        requestable=[
-            views.opens(book.topology, c) for c in views.requestable(book.topology, viewer.identity)
-        ],
+        requestable=[views.opens(book.topology, c) for c in askable],
         token=form_token(state, viewer.identity),
         done=request.query.get("done", ""),
     )
