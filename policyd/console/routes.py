@@ -35,7 +35,7 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make browsers send Origin: null
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -78,6 +78,13 @@ def _page(name: str, viewer: Viewer | None, status: int = 200, **ctx: Any) -> we
     return web.Response(text=text, content_type="text/html", status=status)
 
 
+def _number(request: web.Request) -> int:
+    try:
+        return int(request.query.get("page", "1"))
+    except ValueError:
+        return 1
+
+
 async def _viewer(request: web.Request) -> tuple[ControlState, Caller, Viewer]:
     state = request.app[STATE]
     caller = await caller_of(request, None)
@@ -93,13 +100,14 @@ async def index(request: web.Request) -> web.Response:
 async def requests_page(request: web.Request) -> web.Response:
     state, _caller, viewer = await _viewer(request)
     book = state.service.book
-    pending = views.rows(book, viewer, [GrantState.REQUESTED])
+    pending = views.page_of(book, viewer, [GrantState.REQUESTED], _number(request))
     askable = views.requestable(book.topology, viewer.identity)
     return _page(
         "requests.html",
         viewer,
         page="requests",
-        rows=pending,
+        listing=pending,
+        rows=pending.rows,
         requestable=[views.opens(book.topology, c) for c in askable],
         token=form_token(state, viewer.identity),
         done=request.query.get("done", ""),
@@ -110,21 +118,22 @@ async def requests_page(request: web.Request) -> web.Response:
 async def grants_page(request: web.Request) -> web.Response:
     state, _caller, viewer = await _viewer(request)
     book = state.service.book
-    active = views.rows(book, viewer, [GrantState.ACTIVE])
+    listing = views.page_of(book, viewer, [GrantState.ACTIVE], _number(request))
+    active = listing.rows
     sessions: dict[str, list[dict[str, Any]]] = {}
-    for row in active[:200]:  # sessions for the first 200 (each is a conntrack lookup)
+    for row in active:  # one conntrack lookup per grant shown
         ident = book.topology.identities.get(row.grant.identity)
         if ident is not None and ident.overlay is not None:
             sessions[row.grant.id] = await state.sessions(row.grant.conduit, str(ident.overlay))
-    ended = views.rows(book, viewer, [GrantState.DENIED, GrantState.REVOKED, GrantState.EXPIRED])[
-        -50:
-    ]
+    ended = [GrantState.DENIED, GrantState.REVOKED, GrantState.EXPIRED]
+    recent = views.page_of(book, viewer, ended, newest_first=True).rows[:50]
     return _page(
         "grants.html",
         viewer,
         page="grants",
+        listing=listing,
         rows=active,
-        ended=list(reversed(ended)),
+        ended=recent,
         sessions=sessions,
         token=form_token(state, viewer.identity),
         done=request.query.get("done", ""),

@@ -60,13 +60,43 @@ def visible_grants(book: GrantBook, viewer: Viewer) -> list[Grant]:
     return sorted(grants, key=lambda g: g.requested_at)
 
 
-def rows(book: GrantBook, viewer: Viewer, states: Iterable[GrantState]) -> list[GrantRow]:
+PAGE = 200  # rows per page: a person reads a page, not 10,000 rows
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[GrantRow]
+    total: int
+    first: int  # 1-based index of the first row shown
+    number: int
+    pages: int
+
+
+def page_of(
+    book: GrantBook,
+    viewer: Viewer,
+    states: Iterable[GrantState],
+    number: int = 1,
+    newest_first: bool = False,
+) -> Page:
+    """One page of the viewer's grants in these states, oldest request first."""
     wanted = set(states)
+    grants = [g for g in visible_grants(book, viewer) if g.state in wanted]
+    if newest_first:
+        grants.reverse()
+    pages = max(1, -(-len(grants) // PAGE))
+    number = min(max(1, number), pages)
+    start = (number - 1) * PAGE
+    shown = grants[start : start + PAGE]
+    return Page(rows(book, viewer, shown), len(grants), start + 1, number, pages)
+
+
+def rows(book: GrantBook, viewer: Viewer, grants: Iterable[Grant]) -> list[GrantRow]:
     out = []
     topo = book.topology
-    for g in visible_grants(book, viewer):
+    for g in grants:
         conduit = topo.conduits.get(g.conduit)
-        if g.state not in wanted or conduit is None:
+        if conduit is None:
             continue
         count = conduit.approval.count if conduit.approval else 1
         decider = book.may_decide(g, viewer.identity) and viewer.identity != g.identity
