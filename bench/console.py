@@ -75,10 +75,7 @@ class NullKernel:
         return True
 
     def elements(self, conduit: str | None = None) -> list[KernelGrant]:
-        return [
-            KernelGrant("vendor-writes", a, t, 3600)
-            for a, t in self.tags.items()
-        ]
+        return [KernelGrant("vendor-writes", a, t, 3600) for a, t in self.tags.items()]
 
     def address_of(self, conduit: str, identity: str) -> str | None:
         return identity
