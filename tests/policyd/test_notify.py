@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from policyd.compiler import CompileOptions
+from policyd.daemon import Daemon, Settings
+from policyd.flowlog.records import AuditEvent
 from policyd.notify import Destination, Notifier, text_of
+from topology import load
 
 GRANT = {
     "id": "g7",
@@ -106,3 +111,55 @@ def test_texts_name_the_grant_and_the_actor() -> None:
     assert "Approved by shift-lead-1" in text_of("grant_approved", data)
     assert "EMERGENCY ACCESS" in text_of("emergency_opened", data)
     assert json.dumps(data)  # bodies are JSON-safe
+
+
+def test_the_daemon_posts_a_conduits_grant_events_to_its_webhooks(tmp_path: Path) -> None:
+    """The wiring: an audited grant event of a conduit with `notify:` reaches its webhook
+    (URL read from url_file on the gateway), with the actor and the gateway named."""
+    r = Receiver()
+
+    async def go() -> None:
+        runner, url = await serve(r)
+        (tmp_path / "hook.url").write_text(url + "\n")
+        (tmp_path / "t.yaml").write_text(TOPO.replace("URL_FILE", str(tmp_path / "hook.url")))
+        settings = Settings(tmp_path / "t.yaml", "plant-a", CompileOptions(tunnels=("zg*",)))
+        daemon = Daemon(settings)
+        daemon.topology = load(tmp_path / "t.yaml").topology
+        daemon.notifier.start()
+        grant = {"id": "g1", "identity": "vendor-tech", "conduit": "vendor-writes"}
+        daemon.audit(AuditEvent("grant_requested", actor="vendor-tech", details=grant))
+        daemon.audit(AuditEvent("policy_applied"))  # not a grant event: not posted
+        await asyncio.wait_for(daemon.notifier.drained(), 10)
+        await daemon.notifier.stop()
+        await runner.cleanup()
+
+    asyncio.run(go())
+    assert len(r.bodies) == 1
+    assert r.bodies[0]["text"].startswith("[plant-a] Access request g1: vendor-tech")
+
+
+TOPO = """\
+version: 1
+sites:
+  plant-a:
+    gateway: {underlay: 192.0.2.10, overlay: 100.64.0.1}
+    zones:
+      control: {cidr: 10.10.1.0/24, security_level: 2}
+    assets:
+      plc-1: {zone: control, address: 10.10.1.5}
+roles:
+  vendor: {}
+  lead: {}
+identities:
+  vendor-tech: {kind: user, roles: [vendor], overlay: 100.64.2.10}
+  shift-lead-1: {kind: user, roles: [lead], overlay: 100.64.1.1}
+conduits:
+  vendor-writes:
+    from: {roles: [vendor]}
+    to: {asset: plant-a/plc-1}
+    allow: [{modbus: [read, write]}]
+    approval: {by: [lead], max: 4h}
+    notify: [ops-chat]
+webhooks:
+  ops-chat: {url_file: URL_FILE, format: slack}
+"""
