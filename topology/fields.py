@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 
 from topology.diagnostics import Diagnostics, Location
-from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
+from topology.yamlnodes import YAML11_BOOLEANS, YMap, YNode, YScalar, YSeq, describe
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -95,7 +95,13 @@ class Reader:
             return None
         if isinstance(node, YScalar) and isinstance(node.value, bool):
             return node.value
-        self.error(node.location, f"{what} must be true or false, found {describe(node)}")
+        hint = ""
+        if isinstance(node, YScalar) and node.value in YAML11_BOOLEANS:
+            word = "true" if str(node.value).lower() in ("y", "yes", "on") else "false"
+            hint = (
+                f"'{node.value}' is a string in YAML 1.2 (YAML 1.1 made it a boolean); write {word}"
+            )
+        self.error(node.location, f"{what} must be true or false, found {describe(node)}", hint)
         return None
 
     def integer(self, node: YNode | None, what: str, lo: int, hi: int) -> int | None:
