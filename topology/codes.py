@@ -132,7 +132,9 @@ CODES: tuple[Code, ...] = (
     ),
     Code("ZG-W003", r"^role '.*' is not used", "a role no conduit or approval uses"),
     Code("ZG-W004", r"^service '.*' is not used", "a custom service no conduit or asset uses"),
-    Code("ZG-W005", r"^zone '.*' is not used", "a zone no conduit reaches or starts from"),
+    Code(
+        "ZG-W005", r"^zone '.*' is not used", "a zone with no assets and no conduit to or from it"
+    ),
     Code("ZG-W006", r"no policy tests", "a topology without declared tests"),
     Code("ZG-W007", r"is not read", "a file that looks like topology but is not read"),
     Code(

@@ -262,6 +262,7 @@ class Conduit:
     record: bool = False
     description: str = ""
     location: Location | None = None
+    accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
 
     @property
     def mark(self) -> int:

@@ -73,30 +73,39 @@ class ReadContext:
                 self.diags.error(loc, f"unknown {what} '{ref}'", hint)
         return out
 
-    def _zone_ref(self, ref: str, loc: Location) -> bool:
-        site, sep, zone = ref.partition("/")
+    def _declared(self, site: str, section: str) -> dict[str, object] | None:
+        """The zone or asset names a site writes, built or not; None for an unknown site.
+
+        A definition with an error of its own is reported there; references to it are
+        not errors too (one mistake, one error).
+        """
+        entry = self.entries["sites"].get(site)
+        if entry is None:
+            return None
+        node = entry.node.get(section) if isinstance(entry.node, YMap) else None
+        return dict(node.entries) if isinstance(node, YMap) else {}
+
+    def _place_ref(self, ref: str, loc: Location, section: str) -> bool:
+        kind = section[:-1]
+        site, sep, name = ref.partition("/")
         if not sep:
-            self.diags.error(loc, f"zone reference '{ref}' must be SITE/ZONE")
+            self.diags.error(loc, f"{kind} reference '{ref}' must be SITE/{kind.upper()}")
             return False
-        if site not in self.sites:
-            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", suggest(site, self.sites))
+        declared = self._declared(site, section)
+        if declared is None:
+            hint = suggest(site, self.entries["sites"])
+            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", hint)
             return False
-        if zone not in self.sites[site].zones:
-            zones = self.sites[site].zones
-            self.diags.error(loc, f"site '{site}' has no zone '{zone}'", suggest(zone, zones))
-            return False
-        return True
+        s = self.sites.get(site)
+        built = (s.zones if section == "zones" else s.assets) if s else {}
+        if name in built:
+            return True
+        if name not in declared:
+            self.diags.error(loc, f"site '{site}' has no {kind} '{name}'", suggest(name, declared))
+        return False  # else: the site or the zone/asset has an error of its own
+
+    def _zone_ref(self, ref: str, loc: Location) -> bool:
+        return self._place_ref(ref, loc, "zones")
 
     def _asset_ref(self, ref: str, loc: Location) -> bool:
-        site, sep, asset = ref.partition("/")
-        if not sep:
-            self.diags.error(loc, f"asset reference '{ref}' must be SITE/ASSET")
-            return False
-        if site not in self.sites:
-            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", suggest(site, self.sites))
-            return False
-        if asset not in self.sites[site].assets:
-            assets = self.sites[site].assets
-            self.diags.error(loc, f"site '{site}' has no asset '{asset}'", suggest(asset, assets))
-            return False
-        return True
+        return self._place_ref(ref, loc, "assets")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import yaml
 
@@ -101,7 +100,7 @@ def to_plain(node: YNode | None) -> object:
 class _Composer(yaml.SafeLoader):
     """PyYAML's scanner and composer; plain scalars are resolved by `_scalar` below."""
 
-    yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {}
+    yaml_implicit_resolvers = {}  # noqa: RUF012 (PyYAML's class attribute)
 
 
 def _loc(path: str, mark: yaml.Mark) -> Location:
