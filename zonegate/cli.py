@@ -19,6 +19,7 @@ from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
 from topology.model import Topology
 from topology.policy_tests import TestResult, run_tests
 from topology.report import gateway_rows, topology_counts
+from topology.schema import schema_text
 from topology.table import format_table
 from topology.version import package_version
 from tunneld import profile
@@ -200,6 +201,11 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(schema_text(), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zonegate",
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of topology files (for editors)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("render", help="the nftables ruleset a gateway enforces")
     commands.add_render_arguments(p)
