@@ -147,6 +147,8 @@ class PlacesReader(ReadContext):
                 services.append(svc)
             else:
                 self.diags.error(sloc, f"unknown service '{svc}'", suggest(svc, self.services))
+        if zone in (self._declared(site, "zones") or {}) and zone not in zones:
+            return None  # the zone has an error of its own
         if zone is not None and zone not in zones:
             self.diags.error(
                 m.key_location("zone"),
