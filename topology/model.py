@@ -123,6 +123,7 @@ class Site:
     assets: Mapping[str, Asset]
     kem: str = "ml-kem-768"
     location: Location | None = None
+    tz: str = "UTC"  # IANA time zone: a date alone in valid_from/valid_until is a day here
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from topology.diagnostics import Diagnostics, Location
 from topology.fields import Reader, suggest
@@ -72,6 +73,33 @@ class ReadContext:
                 hint = self._hint_role(ref) if what == "role" else suggest(ref, names)
                 self.diags.error(loc, f"unknown {what} '{ref}'", hint)
         return out
+
+    def _time_zone(self, node: YMap) -> str | None:
+        """A site's `tz` (IANA name, default UTC); None after reporting a bad one."""
+        tz = self.r.string(node.get("tz"), "tz") or "UTC"
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.diags.error(
+                node.key_location("tz"),
+                f"unknown time zone '{tz}'",
+                "use an IANA name such as Europe/Berlin or UTC",
+            )
+            return None
+        return tz
+
+    def _day_tz(self, site: str | None) -> str | None:
+        """The time zone a date alone is read in: the site's, or the one all sites share.
+
+        None when the sites disagree (a user is not tied to a site): then a date is
+        ambiguous and must be written as a date-time.
+        """
+        if site is not None and site in self.sites:
+            return self.sites[site].tz
+        zones = {s.tz for s in self.sites.values()}
+        if len(zones) > 1:
+            return None
+        return zones.pop() if zones else "UTC"
 
     def _declared(self, site: str, section: str) -> dict[str, object] | None:
         """The zone or asset names a site writes, built or not; None for an unknown site.

@@ -81,7 +81,8 @@ class PlacesReader(ReadContext):
         )
 
     def _build_site(self, e: Entry) -> None:
-        node = self._named_map(e, "site", ("gateway", "zones", "assets", "kem", "description"))
+        allowed = ("gateway", "zones", "assets", "kem", "description", "tz")
+        node = self._named_map(e, "site", allowed)
         if node is None:
             return
         what = f"site '{e.name}'"
@@ -110,8 +111,11 @@ class PlacesReader(ReadContext):
                 assets[aname] = asset
         if gateway is None:
             return
+        tz = self._time_zone(node)
+        if tz is None:
+            return
         self.sites[e.name] = Site(
-            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location
+            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location, tz=tz
         )
 
     def _build_zone(self, site: str, name: str, loc: Location, node: YNode) -> Zone | None:
@@ -241,8 +245,9 @@ class PlacesReader(ReadContext):
                     "run 'tunneld keygen DIR' where the identity lives and commit DIR/*.pub",
                 )
             keys = str(key_path)
-        valid_from = self.r.moment(node.get("valid_from"), "valid_from")
-        valid_until = self.r.moment(node.get("valid_until"), "valid_until")
+        day_tz = self._day_tz(site)
+        valid_from = self.r.moment(node.get("valid_from"), "valid_from", day_tz)
+        valid_until = self.r.moment(node.get("valid_until"), "valid_until", day_tz, True)
         if valid_from and valid_until and valid_from >= valid_until:
             self.diags.error(
                 node.key_location("valid_until"),

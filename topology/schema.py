@@ -140,6 +140,7 @@ def site() -> Schema:
             "zones": named("the site's zones", zone),
             "assets": named("the site's assets", asset),
             "kem": {"enum": ["ml-kem-768", "ml-kem-1024"], "description": "post-quantum KEM"},
+            "tz": text("IANA time zone of the site (default UTC): dates are days here"),
             "description": ref("description"),
         },
         ("gateway",),

@@ -119,3 +119,34 @@ def test_a_broken_zone_is_one_error(write_topology: Write) -> None:
     text = BASE.replace("office: {cidr: 10.1.9.0/24", "office: {cidr: 10.1.9.0/33")
     diags = problems(write_topology(text))
     assert len(diags) == 1, "\n".join(map(str, diags))
+
+
+def test_a_date_in_valid_until_is_the_end_of_that_day_in_the_site_time_zone(
+    write_topology: Write,
+) -> None:
+    text = BASE.replace(
+        "    gateway: {underlay: 192.0.2.1",
+        "    tz: America/New_York\n    gateway: {underlay: 192.0.2.1",
+    ).replace("overlay: 100.64.1.2}", "overlay: 100.64.1.2, valid_until: 2026-12-31}")
+    ident = load(write_topology(text)).topology.identities["lead-1"]
+    assert ident.valid_until is not None
+    assert ident.valid_until.isoformat() == "2027-01-01T05:00:00+00:00"  # midnight in New York
+
+
+def test_a_date_is_an_error_when_sites_disagree_on_the_time_zone(write_topology: Write) -> None:
+    text = (
+        BASE.replace(
+            "    gateway: {underlay: 192.0.2.1",
+            "    tz: America/New_York\n    gateway: {underlay: 192.0.2.1",
+        )
+        .replace(
+            "roles:\n",
+            "  site-b:\n    tz: Europe/Berlin\n    gateway: {underlay: 192.0.2.2, overlay: 100.64.0.2}\n"
+            "    zones: {}\nroles:\n",
+            1,
+        )
+        .replace("overlay: 100.64.1.2}", "overlay: 100.64.1.2, valid_until: 2026-12-31}")
+    )
+    diags = problems(write_topology(text))
+    (d,) = [d for d in diags if d.severity == "error"]
+    assert d.code == "ZG-E028" and "different time zones" in d.message and "T23:59:59" in d.hint
