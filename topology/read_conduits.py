@@ -73,6 +73,9 @@ class ConduitReader(ReadContext):
             ok = False
         if node.get("approval") is not None and approval is None:
             ok = False
+        accept_risk = self.r.string(node.get("accept_risk"), "accept_risk (the reason)")
+        if node.get("accept_risk") is not None and accept_risk is None:
+            ok = False
         if sources is None or target is None or allow is None or not ok:
             return None
         return Conduit(
@@ -86,7 +89,7 @@ class ConduitReader(ReadContext):
             record=record,
             description=self.r.string(node.get("description"), "description") or "",
             location=e.location,
-            accept_risk=self.r.string(node.get("accept_risk"), "accept_risk (the reason)") or "",
+            accept_risk=accept_risk or "",
         )
 
     def _sources(self, node: YNode | None, what: str) -> Sources | None:
