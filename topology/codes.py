@@ -67,7 +67,8 @@ CODES: tuple[Code, ...] = (
     Code(
         "ZG-E031",
         r"^unknown (?:role|identity|site|service|zone|asset)|has unknown role"
-        r"|has no (?:zone|asset)|must be SITE/|is neither a role nor an identity",
+        r"|has no (?:zone|asset)|must be SITE/|is neither a role nor an identity"
+        r"|site identity for unknown site",
         "a reference to a name that does not exist",
     ),
     # Places and addresses.
@@ -88,7 +89,7 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E051", r"needs 'overlay'", "users and services need a fixed overlay address"),
     Code(
         "ZG-E052",
-        r"site identity for unknown site|differs from site|only identities of kind site",
+        r"differs from site|only identities of kind site",
         "site identity problems",
     ),
     Code("ZG-E053", r"key file '.*' does not exist", "`keys:` points nowhere"),

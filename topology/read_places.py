@@ -247,6 +247,8 @@ class PlacesReader(ReadContext):
             keys = str(key_path)
         day_tz = self._day_tz(site)
         valid_from = self.r.moment(node.get("valid_from"), "valid_from", day_tz)
+        if valid_from is None and node.get("valid_from") is not None:
+            day_tz = day_tz or "UTC"  # an ambiguous day is reported once per identity
         valid_until = self.r.moment(node.get("valid_until"), "valid_until", day_tz, True)
         if valid_from and valid_until and valid_from >= valid_until:
             self.diags.error(

@@ -150,6 +150,17 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, path: str, diags: Diagno
             root=True,
         )
         return
+    opened = exc.context_mark
+    if opened is not None and "flow" in (exc.context or "") and problem.startswith("expected"):
+        bracket = "[" if "sequence" in (exc.context or "") else "{"
+        diags.error(
+            _loc(path, opened),
+            f"YAML syntax: the '{bracket}' opened here is not closed",
+            f"close it on this line, or check line {where.line} (the parser stopped there: "
+            f"{problem})",
+            root=True,
+        )
+        return
     hint = ""
     if "mapping values are not allowed here" in problem:
         hint = "a value that contains ': ' must be quoted"

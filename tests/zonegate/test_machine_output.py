@@ -259,3 +259,39 @@ def test_reach_from_an_identity(capsys: Capture) -> None:
     for target in ("plant-a/control", "plant-b/control", "plant-a/historian"):
         assert target in out
     assert "plant-a/plc-1 " not in out and "vendor-maintenance" not in out
+
+
+def documented_keys() -> dict[str, list[str]]:
+    doc = (ROOT / "docs" / "cli-json.md").read_text()
+    out = {}
+    for name, body in re.findall(r"^## (zonegate\.\w+/\d+)\n(.*?)(?=^## |\Z)", doc, re.M | re.S):
+        keys = re.search(r"^keys: (.*)$", body, re.M)
+        assert keys, name
+        out[name] = re.findall(r"`(\w+)`", keys.group(1))
+    return out
+
+
+def test_the_documented_keys_are_the_keys(tmp_path: Path, capsys: Capture) -> None:
+    docs = documented_keys()
+    runs = {
+        "zonegate.check/1": ["check", str(EXAMPLE), "--json"],
+        "zonegate.explain/1": [
+            "explain",
+            str(EXAMPLE),
+            "--from",
+            "engineer-1",
+            "--to",
+            "plant-a/plc-1",
+            "--service",
+            "ssh",
+            "--json",
+        ],
+        "zonegate.report/1": ["report", str(EXAMPLE), "--json"],
+        "zonegate.reach/1": ["reach", str(EXAMPLE), "--from", "engineer-1", "--format", "json"],
+        "zonegate.error/1": ["report", str(EXAMPLE), "--gateway", "x", "--json"],
+    }
+    assert set(docs) == set(runs)
+    for name, argv in runs.items():
+        main(argv)
+        data = json.loads(capsys.readouterr().out)
+        assert data["schema"] == name and list(data) == docs[name], name
