@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
@@ -299,7 +299,7 @@ class PolicyTest:
     location: Location | None = None
 
     def describe(self) -> str:
-        when = f" at {self.at.isoformat()}" if self.at else ""
+        when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
         return f"{self.source} -> {self.target} {self.service}{when}{grant}"
 

@@ -96,7 +96,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 files=list(topo.files),
                 counts=topology_counts(topo),
                 diagnostics=[d.as_dict() for d in loaded.diagnostics],
-                tests=[_test_dict(r) for r in results],
+                tests=[r.as_dict() for r in results],
             )
         )
         return code
@@ -121,10 +121,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     print(f"{len(results) - len(failed)}/{len(results)} policy tests pass")
     return code
-
-
-def _test_dict(r: TestResult) -> dict[str, object]:
-    return r.as_dict() | {"at": rfc3339(r.test.at) if r.test.at else None}
 
 
 def tests_table(results: Sequence[TestResult]) -> str:
