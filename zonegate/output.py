@@ -92,7 +92,7 @@ def sarif(diagnostics: Sequence[Diagnostic], results: Sequence[TestResult]) -> d
                 "id": TEST_RULE,
                 "name": "PolicyTestFailed",
                 "shortDescription": {"text": "a declared policy test fails"},
-                    "defaultConfiguration": {"level": "error"},
+                "defaultConfiguration": {"level": "error"},
             }
         )
     for r in failed:
