@@ -20,7 +20,7 @@ from topology.services import BUILTIN_SERVICES
 
 Schema = dict[str, Any]
 
-SCHEMA_ID = "https://zonegate.dev/schema/topology-v1.json"
+SCHEMA_ID = "urn:zonegate:schema:topology:1"  # a name, not a download location
 OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4 = rf"{OCTET}(?:\.{OCTET}){{3}}"
 DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"

@@ -20,7 +20,6 @@ from topology.version import package_version
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 TEST_RULE = "ZG-T001"  # a declared policy test that fails
-DOCS = "https://github.com/zonegate/zonegate/blob/main/docs/topology.md#every-error-and-warning"
 
 
 def envelope(kind: str, ok: bool, **body: object) -> dict[str, object]:
@@ -70,7 +69,6 @@ def sarif(diagnostics: Sequence[Diagnostic], results: Sequence[TestResult]) -> d
             "id": c.code,
             "name": c.code.replace("-", ""),
             "shortDescription": {"text": c.title},
-            "helpUri": DOCS,
             "defaultConfiguration": {"level": "error" if c.code[3] == "E" else "warning"},
         }
         for c in CODES
@@ -94,7 +92,6 @@ def sarif(diagnostics: Sequence[Diagnostic], results: Sequence[TestResult]) -> d
                 "id": TEST_RULE,
                 "name": "PolicyTestFailed",
                 "shortDescription": {"text": "a declared policy test fails"},
-                "helpUri": DOCS,
                 "defaultConfiguration": {"level": "error"},
             }
         )
@@ -118,7 +115,6 @@ def sarif(diagnostics: Sequence[Diagnostic], results: Sequence[TestResult]) -> d
                     "driver": {
                         "name": "zonegate",
                         "version": package_version(),
-                        "informationUri": DOCS.split("/blob/")[0],
                         "rules": rules,
                     }
                 },

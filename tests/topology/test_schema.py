@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,3 +276,18 @@ def test_the_schema_accepts_the_base() -> None:
 
 def test_the_published_schema_parses() -> None:
     assert json.loads((ROOT / "docs" / "topology.schema.json").read_text())["$id"]
+
+
+def test_zonegate_schema_prints_it_without_jsonschema_installed() -> None:
+    code = (
+        "import io, sys, contextlib\n"
+        "from zonegate.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    main(['schema'])\n"
+        "assert 'jsonschema' not in sys.modules, 'schema needs no jsonschema at run time'\n"
+        "sys.stdout.write(out.getvalue())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "docs" / "topology.schema.json").read_text()

@@ -237,8 +237,8 @@ def test_reach_to_an_asset_lists_people_zones_services_and_terms(capsys: Capture
     vendor = next(r for r in rows if r["source"] == "vendor-tech")
     assert vendor["via"] == "role vendor-acme" and vendor["services"] == ["modbus/read+write"]
     assert "approval by shift-lead, at most 4h" in vendor["terms"]
-    # valid_until: 2027-06-30 is that whole day (UTC here: the example's sites set no tz).
-    assert "valid until 2027-07-01T00:00:00Z" in vendor["terms"]
+    # valid_until: 2027-06-29 is that whole day (UTC here: the example's sites set no tz).
+    assert "valid until 2027-06-30T00:00:00Z" in vendor["terms"]
 
 
 def test_reach_at_an_instant_drops_what_is_closed_then(capsys: Capture) -> None:
