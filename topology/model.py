@@ -123,6 +123,9 @@ class Site:
     assets: Mapping[str, Asset]
     kem: str = "ml-kem-768"
     location: Location | None = None
+    # A code-based KEM (hqc-128/192/256) every tunnel of this site must add to X25519 and
+    # ML-KEM; a pair of sites uses the stronger of the two sides' (None: two components).
+    code_kem: str | None = None
 
 
 @dataclass(frozen=True)

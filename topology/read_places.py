@@ -23,6 +23,9 @@ from topology.services import BUILTIN_SERVICES
 from topology.yamlnodes import YNode, YSeq
 
 KEMS = ("ml-kem-768", "ml-kem-1024")
+# The optional code-based third component of a site's tunnels (tunneld: HQC ephemeral
+# keys next to X25519 and ML-KEM; docs/handshake.md section 3a).
+CODE_KEMS = ("hqc-128", "hqc-192", "hqc-256")
 
 
 class PlacesReader(ReadContext):
@@ -81,7 +84,8 @@ class PlacesReader(ReadContext):
         )
 
     def _build_site(self, e: Entry) -> None:
-        node = self._named_map(e, "site", ("gateway", "zones", "assets", "kem", "description"))
+        allowed = ("gateway", "zones", "assets", "kem", "code_kem", "description")
+        node = self._named_map(e, "site", allowed)
         if node is None:
             return
         what = f"site '{e.name}'"
@@ -98,6 +102,13 @@ class PlacesReader(ReadContext):
         kem = self.r.string(node.get("kem"), "kem") or "ml-kem-768"
         if kem not in KEMS:
             self.diags.error(node.key_location("kem"), f"unknown kem '{kem}'", suggest(kem, KEMS))
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
         zones = {}
         for zname, (zloc, znode) in self._children(node, "zones", what).items():
             zone = self._build_zone(e.name, zname, zloc, znode)
@@ -111,7 +122,13 @@ class PlacesReader(ReadContext):
         if gateway is None:
             return
         self.sites[e.name] = Site(
-            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location
+            e.name,
+            gateway,
+            frozen_map(zones),
+            frozen_map(assets),
+            kem,
+            e.location,
+            code_kem=code_kem if code_kem in CODE_KEMS else None,
         )
 
     def _build_zone(self, site: str, name: str, loc: Location, node: YNode) -> Zone | None:

@@ -19,7 +19,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from topology.model import Identity, Site, Sources, Topology
 from tunneld import messages as m
 from tunneld.handshake_types import Role
-from tunneld.kem import PARAMS
+from tunneld.kem import CODE_KEMS, PARAMS, suite_name
 from tunneld.keys import KeyFileError, PublicBundle, load_public
 
 
@@ -37,7 +37,7 @@ class PeerPlan:
     allowed_ips: tuple[str, ...]
     routes: tuple[IPv4Network, ...]
     role: Role
-    kem: str  # ephemeral KEM of the pair: the stronger of the two sides'
+    kem: str  # ephemeral KEM suite of the pair (pair_suite): both sides compute the same
     kind: str = "site"  # the peer identity's kind: site, user or service
 
 
@@ -71,6 +71,24 @@ def role_towards(local: str, peer: str) -> Role:
 
 def stronger(a: str, b: str) -> str:
     return a if PARAMS[a].public_key_size >= PARAMS[b].public_key_size else b
+
+
+def stronger_code(a: str | None, b: str | None) -> str | None:
+    """The stronger of two optional code-based components (None: not asked for)."""
+    asked = [c for c in (a, b) if c is not None]
+    return max(asked, key=CODE_KEMS.index, default=None)
+
+
+def pair_suite(a: Site, b: Site) -> str:
+    """The ephemeral suite of a site pair: the stronger ML-KEM of the two sites, plus the
+    stronger code-based third component either site pins. Pinned on both sides by the
+    same topology and bound into the transcript: neither side can be talked down."""
+    return suite_name(stronger(a.kem, b.kem), stronger_code(a.code_kem, b.code_kem))
+
+
+def user_suite(site: Site, user_kem: str) -> str:
+    """The suite between a site and a user or service identity (its key bundle's KEM)."""
+    return suite_name(stronger(site.kem, user_kem), site.code_kem)
 
 
 def site_bundle(topo: Topology, site: Site) -> PublicBundle:
@@ -159,7 +177,7 @@ def remote_peers(
                 allowed_ips=(str(overlay),),
                 routes=(overlay,),
                 role="responder",
-                kem=stronger(site.kem, bundle.kem),
+                kem=user_suite(site, bundle.kem),
                 kind=ident.kind,
             )
         )
@@ -188,7 +206,7 @@ def plan(topo: Topology, node: str, at: datetime | None = None) -> NodePlan:
                 allowed_ips=tuple(str(n) for n in (overlay, *zones)),
                 routes=(overlay, *zones),
                 role=role_towards(node, name),
-                kem=stronger(site.kem, other.kem),
+                kem=pair_suite(site, other),
             )
         )
     users, refused, skipped, replan_at = remote_peers(topo, site, at)

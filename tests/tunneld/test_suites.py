@@ -1,0 +1,195 @@
+"""Three-component suites (X25519 + ML-KEM + HQC): the combiner, handshakes across
+backends, and no downgrade: a peer or an attacker can not strip the third component."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.tunneld.tunneld_helpers import (
+    FakeClock,
+    FakeRandom,
+    Ident,
+    make_ident,
+    run_handshake,
+    sends,
+)
+from tunneld import messages as m
+from tunneld import transcript as t
+from tunneld.handshake import Endpoint
+from tunneld.handshake_types import PeerConfig, PskReady, Rejected, Role
+from tunneld.hybrid import HybridCiphertext, HybridPrivateKey, HybridPublicKey, split
+from tunneld.kem import PARAMS, KemError, get_backend
+
+SUITES = ["ml-kem-768+hqc-128", "ml-kem-1024+hqc-256"]
+
+
+def peer(ident: Ident, role: Role, kem: str, backend: str) -> PeerConfig:
+    s = ident.static
+    pub = HybridPublicKey(get_backend(backend), s.kem, s.x_public, s.kem_public)
+    return PeerConfig(ident.name, pub, ident.wg_public, role, kem)
+
+
+def endpoints(
+    a_kem: str, b_kem: str, a_backend: str = "pqcrypto", b_backend: str = "pqcrypto"
+) -> tuple[Endpoint, Endpoint, FakeClock, Ident, Ident]:
+    """a initiates towards b; each side pins the suite it is given (normally the same)."""
+    a, b = make_ident("site-a"), make_ident("site-b")
+    clock = FakeClock()
+    ea = Endpoint(
+        a.local(),
+        [peer(b, "initiator", a_kem, a_backend)],
+        backend=get_backend(a_backend),
+        clock=clock,
+        rng=FakeRandom(b"a"),
+    )
+    eb = Endpoint(
+        b.local(),
+        [peer(a, "responder", b_kem, b_backend)],
+        backend=get_backend(b_backend),
+        clock=clock,
+        rng=FakeRandom(b"b"),
+    )
+    return ea, eb, clock, a, b
+
+
+# -- the combiner --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_three_component_hybrid_binds_every_component(suite: str) -> None:
+    backend = get_backend("cryptography")  # HQC comes from pqcrypto (backend_for)
+    priv = HybridPrivateKey.generate(backend, suite, os.urandom)
+    assert len(priv.kem_public) == PARAMS[suite].public_key_size
+    pub = HybridPublicKey(backend, suite, priv.x_public, priv.kem_public)
+    shared, ct = pub.encapsulate(os.urandom)
+    assert len(ct.m) == PARAMS[suite].ciphertext_size
+    assert priv.decapsulate(ct) == shared
+    # Flipping a bit in either post-quantum ciphertext (ML-KEM's, then HQC's) changes the
+    # combined secret: each component's secret and ciphertext are in the hash.
+    offset = 0
+    for _, part in split(suite, ct.m, "ciphertext_size"):
+        flipped = ct.m[:offset] + bytes([ct.m[offset] ^ 1]) + ct.m[offset + 1 :]
+        assert priv.decapsulate(HybridCiphertext(ct.x, flipped)) != shared
+        offset += len(part)
+    with pytest.raises(KemError, match="must be"):
+        priv.decapsulate(HybridCiphertext(ct.x, ct.m[:-1]))
+
+
+def test_two_component_suite_combines_as_before() -> None:
+    """Adding suites did not change the two-component combiner (deployed peers interop)."""
+    backend = get_backend("cryptography")
+    rng = FakeRandom(b"combiner")
+    priv = HybridPrivateKey.generate(backend, "ml-kem-768", rng)
+    pub = HybridPublicKey(backend, "ml-kem-768", priv.x_public, priv.kem_public)
+    shared, ct = pub.encapsulate(rng)
+    ss_m = priv._kem_keys[0].decapsulate(ct.m)
+    ss_x = priv.static_dh(ct.x)
+    assert shared == t.sha3(
+        b"zonegate-tunneld-v1 hybrid-kem", b"ml-kem-768", ss_m, ss_x, ct.m, ct.x, pub.digest
+    )
+
+
+def test_identity_keys_stay_ml_kem() -> None:
+    with pytest.raises(KemError, match="ephemeral only"):
+        HybridPrivateKey(get_backend("pqcrypto"), "ml-kem-768+hqc-128", bytes(32), bytes(64))
+
+
+# -- handshakes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize(
+    ("a_backend", "b_backend"),
+    [("pqcrypto", "pqcrypto"), ("cryptography", "pqcrypto"), ("pqcrypto", "cryptography")],
+)
+def test_three_component_handshake_across_backends(
+    suite: str, a_backend: str, b_backend: str
+) -> None:
+    ea, eb, clock, _, _ = endpoints(suite, suite, a_backend, b_backend)
+    tr = run_handshake(ea, eb, clock)
+    assert tr.psk_a == tr.psk_b and len(tr.psk_a) == 32
+    assert m.decode(tr.msg1).eph_kem == PARAMS[suite].wire_id  # type: ignore[union-attr]
+    assert len(tr.msg1) == m.message_size(m.INIT_HELLO, PARAMS[suite], PARAMS["ml-kem-768"])
+    assert len(tr.msg2) <= m.MAX_MESSAGE_SIZE
+
+
+@pytest.mark.parametrize(("a_backend", "b_backend"), [("cryptography", "pqcrypto")])
+def test_two_component_handshake_across_backends(a_backend: str, b_backend: str) -> None:
+    ea, eb, clock, _, _ = endpoints("ml-kem-1024", "ml-kem-1024", a_backend, b_backend)
+    tr = run_handshake(ea, eb, clock)
+    assert tr.psk_a == tr.psk_b
+
+
+# -- no downgrade --------------------------------------------------------------------
+
+
+def test_responder_pinning_hqc_refuses_a_two_component_hello() -> None:
+    """An initiator whose topology lacks the third component gets no PSK (fail closed)."""
+    ea, eb, clock, _, _ = endpoints("ml-kem-768", "ml-kem-768+hqc-128")
+    clock.advance(ea.next_deadline() - clock.now)
+    (hello,) = sends(ea.poll())
+    before = eb.fingerprint()
+    out = eb.receive(hello)
+    assert [type(e) for e in out] == [Rejected]
+    assert "ephemeral KEM is not ml-kem-768+hqc-128" in out[0].reason  # type: ignore[union-attr]
+    assert eb.fingerprint() == before
+
+
+def _strip_hqc(hello: bytes, mac_key: bytes) -> bytes:
+    """What an attacker who can forge MAC1 (it knows a static X25519 key) sends: the same
+    InitHello with the HQC public key cut out and the header saying plain ML-KEM."""
+    msg = m.decode(hello)
+    assert isinstance(msg, m.InitHello)
+    (_, ml_pk), _ = split("ml-kem-768+hqc-128", msg.epk_m, "public_key_size")
+    stripped = m.InitHello(
+        eph_kem=PARAMS["ml-kem-768"].wire_id,
+        static_kem=msg.static_kem,
+        sender=msg.sender,
+        initiator=msg.initiator,
+        responder=msg.responder,
+        timestamp=msg.timestamp,
+        epk_x=msg.epk_x,
+        epk_m=ml_pk,
+        sct_x=msg.sct_x,
+        sct_m=msg.sct_m,
+    )
+    body = m.body(stripped)
+    return body + t.mac1(mac_key, body)
+
+
+def test_attacker_can_not_strip_the_third_component() -> None:
+    ea, eb, clock, a, b = endpoints("ml-kem-768+hqc-128", "ml-kem-768+hqc-128")
+    clock.advance(ea.next_deadline() - clock.now)
+    (hello,) = sends(ea.poll())
+    dh = a.static.static_dh(b.static.x_public)
+    forged = _strip_hqc(hello, t.mac1_key(dh, ea.local.id, eb.local.id))
+    before = eb.fingerprint()
+    out = eb.receive(forged)
+    assert "ephemeral KEM is not ml-kem-768+hqc-128" in out[0].reason  # type: ignore[union-attr]
+    assert not any(isinstance(e, PskReady) for e in out)
+    assert eb.fingerprint() == before
+    # The genuine hello still completes: the forgery cost the pair nothing.
+    (resp,) = sends(eb.receive(hello))
+    assert sends(ea.receive(resp))
+
+
+def test_stripped_hello_accepted_by_a_misconfigured_responder_fails_at_initiator() -> None:
+    """Even a responder talked into two components (wrong topology, forged MAC1) can not
+    make the initiator install a key: it rejects an answer for another suite, and the
+    suite name in h0 would make key confirmation fail anyway."""
+    ea, eb, clock, a, b = endpoints("ml-kem-768+hqc-128", "ml-kem-768")
+    clock.advance(ea.next_deadline() - clock.now)
+    (hello,) = sends(ea.poll())
+    dh = a.static.static_dh(b.static.x_public)
+    forged = _strip_hqc(hello, t.mac1_key(dh, ea.local.id, eb.local.id))
+    (resp,) = sends(eb.receive(forged))
+    before = ea.fingerprint()
+    out = ea.receive(resp)
+    assert [type(e) for e in out] == [Rejected]
+    assert "ephemeral KEM differs" in out[0].reason  # type: ignore[union-attr]
+    assert ea.fingerprint() == before
+    # The transcript binds the suite by name: the two sides' h0 differ.
+    ids = (ea.local.id, eb.local.id, a.wg_public, b.wg_public, a.static.digest, b.static.digest)
+    assert t.prologue("ml-kem-768+hqc-128", *ids) != t.prologue("ml-kem-768", *ids)
