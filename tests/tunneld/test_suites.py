@@ -4,9 +4,12 @@ backends, and no downgrade: a peer or an attacker can not strip the third compon
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+import topology
 from tests.tunneld.tunneld_helpers import (
     FakeClock,
     FakeRandom,
@@ -21,8 +24,12 @@ from tunneld.handshake import Endpoint
 from tunneld.handshake_types import PeerConfig, PskReady, Rejected, Role
 from tunneld.hybrid import HybridCiphertext, HybridPrivateKey, HybridPublicKey, split
 from tunneld.kem import PARAMS, KemError, get_backend
+from tunneld.keyring import materialize_keys
+from tunneld.plan import plan, stronger_code
 
 SUITES = ["ml-kem-768+hqc-128", "ml-kem-1024+hqc-256"]
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
 def peer(ident: Ident, role: Role, kem: str, backend: str) -> PeerConfig:
@@ -193,3 +200,37 @@ def test_stripped_hello_accepted_by_a_misconfigured_responder_fails_at_initiator
     # The transcript binds the suite by name: the two sides' h0 differ.
     ids = (ea.local.id, eb.local.id, a.wg_public, b.wg_public, a.static.digest, b.static.digest)
     assert t.prologue("ml-kem-768+hqc-128", *ids) != t.prologue("ml-kem-768", *ids)
+
+
+# -- pinned in the topology ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plant_with_hqc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plant with plant-b asking for HQC-192 on its tunnels."""
+    base = tmp_path_factory.mktemp("plant-hqc")
+    names = ["plant-a", "plant-b", "engineer-1"]
+    keyed = materialize_keys(EXAMPLE, base, names)
+    sites = keyed.topology / "sites.yaml"
+    text = sites.read_text()
+    anchor = "    description: Pumping station\n"
+    assert anchor in text
+    sites.write_text(text.replace(anchor, anchor + "    code_kem: hqc-192\n"))
+    return keyed.topology
+
+
+def test_site_pair_suite_is_pinned_the_same_on_both_sides(plant_with_hqc: Path) -> None:
+    topo = topology.load(plant_with_hqc).topology
+    assert topo.sites["plant-b"].code_kem == "hqc-192" and topo.sites["plant-a"].code_kem is None
+    a_view = {p.name: p.kem for p in plan(topo, "plant-a", NOW).peers}
+    b_view = {p.name: p.kem for p in plan(topo, "plant-b", NOW).peers}
+    # Either site asking is enough; both gateways compute the same suite for the pair.
+    assert a_view["plant-b"] == b_view["plant-a"] == "ml-kem-768+hqc-192"
+    # A site that does not ask keeps two components for its own users.
+    assert a_view["engineer-1"] == "ml-kem-768"
+
+
+def test_stronger_code_kem_wins() -> None:
+    assert stronger_code("hqc-256", "hqc-128") == "hqc-256"
+    assert stronger_code(None, "hqc-192") == "hqc-192"
+    assert stronger_code(None, None) is None
