@@ -4,6 +4,8 @@ backends, and no downgrade: a peer or an attacker can not strip the third compon
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,16 +21,19 @@ from tests.tunneld.tunneld_helpers import (
     sends,
 )
 from tunneld import messages as m
+from tunneld import profile as prof
 from tunneld import transcript as t
 from tunneld.handshake import Endpoint
 from tunneld.handshake_types import PeerConfig, PskReady, Rejected, Role
 from tunneld.hybrid import HybridCiphertext, HybridPrivateKey, HybridPublicKey, split
 from tunneld.kem import PARAMS, KemError, get_backend
 from tunneld.keyring import materialize_keys
+from tunneld.keys import load_public
 from tunneld.plan import plan, stronger_code
 
 SUITES = ["ml-kem-768+hqc-128", "ml-kem-1024+hqc-256"]
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "plant"
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
@@ -234,3 +239,38 @@ def test_stronger_code_kem_wins() -> None:
     assert stronger_code("hqc-256", "hqc-128") == "hqc-256"
     assert stronger_code(None, "hqc-192") == "hqc-192"
     assert stronger_code(None, None) is None
+
+
+def test_gateway_refuses_a_suite_no_backend_here_computes(tmp_path: Path) -> None:
+    """HQC pinned, pqcrypto absent: the daemon stops at start-up with the fix, before it
+    touches WireGuard (it would otherwise fail at the first handshake, every 120 s)."""
+    keyed = materialize_keys(EXAMPLE, tmp_path, ["plant-a", "plant-b"])
+    sites = keyed.topology / "sites.yaml"
+    anchor = "    description: Pumping station\n"
+    sites.write_text(sites.read_text().replace(anchor, anchor + "    code_kem: hqc-128\n"))
+    hide = tmp_path / "hide"
+    (hide / "pqcrypto").mkdir(parents=True)
+    (hide / "pqcrypto" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), str(ROOT)]))
+    argv = [sys.executable, "-m", "tunneld.cli", "--topology", str(keyed.topology)]
+    argv += ["--node", "plant-a", "--keys", str(keyed.keys["plant-a"])]
+    res = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 2, err
+    assert "peer plant-b pins KEM suite ml-kem-768+hqc-128" in err
+    assert "install the pq extra" in err
+
+
+def test_user_profile_pins_the_suite_its_gateway_expects(plant_with_hqc: Path) -> None:
+    """A user's profile carries the suite the gateway computes for that user: a user
+    joining plant-b (code_kem: hqc-192) handshakes with three components."""
+    topo = topology.load(plant_with_hqc).topology
+    bundle = load_public(plant_with_hqc.parent / "keys" / "engineer-1" / "identity.pub")
+    profile = prof.issue(topo, "engineer-1", bundle, NOW)
+    suites = {g.site: g.kem for g in profile.gateways}
+    gateway_view = {
+        site: {p.name: p.kem for p in plan(topo, site, NOW).peers}.get("engineer-1")
+        for site in suites
+    }
+    assert suites == gateway_view
+    assert suites["plant-b"] == "ml-kem-768+hqc-192"
