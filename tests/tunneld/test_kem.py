@@ -247,3 +247,21 @@ def test_hybrid_roundtrip_and_binding() -> None:
     assert other_x != shared
     with pytest.raises(KemError, match="low-order"):
         priv.decapsulate(HybridCiphertext(bytes(32), ct.m))
+
+
+def test_backends_command_lists_and_proves_each_backend() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "tunneld.cli", "backends"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    out = res.stdout.decode()
+    assert res.returncode == 0, out + res.stderr.decode()
+    lines = out.splitlines()
+    for name in BACKENDS:
+        start = next(i for i, line in enumerate(lines) if line.startswith(name))
+        assert "available" in lines[start] and "unavailable" not in lines[start]
+        assert "ml-kem-768    ok (KAT, round trip)" in lines[start + 1]
+    assert any(line.strip().startswith("hqc-256") and "ok" in line for line in lines)
+    assert any(line.startswith("liboqs") for line in lines)

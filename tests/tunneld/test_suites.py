@@ -274,3 +274,27 @@ def test_user_profile_pins_the_suite_its_gateway_expects(plant_with_hqc: Path) -
     }
     assert suites == gateway_view
     assert suites["plant-b"] == "ml-kem-768+hqc-192"
+
+
+# -- wire format ---------------------------------------------------------------------
+
+
+def test_every_suite_fits_the_transport_and_has_one_valid_length() -> None:
+    sizes = {
+        (name, t): m.message_size(t, p, PARAMS["ml-kem-1024"])
+        for name, p in PARAMS.items()
+        for t in (m.INIT_HELLO, m.RESP_HELLO)
+    }
+    assert max(sizes.values()) == m.MAX_MESSAGE_SIZE == 17681 <= m.FRAME_LIMIT
+    assert sizes[("ml-kem-1024+hqc-256", m.RESP_HELLO)] == m.MAX_MESSAGE_SIZE
+    assert len({p.wire_id for p in PARAMS.values()}) == len(PARAMS)
+
+
+def test_a_three_part_suite_is_never_a_static_kem_on_the_wire() -> None:
+    """Identity keys are ML-KEM: a header naming an HQC suite as the static KEM is
+    rejected by the decoder, before any state or cryptography."""
+    eph, bad_static = PARAMS["ml-kem-768"], PARAMS["ml-kem-768+hqc-128"]
+    data = bytearray(m.message_size(m.INIT_HELLO, eph, bad_static))
+    data[0:4] = bytes([m.INIT_HELLO, m.VERSION, eph.wire_id, bad_static.wire_id])
+    with pytest.raises(m.DecodeError, match="not an identity KEM"):
+        m.decode(bytes(data))
