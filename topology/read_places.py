@@ -7,6 +7,7 @@ from typing import cast
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Asset,
     FunctionClass,
     Gateway,
@@ -23,9 +24,6 @@ from topology.services import BUILTIN_SERVICES
 from topology.yamlnodes import YNode, YSeq
 
 KEMS = ("ml-kem-768", "ml-kem-1024")
-# The optional code-based third component of a site's tunnels (tunneld: HQC ephemeral
-# keys next to X25519 and ML-KEM; docs/handshake.md section 3a).
-CODE_KEMS = ("hqc-128", "hqc-192", "hqc-256")
 
 
 class PlacesReader(ReadContext):

@@ -73,22 +73,38 @@ def stronger(a: str, b: str) -> str:
     return a if PARAMS[a].public_key_size >= PARAMS[b].public_key_size else b
 
 
-def stronger_code(a: str | None, b: str | None) -> str | None:
-    """The stronger of two optional code-based components (None: not asked for)."""
-    asked = [c for c in (a, b) if c is not None]
-    return max(asked, key=CODE_KEMS.index, default=None)
+def stronger_code(*asked: str | None) -> str | None:
+    """The strongest of optional code-based components (None: none asked for)."""
+    return max((c for c in asked if c is not None), key=CODE_KEMS.index, default=None)
 
 
-def pair_suite(a: Site, b: Site) -> str:
+def _zone_sites(sources: Sources) -> set[str]:
+    return {ref.split("/", 1)[0] for ref in sources.zones}
+
+
+def pair_suite(topo: Topology, a: Site, b: Site) -> str:
     """The ephemeral suite of a site pair: the stronger ML-KEM of the two sites, plus the
-    stronger code-based third component either site pins. Pinned on both sides by the
-    same topology and bound into the transcript: neither side can be talked down."""
-    return suite_name(stronger(a.kem, b.kem), stronger_code(a.code_kem, b.code_kem))
+    strongest code-based third component that either site, or any conduit between zones
+    of the two, pins. Both gateways compute it from the same topology and it is bound
+    into the transcript: neither side can be talked down."""
+    between = [
+        c.code_kem
+        for c in topo.conduits.values()
+        if {c.target.site} | _zone_sites(c.sources) >= {a.name, b.name}
+    ]
+    code = stronger_code(a.code_kem, b.code_kem, *between)
+    return suite_name(stronger(a.kem, b.kem), code)
 
 
-def user_suite(site: Site, user_kem: str) -> str:
-    """The suite between a site and a user or service identity (its key bundle's KEM)."""
-    return suite_name(stronger(site.kem, user_kem), site.code_kem)
+def user_suite(topo: Topology, site: Site, ident: Identity, user_kem: str) -> str:
+    """The suite between a site and a user or service identity (its bundle's KEM): the
+    site's code_kem and that of any conduit admitting the identity into the site."""
+    into = [
+        c.code_kem
+        for c in topo.conduits.values()
+        if c.target.site == site.name and names(c.sources, ident)
+    ]
+    return suite_name(stronger(site.kem, user_kem), stronger_code(site.code_kem, *into))
 
 
 def site_bundle(topo: Topology, site: Site) -> PublicBundle:
@@ -177,7 +193,7 @@ def remote_peers(
                 allowed_ips=(str(overlay),),
                 routes=(overlay,),
                 role="responder",
-                kem=user_suite(site, bundle.kem),
+                kem=user_suite(topo, site, ident, bundle.kem),
                 kind=ident.kind,
             )
         )
@@ -206,7 +222,7 @@ def plan(topo: Topology, node: str, at: datetime | None = None) -> NodePlan:
                 allowed_ips=tuple(str(n) for n in (overlay, *zones)),
                 routes=(overlay, *zones),
                 role=role_towards(node, name),
-                kem=pair_suite(site, other),
+                kem=pair_suite(topo, site, other),
             )
         )
     users, refused, skipped, replan_at = remote_peers(topo, site, at)

@@ -176,7 +176,7 @@ def issue(
                 site=site_name,
                 endpoint=f"{site.gateway.underlay}:{site.gateway.port}",
                 overlay=site.gateway.overlay,
-                kem=user_suite(site, user_bundle.kem),
+                kem=user_suite(topo, site, ident, user_bundle.kem),
                 bundle=gw_bundle,
                 routes=tuple(ipaddress.collapse_addresses([overlay, *nets])),
                 api=f"http://{site.gateway.overlay}:{API_PORT}",

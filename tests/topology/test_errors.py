@@ -124,6 +124,13 @@ CASES = [
         "code_kem:",
     ),
     (
+        "conduit-code-kem",
+        "allow: [{modbus: read}, ssh]",
+        "allow: [{modbus: read}, ssh]\n    code_kem: hqc-265",
+        "did you mean 'hqc-256'?",
+        "code_kem:",
+    ),
+    (
         "code-kem-mceliece",
         "overlay: 100.64.0.1}\n",
         "overlay: 100.64.0.1}\n    code_kem: mceliece-460896\n",

@@ -298,3 +298,46 @@ def test_a_three_part_suite_is_never_a_static_kem_on_the_wire() -> None:
     data[0:4] = bytes([m.INIT_HELLO, m.VERSION, eph.wire_id, bad_static.wire_id])
     with pytest.raises(m.DecodeError, match="not an identity KEM"):
         m.decode(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def plant_conduit_hqc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plant with two conduits asking for HQC: the site-to-site SCADA one
+    (hqc-256) and the engineers' one into plant-b (hqc-128); no site asks."""
+    base = tmp_path_factory.mktemp("plant-conduit-hqc")
+    keyed = materialize_keys(EXAMPLE, base, ["plant-a", "plant-b", "engineer-1", "shift-lead-1"])
+    conduits = keyed.topology / "conduits.yaml"
+    text = conduits.read_text()
+    for anchor, code in (
+        (
+            "    description: Site-to-site - plant-b's SCADA polls plant-a's control zone\n",
+            "hqc-256",
+        ),
+        ("    to: {zone: plant-b/control}\n", "hqc-128"),
+    ):
+        assert anchor in text
+        text = text.replace(anchor, anchor + f"    code_kem: {code}\n")
+    conduits.write_text(text)
+    return keyed.topology
+
+
+def test_conduit_pins_the_third_component_of_the_tunnels_that_carry_it(
+    plant_conduit_hqc: Path,
+) -> None:
+    topo = topology.load(plant_conduit_hqc).topology
+    assert topo.conduits["plant-b-scada-reads-a"].code_kem == "hqc-256"
+    a_view = {p.name: p.kem for p in plan(topo, "plant-a", NOW).peers}
+    b_view = {p.name: p.kem for p in plan(topo, "plant-b", NOW).peers}
+    # The site-to-site conduit pins the pair, seen the same from both ends.
+    assert a_view["plant-b"] == b_view["plant-a"] == "ml-kem-768+hqc-256"
+    # engineer-1 reaches plant-b through the hqc-128 conduit, plant-a through others.
+    assert b_view["engineer-1"] == "ml-kem-768+hqc-128"
+    assert a_view["engineer-1"] == "ml-kem-768"
+    # shift-lead-1 has no conduit into plant-b with code_kem: two components everywhere.
+    assert a_view["shift-lead-1"] == "ml-kem-768"
+    bundle = load_public(plant_conduit_hqc.parent / "keys" / "engineer-1" / "identity.pub")
+    profile = prof.issue(topo, "engineer-1", bundle, NOW)
+    assert {g.site: g.kem for g in profile.gateways} == {
+        "plant-a": "ml-kem-768",
+        "plant-b": "ml-kem-768+hqc-128",
+    }
