@@ -29,14 +29,21 @@ def test_test_extra_installs_both_backends() -> None:
     assert not missing, f"install the test extra (pip install -e '.[test]'): {missing}"
 
 
+@pytest.mark.parametrize("alg", ["ml-kem-768", "ml-kem-1024"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_kat_mlkem768_on_every_backend(backend: str) -> None:
-    v = load_vector("mlkem768_cctv_unlucky.txt")
-    priv = get_backend(backend).from_seed("ml-kem-768", v["d"] + v["z"])
+def test_c2sp_kat_on_every_backend(backend: str, alg: str) -> None:
+    v = load_vector(kem.KAT_FILES[alg])
+    priv = get_backend(backend).from_seed(alg, v["d"] + v["z"])
     assert priv.public_bytes.startswith(v["ek_prefix"])
     assert priv.public_bytes.endswith(v["ek_suffix"])
     assert priv.decapsulate(v["c"]) == v["K"]
-    assert kem.check_kat_mlkem768(get_backend(backend)) is None
+    assert kem.check_kat(get_backend(backend), alg) is None
+
+
+def test_independent_mlkem1024_reproduces_its_vector() -> None:
+    v = load_vector("mlkem1024_cctv_unlucky.txt")
+    ek, _ = ML_KEM_1024._keygen_internal(v["d"], v["z"])
+    assert ML_KEM_1024._encaps_internal(ek, v["m"]) == (v["K"], v["c"])
 
 
 def test_kat_check_fails_on_a_wrong_backend() -> None:
@@ -46,7 +53,7 @@ def test_kat_check_fails_on_a_wrong_backend() -> None:
         def from_seed(self, alg: str, seed: bytes) -> kem.KemPrivateKey:
             return super().from_seed(alg, bytes([seed[0] ^ 1]) + seed[1:])
 
-    assert "wrong encapsulation key" in (kem.check_kat_mlkem768(Skewed()) or "")
+    assert "wrong encapsulation key" in (kem.check_kat(Skewed(), "ml-kem-1024") or "")
     assert kem.prove(Skewed())["ml-kem-768"].startswith("FAILED")
     assert kem.prove(get_backend("cryptography"))["ml-kem-768"].startswith("ok")
 
@@ -263,5 +270,6 @@ def test_backends_command_lists_and_proves_each_backend() -> None:
         start = next(i for i, line in enumerate(lines) if line.startswith(name))
         assert "available" in lines[start] and "unavailable" not in lines[start]
         assert "ml-kem-768    ok (KAT, round trip)" in lines[start + 1]
+        assert "ml-kem-1024   ok (KAT, round trip)" in lines[start + 2]
     assert any(line.strip().startswith("hqc-256") and "ok" in line for line in lines)
     assert any(line.startswith("liboqs") for line in lines)
