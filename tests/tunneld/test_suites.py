@@ -26,7 +26,7 @@ from tunneld import transcript as t
 from tunneld.handshake import Endpoint
 from tunneld.handshake_types import PeerConfig, PskReady, Rejected, Role
 from tunneld.hybrid import HybridCiphertext, HybridPrivateKey, HybridPublicKey, split
-from tunneld.kem import PARAMS, KemError, get_backend
+from tunneld.kem import PARAMS, KemError, KemPrivateKey, get_backend
 from tunneld.keyring import materialize_keys
 from tunneld.keys import load_public
 from tunneld.plan import plan, stronger_code
@@ -87,6 +87,26 @@ def test_three_component_hybrid_binds_every_component(suite: str) -> None:
         offset += len(part)
     with pytest.raises(KemError, match="must be"):
         priv.decapsulate(HybridCiphertext(ct.x, ct.m[:-1]))
+    # Each component's shared secret is in the hash too: a component that decapsulated
+    # to another secret (the same ciphertexts) changes the result.
+    for i, key in enumerate(list(priv._kem_keys)):
+        priv._kem_keys[i] = _Skewed(key)
+        assert priv.decapsulate(ct) != shared
+        priv._kem_keys[i] = key
+    assert priv.decapsulate(ct) == shared
+
+
+class _Skewed:
+    """A decapsulation key whose secret is off by one bit."""
+
+    def __init__(self, key: KemPrivateKey) -> None:
+        self.key = key
+        self.public_bytes = key.public_bytes
+        self.seed = key.seed
+
+    def decapsulate(self, ct: bytes) -> bytes:
+        ss = self.key.decapsulate(ct)
+        return bytes([ss[0] ^ 1]) + ss[1:]
 
 
 def test_two_component_suite_combines_as_before() -> None:
