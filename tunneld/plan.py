@@ -102,7 +102,7 @@ def user_suite(topo: Topology, site: Site, ident: Identity, user_kem: str) -> st
     into = [
         c.code_kem
         for c in topo.conduits.values()
-        if c.target.site == site.name and names(c.sources, ident)
+        if c.target.site == site.name and c.sources.admits(ident)
     ]
     return suite_name(stronger(site.kem, user_kem), stronger_code(site.code_kem, *into))
 
@@ -128,14 +128,9 @@ def site_bundle(topo: Topology, site: Site) -> PublicBundle:
     return bundle
 
 
-def names(sources: Sources, ident: Identity) -> bool:
-    """Does a conduit's `from` admit this identity, by name or by one of its roles?"""
-    return ident.name in sources.identities or bool(set(ident.roles) & set(sources.roles))
-
-
 def admits(topo: Topology, ident: Identity, site: str) -> bool:
     """Does any conduit into `site` admit this identity?"""
-    return any(c.target.site == site and names(c.sources, ident) for c in topo.conduits.values())
+    return any(c.target.site == site and c.sources.admits(ident) for c in topo.conduits.values())
 
 
 def _validity_code(ident: Identity, at: datetime) -> int | None:
