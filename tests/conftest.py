@@ -18,3 +18,24 @@ def require(*binaries: str) -> None:
             f"missing {', '.join(missing)}: run scripts/bootstrap (it installs the Debian "
             "packages wireguard-tools wireguard-go nftables mininet bridge-utils conntrack)"
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Carry `@pytest.mark.sr(...)` into the JUnit XML as `<property name="sr">`.
+
+    `zonegate report --iec62443 --tests FILE` reads these properties; an id that is not
+    in the levels table is a usage error here, not evidence silently lost later.
+    """
+    from topology.iec62443.catalogue import load_catalogue
+    from topology.iec62443.junit import SR_PROPERTY
+
+    known = {r.id for r in load_catalogue().requirements}
+    for item in items:
+        for marker in item.iter_markers("sr"):
+            for req in marker.args:
+                if req not in known:
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: @pytest.mark.sr({req!r}) is not a requirement in "
+                        "topology/iec62443/levels.yaml (write e.g. 'SR 2.1 RE3')"
+                    )
+                item.user_properties.append((SR_PROPERTY, req))
