@@ -22,6 +22,7 @@ from topology.report import gateway_rows, topology_counts
 from topology.table import format_table
 from topology.version import package_version
 from tunneld import profile
+from zonegate import iec62443
 
 Command = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -172,6 +173,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
+    if args.iec62443:
+        return iec62443.report_command(args, topo)
+    extra = [f"--{k}" for k in ("tests", "logs", "kernel", "levels", "format") if getattr(args, k)]
+    if extra:
+        print(f"zonegate report: {', '.join(extra)} only with --iec62443", file=sys.stderr)
+        return EXIT_USAGE
     sites = [args.gateway] if args.gateway else sorted(topo.sites)
     if args.gateway and args.gateway not in topo.sites:
         print(f"zonegate report: no site '{args.gateway}'", file=sys.stderr)
@@ -210,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  zonegate explain examples/plant --from vendor-tech --to plant-a/plc-1 "
         "--service modbus/write\n"
         "  zonegate diagram examples/plant --format dot | dot -Tsvg > plant.svg\n"
+        "  zonegate report --iec62443 examples/plant --tests build/test-results.xml\n"
         "exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors\n"
         "file format: docs/topology.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -241,10 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("report", help="what each gateway enforces")
+    p = sub.add_parser(
+        "report", help="what each gateway enforces; with --iec62443 the evidence report"
+    )
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--gateway", help="only this site's gateway")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    iec62443.add_arguments(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagram", help="draw zones and conduits (Mermaid or Graphviz)")

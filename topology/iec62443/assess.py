@@ -51,7 +51,7 @@ class EvidenceReport:
     topology: Topology | None = field(default=None, compare=False)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
+        out: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for z in self.zones:
             for k, n in z.counts().items():
                 out[k] += n
