@@ -9,6 +9,7 @@ slots in at `audit_chain_evidence`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SITE",
         help="on SITE's gateway: compare the running nftables table with the compiled one",
     )
-    p.add_argument("--levels", type=Path, help=f"a corrected levels table (default {DEFAULT_LEVELS})")
+    p.add_argument("--levels", type=Path, help="a corrected copy of the levels table")
     p.add_argument("--format", choices=["md", "json", "html"], help="default md (json with --json)")
     p.add_argument("-o", "--output", type=Path, help="write the report here, not to stdout")
     p.add_argument("--summary", action="store_true", help="only the summary table")
@@ -71,7 +72,7 @@ def _compiled(topo: Topology, now: datetime, found: Found) -> dict[str, Ruleset]
             rs = compile_ruleset(topo, site, now=now)
         except CompileError as exc:
             found.setdefault("SR 5.2", []).append(
-                Gap("runtime", f"the {site} ruleset does not compile: {exc}", source="gateway", site=site)
+                Gap("runtime", f"{site} does not compile: {exc}", source="gateway", site=site)
             )
             continue
         out[site] = rs
@@ -89,12 +90,13 @@ def _compiled(topo: Topology, now: datetime, found: Found) -> dict[str, Ruleset]
             )
         else:
             found.setdefault("SR 5.2 RE1", []).append(
-                Gap("runtime", f"a hook chain of {site} does not drop by default", where, site=site)
+                Gap("runtime", f"a {site} hook chain accepts", where, "", "gateway", site)
             )
         rules = sum(1 for o in rs.objects if "rule" in o)
+        fingerprint = digest(rs.objects, grant_sets(rs))
         found.setdefault("SR 7.6", []).append(
             Evidence(
-                f"{site} compiles to {rules} rules, policy digest {digest(rs.objects, grant_sets(rs))}",
+                f"{site} compiles to {rules} rules, policy digest {fingerprint}",
                 where,
                 "gateway",
                 site=site,
@@ -139,7 +141,7 @@ def _kernel(site: str, rs: Ruleset | None, found: Found) -> DigestCheck | None:
 
 def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
     def add(req: str, item: Evidence | Gap) -> None:
-        found.setdefault(req, []).append(item)
+        found.setdefault(req, []).append(dataclasses.replace(item, source="gateway"))
 
     where = ", ".join(ev.files)
     period = f"{ev.first_ts or '-'} to {ev.last_ts or '-'}"
@@ -151,13 +153,18 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
     if ev.unreadable:
         add(
             "SR 2.8",
-            Gap("runtime", f"{ev.unreadable} line(s) of the log are not records", where,
-                "look at them: a torn last line is normal, more is not"),
+            Gap(
+                "runtime",
+                f"{ev.unreadable} line(s) of the log are not records",
+                where,
+                "look at them: the recorder writes whole lines",
+            ),
         )
     if ev.recording_failures:
         add("SR 2.8", Gap("runtime", f"{ev.recording_failures} session recording(s) failed", where))
     approvals = ev.of("grant_approved")
-    add("SR 1.13 RE1", Evidence(f"{len(approvals)} approval(s) in the period, each with its approver", where, "gateway"))
+    text = f"{len(approvals)} approval(s) in the period, each with its approver"
+    add("SR 1.13 RE1", Evidence(text, where, "gateway"))
     for d in approvals:
         c = topo.conduits.get(d.conduit)
         approvers = set()
@@ -168,20 +175,30 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
         if d.actor not in approvers:
             add(
                 "SR 1.13 RE1",
-                Gap("runtime", f"{d.ts}: {d.actor or 'nobody'} approved {d.identity} on {d.conduit}, "
-                    "but the topology names no such approver", where),
+                Gap(
+                    "runtime",
+                    f"{d.ts}: {d.actor or 'nobody'} approved {d.identity} on {d.conduit}, "
+                    "but the topology names no such approver",
+                    where,
+                ),
             )
     emergencies = ev.of("emergency_opened")
-    add("SR 2.1 RE3", Evidence(f"{len(emergencies)} emergency use(s) in the period", where, "gateway"))
+    text = f"{len(emergencies)} emergency use(s) in the period"
+    add("SR 2.1 RE3", Evidence(text, where, "gateway"))
     revoked = ev.of("grant_revoked")
     ended = sum(len(d.sessions_ended) for d in revoked)
-    add("SR 2.6", Evidence(f"{len(revoked)} revocation(s) ended {ended} open session(s)", where, "gateway"))
+    text = f"{len(revoked)} revocation(s) ended {ended} open session(s)"
+    add("SR 2.6", Evidence(text, where, "gateway"))
     denied = sum(ev.denials.values())
     add("SR 5.2", Evidence(f"{denied} denied attempt(s) logged", where, "gateway"))
     add(
         "SR 7.6",
-        Evidence(f"policy applied {ev.policy_applied} time(s), rejected {ev.policy_rejected} "
-                 "time(s) (the last good policy stayed in force)", where, "gateway"),
+        Evidence(
+            f"policy applied {ev.policy_applied} time(s), rejected {ev.policy_rejected} "
+            "time(s) (the last good policy stayed in force)",
+            where,
+            "gateway",
+        ),
     )
     for item in audit_chain_evidence([Path(f) for f in ev.files]):
         add("SR 3.9", item)
@@ -200,8 +217,14 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
             "Revocations and the sessions they ended",
             ("time", "gateway", "conduit", "identity", "revoked by", "sessions ended"),
             tuple(
-                (d.ts, d.gateway, d.conduit, d.identity, d.actor,
-                 ", ".join(d.sessions_ended) or "none open")
+                (
+                    d.ts,
+                    d.gateway,
+                    d.conduit,
+                    d.identity,
+                    d.actor,
+                    ", ".join(d.sessions_ended) or "none open",
+                )
                 for d in revoked
             ),
             ("SR 2.6",),
@@ -236,7 +259,7 @@ def build(args: argparse.Namespace, topo: Topology) -> EvidenceReport:
     if args.tests is not None:
         results = read_results(args.tests)
         tagged = len({t.name for ts in results.by_requirement.values() for t in ts})
-        inputs["tests"] = f"{results.file} ({results.total} tests, {tagged} tagged with requirements)"
+        inputs["tests"] = f"{results.file} ({results.total} tests, {tagged} tagged)"
     else:
         inputs["tests"] = "not given (--tests)"
     rulesets = _compiled(topo, now, found)

@@ -3,8 +3,8 @@
 Approvals and emergency uses with who decided, revocations with the sessions that were
 open when they came (and so were ended), denials per conduit, session recordings,
 policy changes and lost records. Read-only; lines that are not JSON records are
-counted, never skipped silently (a torn last line is normal while the recorder writes;
-more than that is worth an assessor's question).
+counted, never skipped silently. Only a last line without its newline (the recorder
+is writing it) is left out, and counted as `partial`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class Decision:
 class LogEvidence:
     files: list[str] = field(default_factory=list)
     records: int = 0
-    unreadable: int = 0  # lines that are not JSON objects
+    unreadable: int = 0  # lines that are not JSON records
+    partial: int = 0  # a last line still being written (no newline yet)
     first_ts: str = ""
     last_ts: str = ""
     decisions: list[Decision] = field(default_factory=list)
@@ -106,6 +107,9 @@ def read_evidence(
     for name, line in _lines(paths):
         seen_files.add(name)
         if not line.strip():
+            continue
+        if not line.endswith("\n"):
+            out.partial += 1
             continue
         try:
             rec = json.loads(line)

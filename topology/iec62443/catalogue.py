@@ -102,7 +102,8 @@ def _text(m: YMap, key: str, diags: Diagnostics) -> str:
 
 def _requirement(req_id: str, loc: Location, node: YNode, diags: Diagnostics) -> Requirement | None:
     if not _ID.match(req_id):
-        diags.error(loc, f"'{req_id}' is not a requirement id", "write e.g. 'SR 2.1' or 'SR 2.1 RE3'")
+        hint = "write e.g. 'SR 2.1' or 'SR 2.1 RE3'"
+        diags.error(loc, f"'{req_id}' is not a requirement id", hint)
         return None
     if not isinstance(node, YMap):
         diags.error(node.location, f"{req_id}: expected a mapping, got {describe(node)}")
@@ -118,7 +119,8 @@ def _requirement(req_id: str, loc: Location, node: YNode, diags: Diagnostics) ->
             else:
                 diags.error(item.location, f"{req_id}: a security level is 1, 2, 3 or 4")
     else:
-        diags.error(node.key_location("levels"), f"{req_id}: 'levels' must be a list like [2, 3, 4]")
+        where = node.key_location("levels")
+        diags.error(where, f"{req_id}: 'levels' must be a list like [2, 3, 4]")
     for extra in set(node.entries) - {"title", "levels"}:
         diags.error(node.key_location(extra), f"{req_id}: unknown field '{extra}'")
     return Requirement(req_id, title, frozenset(found), loc)

@@ -31,9 +31,7 @@ def summary_rows(report: EvidenceReport) -> list[list[str]]:
     rows = []
     for z in report.zones:
         c = z.counts()
-        rows.append(
-            [z.zone.ref, str(z.zone.security_level), *(str(c[s]) for s in STATUSES)]
-        )
+        rows.append([z.zone.ref, str(z.zone.security_level), *(str(c[s]) for s in STATUSES)])
     return rows
 
 
