@@ -139,6 +139,14 @@ def _kernel(site: str, rs: Ruleset | None, found: Found) -> DigestCheck | None:
     return check
 
 
+def _named_approver(topo: Topology, conduit: str, actor: str) -> bool:
+    c = topo.conduits.get(conduit)
+    who = topo.identities.get(actor)
+    if c is None or c.approval is None or who is None:
+        return False
+    return c.approval.names(who)
+
+
 def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
     def add(req: str, item: Evidence | Gap) -> None:
         found.setdefault(req, []).append(dataclasses.replace(item, source="gateway"))
@@ -166,13 +174,7 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
     text = f"{len(approvals)} approval(s) in the period, each with its approver"
     add("SR 1.13 RE1", Evidence(text, where, "gateway"))
     for d in approvals:
-        c = topo.conduits.get(d.conduit)
-        approvers = set()
-        if c is not None and c.approval is not None:
-            approvers = set(c.approval.by_identities) | {
-                i.name for i in topo.identities.values() if set(i.roles) & set(c.approval.by_roles)
-            }
-        if d.actor not in approvers:
+        if not _named_approver(topo, d.conduit, d.actor):
             add(
                 "SR 1.13 RE1",
                 Gap(

@@ -83,9 +83,7 @@ def _conduits_for_deny(topo: Topology | None, rec: dict[str, Any]) -> str:
         if not hit:
             continue
         if ident is not None:
-            admitted = ident.name in c.sources.identities or bool(
-                set(ident.roles) & set(c.sources.roles)
-            )
+            admitted = c.sources.admits(ident)
         else:
             admitted = rec.get("src_zone") in c.sources.zones
         if admitted:

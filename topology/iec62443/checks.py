@@ -62,23 +62,17 @@ class ZoneView:
 
     def people(self, c: Conduit) -> list[Identity]:
         """User identities the conduit admits (by name or role)."""
-        names = set(c.sources.identities)
-        return [
-            i
-            for i in self.topo.identities.values()
-            if i.kind == "user" and (i.name in names or set(i.roles) & set(c.sources.roles))
-        ]
+        return [i for i in self.topo.identities.values() if i.kind == "user" and c.sources.admits(i)]
 
     def remote(self) -> list[Conduit]:
         """Conduits that bring people or services in through tunnels."""
         return [c for c in self.conduits if c.sources.roles or c.sources.identities]
 
     def approvers(self, c: Conduit) -> list[Identity]:
-        if c.approval is None:
+        approval = c.approval
+        if approval is None:
             return []
-        by = set(c.approval.by_identities)
-        roles = set(c.approval.by_roles)
-        return [i for i in self.topo.identities.values() if i.name in by or set(i.roles) & roles]
+        return [i for i in self.topo.identities.values() if approval.names(i)]
 
 
 def zone_view(topo: Topology, zone: Zone, results: tuple[TestResult, ...]) -> ZoneView:
