@@ -62,7 +62,8 @@ class ZoneView:
 
     def people(self, c: Conduit) -> list[Identity]:
         """User identities the conduit admits (by name or role)."""
-        return [i for i in self.topo.identities.values() if i.kind == "user" and c.sources.admits(i)]
+        users = (i for i in self.topo.identities.values() if i.kind == "user")
+        return [i for i in users if c.sources.admits(i)]
 
     def remote(self) -> list[Conduit]:
         """Conduits that bring people or services in through tunnels."""
