@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policyd.compiler import CompileError, Ruleset, compile_ruleset
+from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.conventions import API_PORT
 from policyd.flowlog.evidence import LogEvidence, read_evidence
 from policyd.flowlog.reader import parse_since
 from policyd.ruleset_digest import DigestCheck, compare, digest, grant_sets
@@ -53,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SITE",
         help="on SITE's gateway: compare the running nftables table with the compiled one",
     )
+    p.add_argument(
+        "--tunnel", action="append", help="as for policyd --tunnel (for --kernel; default zg*)"
+    )
+    p.add_argument("--api-port", type=int, default=API_PORT, help="as for policyd --api-port")
+    p.add_argument("--no-api", action="store_true", help="as for policyd --no-api")
     p.add_argument("--levels", type=Path, help="a corrected copy of the levels table")
     p.add_argument("--format", choices=["md", "json", "html"], help="default md (json with --json)")
     p.add_argument("-o", "--output", type=Path, help="write the report here, not to stdout")
@@ -65,11 +71,13 @@ def audit_chain_evidence(paths: Sequence[Path]) -> list[Evidence | Gap]:
     return []
 
 
-def _compiled(topo: Topology, now: datetime, found: Found) -> dict[str, Ruleset]:
+def _compiled(
+    topo: Topology, now: datetime, opts: CompileOptions, found: Found
+) -> dict[str, Ruleset]:
     out = {}
     for site in sorted(topo.sites):
         try:
-            rs = compile_ruleset(topo, site, now=now)
+            rs = compile_ruleset(topo, site, now=now, options=opts)
         except CompileError as exc:
             found.setdefault("SR 5.2", []).append(
                 Gap("runtime", f"{site} does not compile: {exc}", source="gateway", site=site)
@@ -264,7 +272,10 @@ def build(args: argparse.Namespace, topo: Topology) -> EvidenceReport:
         inputs["tests"] = f"{results.file} ({results.total} tests, {tagged} tagged)"
     else:
         inputs["tests"] = "not given (--tests)"
-    rulesets = _compiled(topo, now, found)
+    opts = CompileOptions(
+        tunnels=tuple(args.tunnel or ("zg*",)), api_port=None if args.no_api else args.api_port
+    )
+    rulesets = _compiled(topo, now, opts, found)
     if args.kernel:
         check = _kernel(args.kernel, rulesets.get(args.kernel), found)
         inputs["kernel"] = f"table inet zonegate here, as {args.kernel}: " + (
