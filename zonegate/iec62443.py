@@ -246,6 +246,7 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
             tuple((c, r, t, str(n)) for (c, r, t), n in sorted(ev.denials.items())),
             ("SR 5.2", "SR 5.2 RE1"),
             "'no conduit': no conduit admits that source to that target (default deny).",
+            denied,
         ),
         Table(
             "Flows and recordings per conduit",
@@ -255,6 +256,7 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
                 for c in sorted(set(ev.flows) | set(ev.recordings))
             ),
             ("SR 2.8",),
+            total=sum(ev.flows.values()),
         ),
     ]
 

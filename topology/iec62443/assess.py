@@ -39,6 +39,11 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     requirements: tuple[str, ...] = ()  # what it is evidence for
     note: str = ""
+    total: int | None = None  # what the rows add up to, when not one event per row
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) if self.total is None else self.total
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,13 @@ def totals_line(report: EvidenceReport) -> str:
 
 
 def summary_text(report: EvidenceReport) -> str:
-    """A few lines for a terminal: per zone counts, then the totals."""
-    return format_table(SUMMARY_HEADERS, summary_rows(report)) + "\n" + totals_line(report)
+    """A few lines for a terminal: per zone counts, the totals, gateway evidence counts."""
+    lines = [format_table(SUMMARY_HEADERS, summary_rows(report)), totals_line(report)]
+    if report.tables:
+        lines.append(
+            "gateway log: " + "; ".join(f"{t.title}: {len(t.rows)}" for t in report.tables)
+        )
+    return "\n".join(lines)
 
 
 def _md_table(headers: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
