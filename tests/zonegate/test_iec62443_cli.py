@@ -145,6 +145,7 @@ def test_gateway_log_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         _audit(T0 + 90, "grant_approved", "engineer-1", **vm),  # not an approver
         _deny("2026-11-25T00:50:00Z", "vendor-tech", "function", "plant-a/plc-1", "plant-a/control"),
         _deny("2026-11-25T00:51:00Z", "vendor-tech", "default", "plant-a/sis-1", "plant-a/safety"),
+        _deny("2026-11-25T00:51:30Z", "vendor-tech", "function", "plant-a/plc-1", "plant-a/control"),
         json.dumps({"ts": "2026-11-25T00:52:00Z", "event": "loss", "gateway": "plant-a",
                     "source": "nflog", "lost": 3, "lost_total": 3}),
         "this is not a record",
@@ -167,7 +168,7 @@ def test_gateway_log_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         for r in tables["Denials per conduit"]
     }
     assert denials == {
-        ("vendor-maintenance", "function", "plant-a/plc-1"): "1",
+        ("vendor-maintenance", "function", "plant-a/plc-1"): "2",
         ("no conduit", "default", "plant-a/sis-1"): "1",
     }
     sr113 = requirement(data, "plant-a/control", "SR 1.13 RE1")
@@ -178,6 +179,11 @@ def test_gateway_log_evidence(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert any("1 line(s) of the log are not records" in t for t in sr28)
     sr26 = requirement(data, "plant-a/control", "SR 2.6")["evidence"]
     assert any(e["text"] == "1 revocation(s) ended 1 open session(s)" for e in sr26)
+
+    assert main(["report", "--iec62443", str(EXAMPLE), "--logs", str(log), "--summary"]) == 1
+    summary = capsys.readouterr().out
+    assert "gateway log: Approvals: 2; Emergency uses: 1; " in summary
+    assert "Denials per conduit: 3;" in summary  # attempts, not rows
 
     # a period without the bad approval and the loss: the log no longer contradicts
     code, data = run_json(

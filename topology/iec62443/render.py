@@ -59,9 +59,8 @@ def summary_text(report: EvidenceReport) -> str:
     """A few lines for a terminal: per zone counts, the totals, gateway evidence counts."""
     lines = [format_table(SUMMARY_HEADERS, summary_rows(report)), totals_line(report)]
     if report.tables:
-        lines.append(
-            "gateway log: " + "; ".join(f"{t.title}: {len(t.rows)}" for t in report.tables)
-        )
+        counts = "; ".join(f"{t.title}: {t.count}" for t in report.tables)
+        lines.append(f"gateway log: {counts}")
     return "\n".join(lines)
 
 
