@@ -20,6 +20,7 @@ from topology.iec62443.render import (
     totals_line,
 )
 from topology.model import Topology
+from topology.report import conduit_sources, conduit_terms
 
 CSS = """
 body { font: 11pt/1.4 sans-serif; margin: 2em; color: #111; }
@@ -111,11 +112,13 @@ def zone_svg(topo: Topology) -> str:
             f"{escape(site.name)}</text>"
         )
         height = max(height, int(y) + 20)
-    for c in sorted(topo.conduits.values(), key=lambda c: c.name):
+    legend: list[str] = []
+    for n, c in enumerate(sorted(topo.conduits.values(), key=lambda c: c.name), 1):
         target = topo.asset(c.target.ref)
         dest = boxes.get("zone:" + (target.zone_ref if target else c.target.ref))
         if dest is None:
             continue
+        legend.append(f"{n}: {c.name}, {conduit_sources(c)} -> {c.target} ({conduit_terms(c)})")
         sources = [f"role:{r}" for r in c.sources.roles]
         sources += [f"id:{i}" for i in c.sources.identities]
         sources += [f"zone:{z}" for z in c.sources.zones]
@@ -128,12 +131,20 @@ def zone_svg(topo: Topology) -> str:
             x2, y2 = dest[0], dest[1] + dest[3] / 2
             if s.startswith("zone:") and src[0] >= dest[0]:
                 x1, x2 = src[0], dest[0] + dest[2]
+            lx, ly = x1 + (x2 - x1) * 0.15, y1 + (y2 - y1) * 0.15
             parts.append(
                 f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#333"{dash} '
                 f'marker-end="url(#arrow)"><title>{escape(c.name)}</title></line>'
-                f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 3}" font-size="9" '
-                f'text-anchor="middle">{escape(c.name)}</text>'
+                f'<circle cx="{lx}" cy="{ly}" r="7" fill="#fff" stroke="#333"/>'
+                f'<text x="{lx}" y="{ly + 3.5}" font-size="9" text-anchor="middle">{n}</text>'
             )
+    for i, line in enumerate(legend):
+        parts.append(f'<text x="10" y="{height + 14 * i}" font-size="10">{escape(line)}</text>')
+    parts.append(
+        f'<text x="10" y="{height + 14 * len(legend)}" font-size="10">dashed: opens only '
+        "on an approved grant or an emergency; zone colour: security level</text>"
+    )
+    height += 14 * len(legend) + 10
     width = 260 + 330 * len(sites) + 10
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
