@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import sr_properties
 from topology import load
 from topology.diagnostics import TopologyError
+from topology.iec62443 import checks
 from topology.iec62443.assess import EvidenceReport, assess
 from topology.iec62443.catalogue import DEFAULT_LEVELS, load_catalogue
 from topology.iec62443.checks import CHECKS
@@ -219,3 +221,33 @@ def test_any_levels_give_evidence_or_gap_for_each_listed_requirement(levels: lis
         assert len(z.assessments) == len(cat.at_level(z.zone.security_level))
         for a in z.assessments:
             assert a.evidence or a.gaps
+
+
+def test_approvers_need_a_second_factor_and_the_feature_slots_in(
+    plant: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = _assessment(assess(plant, load_catalogue()), "plant-a/control", "SR 1.1 RE2")
+    texts = [g.text for g in a.gaps]
+    assert any(
+        t.startswith("shift-lead-1 reaches the zone and approves vendor-maintenance") for t in texts
+    )
+    assert all(g.kind == "feature" and "issue 15" in g.text for g in a.gaps)
+    # issue 15 changes this one function; the gaps become evidence
+    monkeypatch.setattr(checks, "second_factor_of", lambda identity: "TOTP (issue 15)")
+    a = _assessment(assess(plant, load_catalogue()), "plant-a/control", "SR 1.1 RE2")
+    assert a.gaps == () and a.status == "met"
+    assert any(
+        "shift-lead-1 (reaches the zone and approves vendor-maintenance) uses a second factor"
+        in e.text
+        for e in a.evidence
+    )
+
+
+def test_sr_marker_ids_must_be_in_the_table() -> None:
+    known = {r.id for r in load_catalogue().requirements}
+    assert sr_properties("t::x", ("SR 2.6", "SR 1.1 RE2"), known) == [
+        ("sr", "SR 2.6"),
+        ("sr", "SR 1.1 RE2"),
+    ]
+    with pytest.raises(pytest.UsageError, match=r"t::x: @pytest.mark.sr\('SR 2.66'\)"):
+        sr_properties("t::x", ("SR 2.66",), known)

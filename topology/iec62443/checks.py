@@ -148,21 +148,26 @@ def sr_1_1_re1(v: ZoneView, f: Found) -> None:
 
 
 def _second_factor(v: ZoneView, f: Found, which: str) -> None:
-    found = {p.name: p for c in v.remote() for p in v.people(c)}
-    people = [found[name] for name in sorted(found)]
+    """People who reach the zone, and people who approve their access, need one."""
+    people = {p.name: (p, "reaches the zone") for c in v.remote() for p in v.people(c)}
+    for c in v.conduits:
+        for a in v.approvers(c):
+            role = f"approves {c.name}"
+            people[a.name] = (a, f"{people[a.name][1]} and {role}" if a.name in people else role)
     if not people:
-        f.ev(f"No conduit into the zone admits people ({which})")
+        f.ev(f"No conduit into the zone admits or is approved by people ({which})")
         return
-    for p in people:
-        factor = second_factor_of(p)
+    for name in sorted(people):
+        person, does = people[name]
+        factor = second_factor_of(person)
         if factor:
-            f.ev(f"{p.name} uses a second factor: {factor}", _at(p))
+            f.ev(f"{name} ({does}) uses a second factor: {factor}", _at(person))
         else:
             f.gap(
                 "feature",
-                f"{p.name} reaches the zone with a tunnel key only: Zonegate has no second "
-                "factor yet (issue 15)",
-                _at(p),
+                f"{name} {does} with a tunnel key only: Zonegate has no second factor yet "
+                "(issue 15)",
+                _at(person),
             )
 
 
