@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.conftest import sr_properties
 from topology import load
 from topology.diagnostics import TopologyError
-from topology.iec62443 import checks
+from topology.iec62443 import pending
 from topology.iec62443.assess import EvidenceReport, assess
 from topology.iec62443.catalogue import DEFAULT_LEVELS, load_catalogue
 from topology.iec62443.checks import CHECKS
@@ -233,7 +233,7 @@ def test_approvers_need_a_second_factor_and_the_feature_slots_in(
     )
     assert all(g.kind == "feature" and "issue 15" in g.text for g in a.gaps)
     # issue 15 changes this one function; the gaps become evidence
-    monkeypatch.setattr(checks, "second_factor_of", lambda identity: "TOTP (issue 15)")
+    monkeypatch.setattr(pending, "second_factor_of", lambda identity: "TOTP (issue 15)")
     a = _assessment(assess(plant, load_catalogue()), "plant-a/control", "SR 1.1 RE2")
     assert a.gaps == () and a.status == "met"
     assert any(

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from topology.iec62443.catalogue import Catalogue, Requirement
-from topology.iec62443.checks import CHECKS, Found, ZoneView, zone_view
+from topology.iec62443.checks import CHECKS
 from topology.iec62443.findings import Assessment, Evidence, Gap, Status
 from topology.iec62443.junit import TestResults
+from topology.iec62443.view import Found, ZoneView, zone_view
 from topology.model import Topology, Zone
 from topology.policy_tests import run_tests
 
