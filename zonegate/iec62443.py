@@ -263,6 +263,8 @@ def _log_findings(topo: Topology, ev: LogEvidence, found: Found) -> list[Table]:
 
 def build(args: argparse.Namespace, topo: Topology) -> EvidenceReport:
     """Everything the arguments name, read and assessed; ValueError for unusable inputs."""
+    if args.gateway and args.gateway not in topo.sites:
+        raise ValueError(f"no site '{args.gateway}'")
     catalogue = load_catalogue(args.levels or DEFAULT_LEVELS)
     now = datetime.now(UTC)
     found: Found = {}
@@ -297,7 +299,8 @@ def build(args: argparse.Namespace, topo: Topology) -> EvidenceReport:
         inputs["logs"] = f"{', '.join(ev.files)} ({ev.records} records)"
     else:
         inputs["logs"] = "not given (--logs)"
-    return assess(topo, catalogue, results, found, inputs, tables)
+    sites = [args.gateway] if args.gateway else []
+    return assess(topo, catalogue, results, found, inputs, tables, sites)
 
 
 def failed(report: EvidenceReport) -> bool:

@@ -107,6 +107,14 @@ def test_unusable_inputs_are_usage_errors_naming_them(
     assert str(log) in capsys.readouterr().err
     assert main(["report", str(EXAMPLE), "--tests", str(missing)]) == 2
     assert "only with --iec62443" in capsys.readouterr().err
+    assert main(["report", "--iec62443", str(EXAMPLE), "--gateway", "plant-c"]) == 2
+    assert "no site 'plant-c'" in capsys.readouterr().err
+
+
+def test_one_gateway_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = junit(tmp_path / "results.xml")
+    _, data = run_json(capsys, str(EXAMPLE), "--tests", str(results), "--gateway", "plant-b")
+    assert [z["zone"] for z in data["zones"]] == ["plant-b/control", "plant-b/ops"]
 
 
 def _audit(ts: float, action: str, actor: str, **details: Any) -> str:
