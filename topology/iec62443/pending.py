@@ -20,5 +20,9 @@ def dual_approval_of(conduit: Conduit) -> str | None:
 
 
 def register_ranges_of(conduit: Conduit) -> str | None:
-    """Modbus register ranges a conduit narrows writes to; issue 12 adds them."""
+    """Modbus register ranges a conduit narrows writes to; issue 12 adds them.
+
+    With issue 12's model: the `describe()` of each `ref.modbus` (a ModbusScope) whose
+    `write` is set, among the conduit's `allow`.
+    """
     return None
