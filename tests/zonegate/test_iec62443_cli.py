@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import pytest
 
 from policyd.flowlog.records import AuditEvent, audit_record
 from topology.iec62443.catalogue import load_catalogue
+from topology.iec62443.junit import read_results
 from zonegate.cli import main
+from zonegate.iec62443 import DEFAULT_RESULTS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 T0 = 1795564800.0  # 2026-11-25T00:00:00Z
@@ -210,3 +214,20 @@ def test_html_to_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "SR 7.6 RE1" in page
     assert "requirement checks over 5 zones" in capsys.readouterr().err
+
+
+def test_tags_reach_the_results_file_that_scripts_test_writes(tmp_path: Path) -> None:
+    """marker -> conftest -> pytest's JUnit XML -> the report's reader, for real."""
+    root = Path(__file__).resolve().parents[2]
+    assert f"--junitxml={DEFAULT_RESULTS}" in (root / "scripts" / "test").read_text()
+    out = tmp_path / "results.xml"
+    node = "tests/policyd/test_grants.py::test_revoke_by_holder_approver_or_administrator_only"
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node, f"--junitxml={out}"],
+        cwd=root, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    (case,) = read_results(out).for_requirement("SR 2.6")
+    assert case.passed and case.name.endswith(
+        "::test_revoke_by_holder_approver_or_administrator_only"
+    )

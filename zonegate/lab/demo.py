@@ -33,6 +33,7 @@ import topology
 from topology.evaluate import Flow, evaluate
 from topology.model import Topology
 from topology.table import format_table
+from zonegate.iec62443 import DEFAULT_RESULTS
 from zonegate.lab.explore import hold, instructions
 from zonegate.lab.plant_daemons import in_host
 from zonegate.lab.scenario import Scenario, interrupts_as_exceptions
@@ -222,7 +223,7 @@ class Demo:
         assert self.scenario is not None
         argv = [sys.executable, "-m", "zonegate.cli", "report", "--iec62443", str(source)]
         argv += ["--summary", "--logs", *self.scenario.flow_logs()]
-        results = Path("build/test-results.xml")  # written by scripts/test
+        results = DEFAULT_RESULTS  # written by scripts/test
         argv += ["--tests", str(results)] if results.exists() else []
         say(f"  $ zonegate report --iec62443 {' '.join(argv[5:])}")
         say("  " + in_root(argv).rstrip().replace("\n", "\n  "))
