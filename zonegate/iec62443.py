@@ -45,7 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tests", type=Path, help="JUnit XML from scripts/test (test evidence)")
     p.add_argument(
-        "--logs", type=Path, nargs="+", help="flow/audit logs (flows.jsonl; rotations are read)"
+        "--logs",
+        type=Path,
+        action="append",
+        help="a flow/audit log (flows.jsonl; its rotations are read too); repeatable",
     )
     p.add_argument("--since", help="only log records from then (10m, 24h, ISO time)")
     p.add_argument("--until", help="only log records before then (ISO time)")

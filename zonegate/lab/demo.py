@@ -222,7 +222,9 @@ class Demo:
         """The report's summary; its gaps are findings about the example, not demo failures."""
         assert self.scenario is not None
         argv = [sys.executable, "-m", "zonegate.cli", "report", "--iec62443", str(source)]
-        argv += ["--summary", "--logs", *self.scenario.flow_logs()]
+        argv.append("--summary")
+        for log in self.scenario.flow_logs():
+            argv += ["--logs", log]
         results = DEFAULT_RESULTS  # written by scripts/test
         argv += ["--tests", str(results)] if results.exists() else []
         say(f"  $ zonegate report --iec62443 {' '.join(argv[5:])}")
