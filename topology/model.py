@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
@@ -123,6 +123,7 @@ class Site:
     assets: Mapping[str, Asset]
     kem: str = "ml-kem-768"
     location: Location | None = None
+    tz: str = "UTC"  # IANA time zone: a date alone in valid_from/valid_until is a day here
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ class Conduit:
     record: bool = False
     description: str = ""
     location: Location | None = None
+    accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
 
     @property
     def mark(self) -> int:
@@ -319,7 +321,7 @@ class PolicyTest:
     location: Location | None = None
 
     def describe(self) -> str:
-        when = f" at {self.at.isoformat()}" if self.at else ""
+        when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
         return f"{self.source} -> {self.target} {self.service}{when}{grant}"
 

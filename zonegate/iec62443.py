@@ -28,8 +28,10 @@ from topology.iec62443.assess import EvidenceReport, Table, assess
 from topology.iec62443.catalogue import DEFAULT_LEVELS, load_catalogue
 from topology.iec62443.findings import Evidence, Gap
 from topology.iec62443.junit import ResultsError, TestResults, read_results
+from topology.instants import rfc3339
 from topology.model import Topology
 from topology.version import package_version
+from zonegate import output
 
 DEFAULT_RESULTS = Path("build/test-results.xml")  # where scripts/test writes them
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -332,12 +334,13 @@ def report_command(args: argparse.Namespace, topo: Topology) -> int:
     except (TopologyError, ResultsError, ValueError) as exc:
         print(f"zonegate report: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    generated = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC by zonegate {package_version()}"
+    generated = f"{rfc3339(datetime.now(UTC))} by zonegate {package_version()}"
     fmt = args.format or ("json" if args.json else "md")
     if args.summary:
         text = render.summary_text(report) + "\n"
     elif fmt == "json":
-        text = json.dumps(render.as_json(report, generated), indent=2) + "\n"
+        doc = output.envelope("iec62443", not failed(report), **render.as_json(report))
+        text = json.dumps(doc, indent=2) + "\n"
     elif fmt == "html":
         text = html_render.html(report, generated)
     else:

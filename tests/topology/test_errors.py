@@ -32,7 +32,7 @@ CASES = [
         "allow: [{modbus: read}, ssh]",
         "allow: [{modbus: read}, ssh",
         "YAML syntax",
-        "tests:",
+        "allow: [{modbus: read}, ssh",
     ),
     ("unknown-top-key", "conduits:\n", "conduit:\n", "unknown key 'conduit'", "conduit:"),
     (

@@ -188,7 +188,7 @@ def test_outputs_markdown_json_and_self_contained_html(plant: Topology) -> None:
     report = assess(plant, load_catalogue())
     md = markdown(report, "now")
     assert "## Summary" in md and "#### SR 1.13 RE1" in md and "conduits.yaml:" in md
-    data = json.loads(json.dumps(as_json(report, "now")))
+    data = json.loads(json.dumps(as_json(report)))
     assert {z["zone"] for z in data["zones"]} == {
         "plant-a/control", "plant-a/enterprise", "plant-a/safety", "plant-b/control", "plant-b/ops"
     }  # fmt: skip
@@ -251,3 +251,20 @@ def test_sr_marker_ids_must_be_in_the_table() -> None:
     ]
     with pytest.raises(pytest.UsageError, match=r"t::x: @pytest.mark.sr\('SR 2.66'\)"):
         sr_properties("t::x", ("SR 2.66",), known)
+
+
+def test_a_risk_the_file_accepts_is_quoted_with_the_gap(tmp_path: Path) -> None:
+    copy = tmp_path / "plant"
+    shutil.copytree(EXAMPLE, copy)
+    conduits = copy / "conduits.yaml"
+    conduits.write_text(
+        conduits.read_text().replace(
+            "    allow: [vnc, https]\n",
+            "    allow: [vnc, https]\n    accept_risk: operators on shift need the HMI at once\n",
+        )
+    )
+    report = assess(load(copy).topology, load_catalogue())
+    a = _assessment(report, "plant-a/control", "SR 1.13 RE1")
+    (gap,) = [g for g in a.gaps if "shift-lead-hmi" in g.text]
+    assert gap.kind == "configuration"  # still a gap: accepting a risk does not meet it
+    assert gap.text.endswith("(the file accepts the risk: operators on shift need the HMI at once)")

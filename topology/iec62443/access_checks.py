@@ -132,11 +132,10 @@ def sr_1_13_re1(v: ZoneView, f: Found) -> None:
                 tested=True,
             )
         else:
-            f.gap(
-                "configuration",
+            f.conduit_gap(
+                c,
                 f"{c.name} admits people into this level-{v.zone.security_level} zone "
                 "without approval",
-                where(c),
                 "add `approval: {by: [ROLE], max: 4h}` to the conduit",
             )
 
@@ -179,11 +178,10 @@ def sr_2_1_re1(v: ZoneView, f: Found) -> None:
         for ref in c.allow:
             svc = v.topo.services.get(ref.service)
             if svc and svc.classes and not ref.classes and v.zone.security_level >= 3:
-                f.gap(
-                    "configuration",
+                f.conduit_gap(
+                    c,
                     f"{c.name} allows every {ref.service} function (writes included) into "
                     f"a level-{v.zone.security_level} zone",
-                    where(c),
                     f"narrow it, e.g. `{{{ref.service}: read}}`",
                 )
             if ref.classes and "write" in ref.classes and pending.register_ranges_of(c) is None:
@@ -204,10 +202,9 @@ def sr_2_1_re2(v: ZoneView, f: Found) -> None:
             if (ident := v.topo.identities.get(i)) is not None and ident.kind == "user"
         ]
         if direct:
-            f.gap(
-                "configuration",
+            f.conduit_gap(
+                c,
                 f"{c.name} admits people by name ({', '.join(direct)}) rather than by role",
-                where(c),
                 "give them a role and name the role in `from`",
             )
     if not f.evidence and not f.gaps:
@@ -282,11 +279,10 @@ def sr_2_6(v: ZoneView, f: Found) -> None:
         if bounds:
             f.ev(f"{c.name}: {'; '.join(bounds)}", where(c))
         else:
-            f.gap(
-                "configuration",
+            f.conduit_gap(
+                c,
                 f"{c.name} lets remote sessions into this level-{v.zone.security_level} zone "
                 "run without a time limit (no approval, emergency or schedule)",
-                where(c),
                 "add an approval with `max`, or a schedule",
             )
     f.gap(

@@ -79,12 +79,11 @@ def sr_5_1_re2(v: ZoneView, f: Found) -> None:
     for c, src in lower:
         sz = v.topo.zone(src)
         assert sz is not None
-        f.gap(
-            "configuration",
+        f.conduit_gap(
+            c,
             f"{c.name} connects level-{sz.security_level} zone {src} into this "
             f"level-{v.zone.security_level} zone: justify that {v.zone.ref} keeps working "
             "without it",
-            where(c),
             "document the dependency, or have the higher zone pull instead",
         )
     if not lower:
@@ -98,11 +97,10 @@ def sr_5_1_re2(v: ZoneView, f: Found) -> None:
 def sr_5_1_re3(v: ZoneView, f: Found) -> None:
     always_open = [c for c in v.conduits if not c.needs_grant]
     for c in always_open:
-        f.gap(
-            "configuration",
+        f.conduit_gap(
+            c,
             f"{c.name} keeps a path into this level-{v.zone.security_level} zone open "
             "without approval or emergency",
-            where(c),
             "make it `approval:` or `emergency:`",
         )
     if not always_open:

@@ -157,9 +157,9 @@ def markdown(report: EvidenceReport, generated: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def as_json(report: EvidenceReport, generated: str) -> dict[str, Any]:
+def as_json(report: EvidenceReport) -> dict[str, Any]:
+    """The body of the `zonegate.iec62443/1` document (docs/cli-json.md)."""
     return {
-        "generated": generated,
         "inputs": dict(report.inputs),
         "levels": {"file": report.catalogue.file, "source": report.catalogue.source},
         "counts": report.counts(),

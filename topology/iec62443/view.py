@@ -28,6 +28,12 @@ class Found:
     def gap(self, kind: GapKind, text: str, where: str = "", fix: str = "") -> None:
         self.gaps.append(Gap(kind, text, where, fix))
 
+    def conduit_gap(self, c: Conduit, text: str, fix: str) -> None:
+        """A configuration gap in one conduit; a risk the file accepts for it is quoted."""
+        if c.accept_risk:
+            text += f" (the file accepts the risk: {c.accept_risk})"
+        self.gaps.append(Gap("configuration", text, where(c), fix))
+
 
 @dataclass(frozen=True)
 class ZoneView:
