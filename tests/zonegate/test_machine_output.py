@@ -288,6 +288,7 @@ def test_the_documented_keys_are_the_keys(tmp_path: Path, capsys: Capture) -> No
         ],
         "zonegate.report/1": ["report", str(EXAMPLE), "--json"],
         "zonegate.reach/1": ["reach", str(EXAMPLE), "--from", "engineer-1", "--format", "json"],
+        "zonegate.iec62443/1": ["report", "--iec62443", str(EXAMPLE), "--format", "json"],
         "zonegate.error/1": ["report", str(EXAMPLE), "--gateway", "x", "--json"],
     }
     # zonegate.diff/1 needs a network namespace: tests/policyd/test_daemon_ns.py runs it.
