@@ -9,6 +9,7 @@ import argparse
 import csv
 import dataclasses
 import itertools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -469,7 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Parser._json_argv = None if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     func: Command = args.func
-    return func(args)
+    try:
+        return func(args)
+    except BrokenPipeError:  # `zonegate ... | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
