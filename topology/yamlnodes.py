@@ -44,6 +44,7 @@ class YNode:
 @dataclass
 class YScalar(YNode):
     value: object  # str, int, float, bool or None (YAML 1.2 core schema)
+    raw: str = ""  # the text as written, for plain scalars: a name `2024` stays "2024"
 
     def describe(self) -> str:
         return type_name(self.value)
@@ -232,7 +233,8 @@ def _octal(text: str) -> str:
 def _convert(node: yaml.Node, path: str, loader: yaml.SafeLoader, diags: Diagnostics) -> YNode:
     loc = _loc(path, node.start_mark)
     if isinstance(node, yaml.ScalarNode):
-        return YScalar(loc, _scalar(node, loc, diags))
+        raw = node.value if node.style is None else ""
+        return YScalar(loc, _scalar(node, loc, diags), raw)
     if isinstance(node, yaml.SequenceNode):
         return YSeq(loc, [_convert(item, path, loader, diags) for item in node.value])
     if isinstance(node, yaml.MappingNode):
