@@ -205,3 +205,16 @@ def test_every_valid_name_is_read_as_written_as_key_and_as_reference(
     assert asset in topo.sites["site-a"].assets
     assert role in topo.roles and role in topo.conduits["lead-office"].sources.roles
     assert topo.conduits["eng-read"].target.name == asset
+
+
+def test_a_key_dedented_to_the_level_of_names_is_one_indentation_error(
+    write_topology: Write,
+) -> None:
+    # Valid YAML: `allow` becomes a conduit of its own, and eng-read lacks `allow`.
+    text = BASE.replace("    allow: [{modbus: read}, ssh]\n", "  allow: [{modbus: read}, ssh]\n")
+    diags = problems(write_topology(text))
+    assert len(diags) == 1, "\n".join(map(str, diags))
+    (d,) = diags
+    assert d.code == "ZG-E003" and "'allow' is at the level of conduit names" in d.message
+    assert d.location is not None
+    assert d.location.line == text.splitlines().index("  allow: [{modbus: read}, ssh]") + 1
