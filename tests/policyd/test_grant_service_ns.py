@@ -191,7 +191,7 @@ def test_a_corrupt_state_file_is_moved_aside_and_grants_rebuilt(net: Net, tmp_pa
     d.proc.wait(timeout=5)
     (run / "grants-plant-a.json").write_text("")
     d2 = Daemon(net, topo, run)
-    rc, body = grant(d2, "lead-1", "list")
+    _rc, body = grant(d2, "lead-1", "list")
     assert [g["id"] for g in body["grants"] if g["state"] == "active"] == [gid], body
     assert list(run.glob("grants-plant-a.json.corrupt-*"))
     actions = [a["action"] for a in audits(d2)]
