@@ -113,18 +113,19 @@ class GrantService:
         text = message or f"{grant.identity} on {grant.conduit}"
         self._audit(AuditEvent(action, actor=by, message=text, details=details))
 
-    def _save(self) -> None:
+    def _save(self, *changed: str) -> None:
+        """Durably record the grants `changed` (a journal append), or everything."""
         if self.store is None:
             return
         try:
-            self.store.save(self.book, self.intents)
+            self.store.save(self.book, self.intents, changed or None)
         except StateError:
             self.counters.state_write_failures += 1
             raise
 
-    def _save_quietly(self) -> None:
+    def _save_quietly(self, *changed: str) -> None:
         try:
-            self._save()
+            self._save(*changed)
         except StateError as exc:
             log.error("%s (the intent stays on disk; the next save or start completes it)", exc)
 
@@ -138,7 +139,7 @@ class GrantService:
         """Write the intent durably or undo the book change and refuse."""
         self.intents[gid] = Intent(op, before)
         try:
-            self._save()
+            self._save(gid)
         except StateError as exc:
             self.intents.pop(gid, None)
             self._restore(gid, before)
@@ -147,7 +148,7 @@ class GrantService:
 
     def _commit(self, gid: str) -> None:
         self.intents.pop(gid, None)
-        self._save_quietly()
+        self._save_quietly(gid)
 
     # -- the kernel element of a grant -------------------------------------------------------
 
@@ -193,7 +194,7 @@ class GrantService:
         async with self.lock:
             grant = self.book.request(identity, conduit, duration, reason, self.clock())
             try:
-                self._save()
+                self._save(grant.id)
             except StateError as exc:
                 self.book.grants.pop(grant.id, None)
                 raise GrantError(Refusal.UNAVAILABLE, f"nothing changed: {exc}") from None

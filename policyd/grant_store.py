@@ -5,6 +5,13 @@ the restarted daemon list, revoke and audit them by id. It also holds the *inten
 of the grant service (an operation written before the kernel is touched), so a crash
 between steps leaves a record the next start completes or rolls back.
 
+Two files: a snapshot (`grants-GW.json`, rewritten atomically: temp file, fsync,
+rename, the previous one kept as `.prev`) and a journal (`grants-GW.journal`): each
+change appends the changed grants and intents as one JSON line and fsyncs, so one
+approval costs a few hundred bytes, not the whole book. The journal is folded into a
+new snapshot every JOURNAL_MAX lines. Loading replays the journal onto the snapshot;
+a torn last line (a crash mid-append) is ignored.
+
 A file that is corrupt, fails the schema or cannot be read never stops the daemon:
 it is moved aside (`*.corrupt-<time>`), `load` says so, and the service rebuilds the
 book from the kernel's tagged grant elements.
@@ -17,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,7 @@ from policyd.grants import Grant, GrantBook
 log = logging.getLogger("policyd")
 
 VERSION = 2
+JOURNAL_MAX = 2000  # journal lines before the next save writes a snapshot instead
 _WHEN = {"type": ["string", "null"]}
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -112,15 +121,38 @@ class StateError(OSError):
     """The state file could not be written; nothing the caller asked for happened."""
 
 
+JOURNAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "put": {"type": "array", "items": SCHEMA["properties"]["grants"]["items"]},
+        "drop": {"type": "array", "items": {"type": "string"}},
+        "intents": {"type": "object"},
+        "next_id": {"type": "integer", "minimum": 1},
+    },
+}
+
+
+def _intent(d: dict[str, Any]) -> Intent:
+    if d.get("op") not in ("open", "close"):
+        raise ValueError(f"intent op {d.get('op')!r}")
+    return Intent(d["op"], Grant.from_dict(d["before"]) if d.get("before") else None)
+
+
 class GrantStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.previous = path.with_name(path.name + ".prev")
+        self.journal = path.with_suffix(".journal")
+        self._jfd: int | None = None
+        self._jlines = 0
 
     def load(self) -> Loaded:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
+            if self.journal.exists():
+                return self._aside("the snapshot is missing but a journal exists")
             return Loaded(missing=True)
         except OSError as exc:
             return self._aside(f"unreadable: {exc}")
@@ -128,30 +160,102 @@ class GrantStore:
             data = json.loads(raw)
             jsonschema.validate(data, SCHEMA)
             grants = {g["id"]: Grant.from_dict(g) for g in data["grants"]}
-            intents = {
-                gid: Intent(i["op"], Grant.from_dict(i["before"]) if i["before"] else None)
-                for gid, i in data["intents"].items()
-            }
+            intents = {gid: _intent(i) for gid, i in data["intents"].items()}
+            next_id = int(data["next_id"])
+            next_id = self._replay(grants, intents, next_id)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "top level"
             return self._aside(f"schema: {where}: {exc.message}")
         except (ValueError, KeyError, TypeError) as exc:
             return self._aside(f"not a grant state file: {exc}")
-        return Loaded(grants, intents, int(data["next_id"]))
+        except OSError as exc:
+            return self._aside(f"journal unreadable: {exc}")
+        return Loaded(grants, intents, next_id)
+
+    def _replay(self, grants: dict[str, Grant], intents: dict[str, Intent], next_id: int) -> int:
+        try:
+            lines = self.journal.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return next_id
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if n == len(lines) - 1:  # torn by a crash mid-append: never acknowledged
+                    log.warning("grant journal %s: ignoring a torn last line", self.journal)
+                    break
+                raise ValueError(f"journal line {n + 1} is not JSON") from None
+            jsonschema.validate(entry, JOURNAL_SCHEMA)
+            for g in entry.get("put", []):
+                grants[g["id"]] = Grant.from_dict(g)
+            for gid in entry.get("drop", []):
+                grants.pop(gid, None)
+            for gid, i in entry.get("intents", {}).items():
+                if i is None:
+                    intents.pop(gid, None)
+                else:
+                    intents[gid] = _intent(i)
+            next_id = max(next_id, int(entry.get("next_id", 1)))
+            self._jlines += 1
+        return next_id
 
     def _aside(self, problem: str) -> Loaded:
-        target = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        with contextlib.suppress(OSError):
+            os.replace(self.journal, self.journal.with_name(f"{self.journal.name}.corrupt-{stamp}"))
         try:
             os.replace(self.path, target)
+        except FileNotFoundError:
+            return Loaded(problem=problem)
         except OSError as exc:
             log.error("grant state %s: cannot move aside (%s)", self.path, exc)
             return Loaded(problem=problem)
         log.error("grant state %s %s; moved to %s", self.path, problem, target)
         return Loaded(problem=problem, moved_to=target)
 
-    def save(self, book: GrantBook, intents: dict[str, Intent]) -> None:
+    def save(
+        self, book: GrantBook, intents: dict[str, Intent], changed: Iterable[str] | None = None
+    ) -> None:
+        """Record `changed` grants (and their intents) in the journal, or (None, or a
+        long journal, or no snapshot yet) write a new snapshot. Raises StateError,
+        and then nothing of this call is on disk."""
+        if changed is None or self._jlines >= JOURNAL_MAX or not self.path.exists():
+            self._snapshot(book, intents)
+            return
+        ids = list(changed)
+        entry: dict[str, Any] = {
+            "put": [book.grants[g].as_dict() for g in ids if g in book.grants],
+            "drop": [g for g in ids if g not in book.grants],
+            "intents": {g: intents[g].as_dict() if g in intents else None for g in ids},
+            "next_id": book.next_id,
+        }
+        line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        try:
+            if self._jfd is None:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                self._jfd = os.open(self.journal, flags, 0o600)
+            start = os.fstat(self._jfd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._jfd, view) :]
+                os.fsync(self._jfd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._jfd, start)  # no half line: as if never written
+                raise
+        except OSError as exc:
+            raise StateError(
+                exc.errno or 0, f"grant journal {self.journal} not written: {exc}"
+            ) from exc
+        self._jlines += 1
+
+    def _snapshot(self, book: GrantBook, intents: dict[str, Intent]) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory); the file
-        being replaced is kept as `*.prev`. Raises StateError, leaving the old file."""
+        being replaced is kept as `*.prev`; then empty the journal it contains."""
         data = {
             "version": VERSION,
             "next_id": book.next_id,
@@ -184,3 +288,14 @@ class GrantStore:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise StateError(exc.errno or 0, f"grant state {self.path} not written: {exc}") from exc
+        try:  # the snapshot holds everything the journal said
+            if self._jfd is not None:
+                os.ftruncate(self._jfd, 0)
+                os.fsync(self._jfd)
+            else:
+                self.journal.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "grant journal %s not emptied (%s); replaying it is harmless", self.journal, exc
+            )
+        self._jlines = 0

@@ -118,18 +118,27 @@ def test_each_expiry_is_audited_once_and_reads_change_nothing(gw: Gateway) -> No
     assert gw.actions().count("grant_expired") == 1
 
 
-def test_approve_fails_closed_when_the_state_cannot_be_written(gw: Gateway) -> None:
+def test_approve_fails_closed_when_the_state_cannot_be_written(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Finding: the kernel was opened before the state file was written."""
+    import errno
+    import os
+
     g = run(gw.service.request("vendor-tech", "vendor-maintenance", H, "x", "vendor-tech"))
-    assert gw.state_dir is not None
-    target = gw.state_dir / "grants.json"
-    target.unlink()
-    target.mkdir()  # the rename onto it fails like a full or read-only disk
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(GrantError, match="nothing changed") as info:
         run(gw.service.approve(g.id, "shift-lead-1", "shift-lead-1"))
+    monkeypatch.undo()
     assert info.value.kind is Refusal.UNAVAILABLE
     assert gw.kernel.table == {} and gw.service.book.get(g.id).state is GrantState.REQUESTED
     assert "grant_approved" not in gw.actions()
+    gw.restart()  # and the disk holds exactly what was acknowledged
+    assert gw.service.book.get(g.id).state is GrantState.REQUESTED
 
 
 def test_crash_after_intent_before_kernel_rolls_back(gw: Gateway) -> None:
@@ -198,12 +207,14 @@ def test_a_corrupt_state_file_is_moved_aside_and_the_book_rebuilt(
 
 def test_state_is_atomic_with_the_previous_version_kept(gw: Gateway) -> None:
     assert gw.state_dir is not None
-    gw.approved()
+    gid = gw.approved()
+    gw.service._save()  # a snapshot (what a long journal or a prune triggers)
     data = json.loads((gw.state_dir / "grants.json").read_text())
     prev = json.loads((gw.state_dir / "grants.json.prev").read_text())
     assert data["version"] == 2 and data["intents"] == {} and data["next_id"] == 2
-    assert list(prev["intents"]) == [data["grants"][0]["id"]]  # the intent, before the kernel
+    assert [g["id"] for g in data["grants"]] == [gid] and prev["grants"] == []
     assert not list(gw.state_dir.glob("*.tmp"))
+    assert (gw.state_dir / "grants.journal").stat().st_size == 0  # folded into the snapshot
 
 
 def test_store_refuses_to_report_success_on_a_failed_write(tmp_path: Path) -> None:
@@ -238,3 +249,30 @@ def test_restart_with_an_identity_removed_meanwhile(gw: Gateway) -> None:
     gw.restart()
     run(gw.service.topology_changed(gw.topology))
     assert gw.kernel.table == {} and gw.service.book.get(gid).state is GrantState.REVOKED
+
+
+def test_the_journal_replays_onto_the_snapshot_and_a_torn_line_is_ignored(gw: Gateway) -> None:
+    assert gw.state_dir is not None
+    gid = gw.approved()
+    journal = gw.state_dir / "grants.journal"
+    assert journal.stat().st_size > 0  # changes went to the journal, not a new snapshot
+    with open(journal, "ab") as fh:
+        fh.write(b'{"put": [{"id": "g9')  # a crash mid-append
+    gw.restart()
+    assert gw.service.book.get(gid).state is GrantState.ACTIVE
+    assert "grant_state_corrupt" not in gw.actions()
+
+
+def test_a_snapshot_is_written_every_journal_max_lines(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import policyd.grant_store as grant_store
+
+    assert gw.state_dir is not None
+    monkeypatch.setattr(grant_store, "JOURNAL_MAX", 3)
+    for _ in range(5):
+        run(gw.service.request("vendor-tech", "vendor-maintenance", H, "x", "vendor-tech"))
+    journal = (gw.state_dir / "grants.journal").read_text().splitlines()
+    assert len(journal) < 3
+    gw.restart()
+    assert len(gw.service.book.grants) == 5
