@@ -112,6 +112,16 @@ class KernelGrants:
             out.extend(_element(name, el) for el in listed)
         return out
 
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None:
+        plan = self._plan(conduit)
+        if plan is None or plan.identity_set is None:
+            return None
+        try:
+            found = self.daemon.nft.element(plan.identity_set, address)
+        except kernel.NftError as exc:
+            raise KernelRefused(f"reading {plan.identity_set}: {exc}") from None
+        return None if found is None else KernelGrant(conduit, address, found[0], found[1])
+
     def add(self, grant: Grant, timeout: timedelta) -> None:
         rs = self.daemon.current
         if rs is None:

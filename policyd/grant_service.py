@@ -63,6 +63,8 @@ class GrantKernel(Protocol):
 
     def address_of(self, conduit: str, identity: str) -> str | None: ...
 
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None: ...
+
     def add(self, grant: Grant, timeout: timedelta) -> None: ...
 
     def delete(self, conduit: str, address: str) -> None: ...
@@ -156,8 +158,11 @@ class GrantService:
         """The kernel element that is this grant: tagged with its id, or (from before
         tags) untagged at the identity's address in the conduit's grant set."""
         address = self.kernel.address_of(grant.conduit, grant.identity)
-        for el in self.kernel.elements(grant.conduit):
-            if el.tag == grant.id or (el.tag is None and el.address == address):
+        if address is not None:  # the usual case: one lookup, whatever the set's size
+            el = self.kernel.element_at(grant.conduit, address)
+            return el if el is not None and el.tag in (grant.id, None) else None
+        for el in self.kernel.elements(grant.conduit):  # the identity left the conduit
+            if el.tag == grant.id:
                 return el
         return None
 

@@ -214,6 +214,14 @@ class NftHandle:
             body = {**table_ref(), "name": set_name, "elem": elements}
             self.run([{"delete": {"element": body}}], what)
 
+    def element(self, set_name: str, address: str) -> tuple[str | None, int] | None:
+        """One element of an IPv4 set read back over nfnetlink: (comment, seconds left),
+        None when absent. Its cost does not depend on the set's size."""
+        try:
+            return self._writer.lookup(set_name, address)
+        except NfnlError as e:
+            raise NftError(e.strerror or str(e)) from e
+
     def set_elements(self, set_name: str) -> list[Any]:
         out = self.run(
             [{"list": {"set": {**table_ref(), "name": set_name}}}], f"list set {set_name}"

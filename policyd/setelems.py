@@ -17,6 +17,7 @@ address (carrying the timeout) and, flagged INTERVAL_END, the address after the 
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -28,7 +29,8 @@ NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_L
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
-NFTA_SET_ELEM_USERDATA = 6
+NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_USERDATA = 5, 6
+NFT_MSG_GETSETELEM = 13
 NFTNL_UDATA_SET_ELEM_COMMENT = 0  # libnftnl's userdata TLV type for an element comment
 MAX_COMMENT = 127  # nftables' NFT_USERDATA_MAXLEN is 256; libnftables caps comments at 128
 NFTA_DATA_VALUE = 1
@@ -99,6 +101,17 @@ def _key(
         tlv = bytes([NFTNL_UDATA_SET_ELEM_COMMENT, len(text)]) + text
         parts.append(nfnl.attr(NFTA_SET_ELEM_USERDATA, tlv))
     return nfnl.nest(NFTA_LIST_ELEM, *parts)
+
+
+def _parse_comment(udata: bytes) -> str | None:
+    """The comment in an element's userdata TLVs (type, length, value), if any."""
+    pos = 0
+    while pos + 2 <= len(udata):
+        kind, size = udata[pos], udata[pos + 1]
+        if kind == NFTNL_UDATA_SET_ELEM_COMMENT:
+            return udata[pos + 2 : pos + 2 + size].rstrip(b"\0").decode("ascii", "replace")
+        pos += 2 + size
+    return None
 
 
 def _comment(value: Any) -> str | bool | None:
@@ -190,6 +203,29 @@ class ElementWriter:
         if delete:
             return nfnl.Message(nfnl.NFT_MSG_DELSETELEM, self._family, 0, attrs)
         return nfnl.Message(nfnl.NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
+
+    def lookup(self, name: str, address: str) -> tuple[str | None, int] | None:
+        """One element of a plain IPv4 set read back from the kernel: (comment, seconds
+        left), or None when it is not there. Costs the same whatever the set's size."""
+        key = _key(int(IPv4Address(address)))
+        attrs = (
+            nfnl.strz(NFTA_SET_ELEM_LIST_TABLE, self._table)
+            + nfnl.strz(NFTA_SET_ELEM_LIST_SET, name)
+            + nfnl.attr(NFTA_SET_ELEM_LIST_ELEMENTS | nfnl.NLA_F_NESTED, key)
+        )
+        try:
+            reply = self._sock.get(
+                nfnl.Message(NFT_MSG_GETSETELEM, self._family, 0, attrs), f"get element {name}"
+            )
+        except nfnl.NfnlError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        elements = nfnl.parse_attrs(reply).get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")
+        elem = nfnl.parse_attrs(nfnl.parse_attrs(elements).get(NFTA_LIST_ELEM, b""))
+        expires = elem.get(NFTA_SET_ELEM_EXPIRATION, b"")
+        left = int.from_bytes(expires[:8], "big") // 1000 if len(expires) >= 8 else 0
+        return _parse_comment(elem.get(NFTA_SET_ELEM_USERDATA, b"")), left
 
     def send(self, messages: list[nfnl.Message], what: str) -> None:
         """One transaction; an error drops the cached set facts (the table may have moved)."""

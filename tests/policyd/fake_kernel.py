@@ -46,6 +46,9 @@ class FakeKernel:
             if conduit is None or c == conduit
         ]
 
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None:
+        return next((e for e in self.elements(conduit) if e.address == address), None)
+
     def address_of(self, conduit: str, identity: str) -> str | None:
         topo = self.topology()
         c, ident = topo.conduits.get(conduit), topo.identities.get(identity)
