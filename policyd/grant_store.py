@@ -158,7 +158,9 @@ class GrantStore:
             return self._aside(f"unreadable: {exc}")
         try:
             data = json.loads(raw)
-            jsonschema.validate(data, SCHEMA)
+            if isinstance(data, dict) and "version" not in data and "grants" in data:
+                data = {"version": VERSION, "next_id": 1, "grants": data["grants"], "intents": {}}
+            jsonschema.validate(data, SCHEMA)  # (above: the unversioned file of 0.1)
             grants = {g["id"]: Grant.from_dict(g) for g in data["grants"]}
             intents = {gid: _intent(i) for gid, i in data["intents"].items()}
             next_id = int(data["next_id"])

@@ -362,10 +362,6 @@ class GrantBook:
             if g.state is GrantState.ACTIVE and g.expires_at is not None and g.expires_at <= now
         ]
 
-    def expire(self, now: datetime) -> list[Grant]:
-        """Mark active grants past their expiry as expired (the book only; see GrantService)."""
-        return [self.end(g.id, GrantState.EXPIRED, "kernel", now, "") for g in self.due(now)]
-
     def invalidated(self, now: datetime) -> list[tuple[Grant, str]]:
         """Open grants the current topology no longer allows, each with why."""
         out = []
@@ -392,13 +388,6 @@ class GrantBook:
         if not ident.valid_at(now):
             return f"identity '{g.identity}' is no longer valid"
         return ""
-
-    def drop_orphans(self, now: datetime) -> list[Grant]:
-        """Revoke (in the book) every open grant the topology no longer allows."""
-        return [
-            self.end(g.id, GrantState.REVOKED, "topology", now, why)
-            for g, why in self.invalidated(now)
-        ]
 
     def prune(self, now: datetime, keep: timedelta = RETENTION) -> list[str]:
         """Forget grants that ended longer than `keep` ago; the audit log still has them."""

@@ -276,3 +276,16 @@ def test_a_snapshot_is_written_every_journal_max_lines(
     assert len(journal) < 3
     gw.restart()
     assert len(gw.service.book.grants) == 5
+
+
+def test_an_unversioned_state_file_and_untagged_elements_are_adopted(gw: Gateway) -> None:
+    """An upgrade: the old file format, and elements policyd wrote before tags."""
+    assert gw.state_dir is not None
+    gid = gw.approved()
+    grant = gw.service.book.get(gid)
+    (gw.state_dir / "grants.json").write_text(json.dumps({"grants": [grant.as_dict()]}))
+    (gw.state_dir / "grants.journal").unlink()
+    gw.kernel.table[VT] = (None, NOW + 2 * H)  # untagged
+    gw.restart()
+    assert gw.service.book.get(gid).state is GrantState.ACTIVE
+    assert VT in gw.kernel.table and "grant_state_corrupt" not in gw.actions()
