@@ -14,7 +14,7 @@ import logging
 import socket
 from datetime import timedelta
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyroute2 import AsyncConntrack, AsyncIPRoute
 
@@ -106,10 +106,10 @@ class KernelGrants:
             if plan is None or plan.identity_set is None:
                 continue
             try:
-                listed = self.daemon.nft.set_elements(plan.identity_set)
+                listed = self.daemon.nft.elements_of(plan.identity_set)
             except kernel.NftError as exc:
                 raise KernelRefused(f"listing {plan.identity_set}: {exc}") from None
-            out.extend(_element(name, el) for el in listed)
+            out.extend(KernelGrant(name, addr, tag, left) for addr, tag, left in listed)
         return out
 
     def element_at(self, conduit: str, address: str) -> KernelGrant | None:
@@ -148,14 +148,3 @@ class KernelGrants:
         n = await end_sessions(IPv4Address(address), plan.mark)
         log.info("ended %d live session(s) of %s on %s", n, address, conduit)
         return n
-
-
-def _element(conduit: str, el: Any) -> KernelGrant:
-    body = el["elem"] if isinstance(el, dict) and "elem" in el else {"val": el}
-    comment = body.get("comment")
-    return KernelGrant(
-        conduit,
-        str(body["val"]),
-        str(comment) if comment else None,
-        int(body.get("expires", 0)),
-    )

@@ -115,19 +115,19 @@ class GrantService:
         text = message or f"{grant.identity} on {grant.conduit}"
         self._audit(AuditEvent(action, actor=by, message=text, details=details))
 
-    def _save(self, *changed: str) -> None:
+    def _save(self, *changed: str, sync: bool = True) -> None:
         """Durably record the grants `changed` (a journal append), or everything."""
         if self.store is None:
             return
         try:
-            self.store.save(self.book, self.intents, changed or None)
+            self.store.save(self.book, self.intents, changed or None, sync)
         except StateError:
             self.counters.state_write_failures += 1
             raise
 
-    def _save_quietly(self, *changed: str) -> None:
+    def _save_quietly(self, *changed: str, sync: bool = True) -> None:
         try:
-            self._save(*changed)
+            self._save(*changed, sync=sync)
         except StateError as exc:
             log.error("%s (the intent stays on disk; the next save or start completes it)", exc)
 
@@ -150,7 +150,7 @@ class GrantService:
 
     def _commit(self, gid: str) -> None:
         self.intents.pop(gid, None)
-        self._save_quietly(gid)
+        self._save_quietly(gid, sync=False)  # the next synced append carries it
 
     # -- the kernel element of a grant -------------------------------------------------------
 
@@ -384,6 +384,8 @@ class GrantService:
                     address = self.kernel.address_of(g.conduit, g.identity)
                     untagged = by_key.get((g.conduit, address or ""))
                     el = untagged if untagged is not None and untagged.tag is None else None
+                if el is None:  # a listing can miss elements while the kernel resizes the
+                    el = self._element(g)  # set's hash table: ask for this one directly
                 if el is not None:
                     claimed.add((el.conduit, el.address))
                     continue

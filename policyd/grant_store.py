@@ -38,6 +38,7 @@ log = logging.getLogger("policyd")
 
 VERSION = 2
 JOURNAL_MAX = 2000  # journal lines before the next save writes a snapshot instead
+JOURNAL_CHUNK = 1 << 20  # journal space preallocated at a time
 _WHEN = {"type": ["string", "null"]}
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -146,6 +147,8 @@ class GrantStore:
         self.journal = path.with_suffix(".journal")
         self._jfd: int | None = None
         self._jlines = 0
+        self._jpos = 0  # where the next journal line goes (the rest is preallocated zeros)
+        self._jsize = 0
 
     def load(self) -> Loaded:
         try:
@@ -176,9 +179,13 @@ class GrantStore:
 
     def _replay(self, grants: dict[str, Grant], intents: dict[str, Intent], next_id: int) -> int:
         try:
-            lines = self.journal.read_bytes().split(b"\n")
+            data = self.journal.read_bytes()
         except FileNotFoundError:
             return next_id
+        end = data.find(b"\0")
+        data = data if end < 0 else data[:end]  # the preallocated, never written rest
+        self._jpos = len(data)
+        lines = data.split(b"\n")
         for n, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -219,11 +226,17 @@ class GrantStore:
         return Loaded(problem=problem, moved_to=target)
 
     def save(
-        self, book: GrantBook, intents: dict[str, Intent], changed: Iterable[str] | None = None
+        self,
+        book: GrantBook,
+        intents: dict[str, Intent],
+        changed: Iterable[str] | None = None,
+        sync: bool = True,
     ) -> None:
         """Record `changed` grants (and their intents) in the journal, or (None, or a
         long journal, or no snapshot yet) write a new snapshot. Raises StateError,
-        and then nothing of this call is on disk."""
+        and then nothing of this call is on disk. `sync=False` (clearing an intent)
+        leaves the line to the next synced append: losing it only repeats a step's
+        audit at restart, marked `recovered`."""
         if changed is None or self._jlines >= JOURNAL_MAX or not self.path.exists():
             self._snapshot(book, intents)
             return
@@ -236,24 +249,39 @@ class GrantStore:
         }
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
         try:
-            if self._jfd is None:
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                self._jfd = os.open(self.journal, flags, 0o600)
-            start = os.fstat(self._jfd).st_size
+            fd = self._journal_fd(len(line))
             try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(self._jfd, view) :]
-                os.fsync(self._jfd)
+                written = 0
+                while written < len(line):
+                    written += os.pwrite(fd, line[written:], self._jpos + written)
+                if sync:
+                    os.fdatasync(fd)  # preallocated: data only, no metadata
             except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._jfd, start)  # no half line: as if never written
+                with contextlib.suppress(OSError):  # no half line: as if never written
+                    os.pwrite(fd, b"\0" * len(line), self._jpos)
                 raise
         except OSError as exc:
             raise StateError(
                 exc.errno or 0, f"grant journal {self.journal} not written: {exc}"
             ) from exc
+        self._jpos += len(line)
         self._jlines += 1
+
+    def _journal_fd(self, need: int) -> int:
+        """The journal, open, with `need` bytes of preallocated (zeroed, synced) room
+        at the write position, so an append never changes the file's metadata."""
+        if self._jfd is None:
+            self._jfd = os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._jsize = os.fstat(self._jfd).st_size
+        if self._jpos + need > self._jsize:
+            grow = max(JOURNAL_CHUNK, need)
+            zeros = b"\0" * grow
+            done = 0
+            while done < grow:
+                done += os.pwrite(self._jfd, zeros[done:], self._jsize + done)
+            os.fsync(self._jfd)
+            self._jsize += grow
+        return self._jfd
 
     def _snapshot(self, book: GrantBook, intents: dict[str, Intent]) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory); the file
@@ -294,8 +322,10 @@ class GrantStore:
             if self._jfd is not None:
                 os.ftruncate(self._jfd, 0)
                 os.fsync(self._jfd)
+                self._jsize = 0
             else:
                 self.journal.unlink(missing_ok=True)
+            self._jpos = 0
         except OSError as exc:
             log.warning(
                 "grant journal %s not emptied (%s); replaying it is harmless", self.journal, exc

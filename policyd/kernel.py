@@ -222,6 +222,14 @@ class NftHandle:
         except NfnlError as e:
             raise NftError(e.strerror or str(e)) from e
 
+    def elements_of(self, set_name: str) -> list[tuple[str, str | None, int]]:
+        """Every element of an IPv4 set as (address, comment, seconds left), over one
+        nfnetlink dump: reconciling 100k grants must not parse 100k JSON objects."""
+        try:
+            return self._writer.dump(set_name)
+        except NfnlError as e:
+            raise NftError(e.strerror or str(e)) from e
+
     def set_elements(self, set_name: str) -> list[Any]:
         out = self.run(
             [{"list": {"set": {**table_ref(), "name": set_name}}}], f"list set {set_name}"
@@ -262,12 +270,18 @@ class NftHandle:
         if seconds < 1:
             raise GrantError(f"grant for {source} on {conduit} would expire immediately")
         # Re-granting replaces the old expiry: delete (if present) and add in one batch.
+        # Look first: a transaction the kernel aborts (deleting an absent element) costs
+        # ~15 ms of RCU grace period, a lookup 0.03 ms.
         el = {"elem": {"val": value, "timeout": seconds, **({"comment": tag} if tag else {})}}
         what = f"grant {conduit} to {source} for {seconds}s"
-        try:
-            self._replace_element(set_name, value, el, what)
-        except NftError:
-            self.add_elements(set_name, [el])  # there was none to delete
+        present = not isinstance(value, str) or self.element(set_name, value) is not None
+        if present:
+            try:
+                self._replace_element(set_name, value, el, what)
+            except NftError:
+                self.add_elements(set_name, [el])  # there was none to delete
+        else:
+            self.add_elements(set_name, [el])
         return Grant(conduit, source, set_name, value, now + timedelta(seconds=seconds))
 
     def _replace_element(self, set_name: str, value: Any, el: Any, what: str) -> None:

@@ -18,6 +18,8 @@ address (carrying the timeout) and, flagged INTERVAL_END, the address after the 
 from __future__ import annotations
 
 import errno
+import socket
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -39,6 +41,7 @@ NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_TIMEOUT = 0x4, 0x8, 0x10
 NFT_SET_OBJECT, NFT_SET_CONCAT = 0x40, 0x80
 TYPE_IPADDR = 7  # nftables' datatype id for ipv4_addr, stored as the set's key type
 _LAST = 0xFFFFFFFF
+_NLA = struct.Struct("=HH")
 # A bulk change (a reconciliation after a reload) goes through libnftables: one message
 # this size stays far below the socket's send buffer, and one change is one element.
 MAX_ELEMENTS = 1024
@@ -112,6 +115,30 @@ def _parse_comment(udata: bytes) -> str | None:
             return udata[pos + 2 : pos + 2 + size].rstrip(b"\0").decode("ascii", "replace")
         pos += 2 + size
     return None
+
+
+def _dumped(body: bytes) -> tuple[str, str | None, int] | None:
+    """(address, comment, seconds left) of one dumped element; None for an interval end.
+
+    Hand-rolled over the TLVs: a reconciliation reads 100k of these."""
+    address, comment, left, pos = "", None, 0, 0
+    while pos + 4 <= len(body):
+        size, kind = _NLA.unpack_from(body, pos)
+        if size < 4:
+            break
+        kind &= 0x3FFF
+        if kind == NFTA_SET_ELEM_KEY and size >= 12:  # nested NFTA_DATA_VALUE, 4 bytes
+            address = socket.inet_ntoa(body[pos + 8 : pos + 12])
+        elif kind == NFTA_SET_ELEM_EXPIRATION and size >= 12:
+            left = int.from_bytes(body[pos + 4 : pos + 12], "big") // 1000
+        elif kind == NFTA_SET_ELEM_USERDATA:
+            comment = _parse_comment(body[pos + 4 : pos + size])
+        elif (
+            kind == NFTA_SET_ELEM_FLAGS and size >= 8 and body[pos + 7] & NFT_SET_ELEM_INTERVAL_END
+        ):
+            return None
+        pos += (size + 3) & ~3
+    return (address, comment, left) if address else None
 
 
 def _comment(value: Any) -> str | bool | None:
@@ -226,6 +253,23 @@ class ElementWriter:
         expires = elem.get(NFTA_SET_ELEM_EXPIRATION, b"")
         left = int.from_bytes(expires[:8], "big") // 1000 if len(expires) >= 8 else 0
         return _parse_comment(elem.get(NFTA_SET_ELEM_USERDATA, b"")), left
+
+    def dump(self, name: str) -> list[tuple[str, str | None, int]]:
+        """Every element of a plain IPv4 set: (address, comment, seconds left), read in
+        one netlink dump (libnftables' listing costs ~20 us per element more)."""
+        attrs = nfnl.strz(NFTA_SET_ELEM_LIST_TABLE, self._table) + nfnl.strz(
+            NFTA_SET_ELEM_LIST_SET, name
+        )
+        out: list[tuple[str, str | None, int]] = []
+        message = nfnl.Message(NFT_MSG_GETSETELEM, self._family, 0, attrs)
+        for reply in self._sock.dump(message, f"list elements of {name}"):
+            elements = nfnl.parse_attrs(reply).get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")
+            for kind, body in nfnl.iter_attrs(elements):
+                if kind == NFTA_LIST_ELEM:
+                    found = _dumped(body)
+                    if found is not None:
+                        out.append(found)
+        return out
 
     def send(self, messages: list[nfnl.Message], what: str) -> None:
         """One transaction; an error drops the cached set facts (the table may have moved)."""

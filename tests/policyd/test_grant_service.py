@@ -131,6 +131,7 @@ def test_approve_fails_closed_when_the_state_cannot_be_written(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fdatasync", full)
     with pytest.raises(GrantError, match="nothing changed") as info:
         run(gw.service.approve(g.id, "shift-lead-1", "shift-lead-1"))
     monkeypatch.undo()
@@ -256,7 +257,10 @@ def test_the_journal_replays_onto_the_snapshot_and_a_torn_line_is_ignored(gw: Ga
     gid = gw.approved()
     journal = gw.state_dir / "grants.journal"
     assert journal.stat().st_size > 0  # changes went to the journal, not a new snapshot
-    with open(journal, "ab") as fh:
+    data = journal.read_bytes()
+    assert data.endswith(b"\0")  # preallocated room
+    with open(journal, "r+b") as fh:
+        fh.seek(data.index(b"\0"))
         fh.write(b'{"put": [{"id": "g9')  # a crash mid-append
     gw.restart()
     assert gw.service.book.get(gid).state is GrantState.ACTIVE
