@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING
 from pyroute2 import AsyncConntrack, AsyncIPRoute
 
 from policyd import kernel
+from policyd.conventions import TABLE_FAMILY, TABLE_NAME
 from policyd.grant_service import KernelGrant, KernelRefused
 from policyd.grants import Grant
+from policyd.nfnl import NfnlError
+from policyd.setelems import ElementWriter
 
 if TYPE_CHECKING:
     from policyd.compiler import ConduitPlan
@@ -79,6 +82,9 @@ class KernelGrants:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        # Listings get their own netlink socket: reconciliation runs them in a worker
+        # thread (a 100k-element dump takes seconds) while the loop uses the daemon's.
+        self._reader = ElementWriter(TABLE_FAMILY, TABLE_NAME)
 
     def ready(self) -> bool:
         return self.daemon.current is not None
@@ -106,8 +112,8 @@ class KernelGrants:
             if plan is None or plan.identity_set is None:
                 continue
             try:
-                listed = self.daemon.nft.elements_of(plan.identity_set)
-            except kernel.NftError as exc:
+                listed = self._reader.dump(plan.identity_set)
+            except NfnlError as exc:
                 raise KernelRefused(f"listing {plan.identity_set}: {exc}") from None
             out.extend(KernelGrant(name, addr, tag, left) for addr, tag, left in listed)
         return out

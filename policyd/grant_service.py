@@ -291,7 +291,7 @@ class GrantService:
                     done.append(await self._end(ended, g, "grant_expired", None))
                 except GrantError as exc:
                     log.error("expiring %s: %s (retried at the next tick)", g.id, exc.reason)
-            if self.book.prune(now):
+            if self.book.prune(now) or (self.store is not None and self.store.needs_snapshot()):
                 self._save_quietly()
         return done
 
@@ -370,7 +370,8 @@ class GrantService:
             if not self.kernel.ready():
                 return report
             now = self.clock()
-            elements = self.kernel.elements()
+            # a worker thread: dumping a large set costs the kernel O(n^2/535) steps
+            elements = await asyncio.to_thread(self.kernel.elements)
             by_tag = {el.tag: el for el in elements if el.tag}
             by_key = {(el.conduit, el.address): el for el in elements}
             claimed: set[tuple[str, str]] = set()

@@ -222,14 +222,6 @@ class NftHandle:
         except NfnlError as e:
             raise NftError(e.strerror or str(e)) from e
 
-    def elements_of(self, set_name: str) -> list[tuple[str, str | None, int]]:
-        """Every element of an IPv4 set as (address, comment, seconds left), over one
-        nfnetlink dump: reconciling 100k grants must not parse 100k JSON objects."""
-        try:
-            return self._writer.dump(set_name)
-        except NfnlError as e:
-            raise NftError(e.strerror or str(e)) from e
-
     def set_elements(self, set_name: str) -> list[Any]:
         out = self.run(
             [{"list": {"set": {**table_ref(), "name": set_name}}}], f"list set {set_name}"
