@@ -39,7 +39,7 @@ log = logging.getLogger("policyd")
 
 VERSION = 2
 JOURNAL_MAX = 2000  # journal lines after which the timer writes a snapshot
-JOURNAL_CHUNK = 1 << 20  # journal space preallocated at a time
+JOURNAL_CHUNK = 8 << 20  # journal space preallocated at a time (JOURNAL_MAX lines fit)
 _WHEN = {"type": ["string", "null"]}
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -332,6 +332,7 @@ class GrantStore:
             else:
                 self.journal.unlink(missing_ok=True)
             self._jpos = 0
+            self._journal_fd(JOURNAL_CHUNK)  # room for the next JOURNAL_MAX lines, now
         except OSError as exc:
             log.warning(
                 "grant journal %s not emptied (%s); replaying it is harmless", self.journal, exc
