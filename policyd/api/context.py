@@ -85,10 +85,12 @@ async def caller_of(request: web.Request, acting_as: str | None) -> Caller:
         allowed = state.local_users.get(uid, frozenset()) & identities.keys()
         if not allowed:
             raise ApiError(403, f"uid {uid} is mapped to no identity (policyd --local-user)")
-        if acting_as is None and len(allowed) == 1:
+        names = ", ".join(sorted(allowed))
+        if acting_as is None:
+            if len(allowed) > 1:
+                raise ApiError(400, f"say which identity acts ('as'): one of {names}")
             acting_as = next(iter(allowed))
         if acting_as not in allowed:
-            names = ", ".join(sorted(allowed))
             raise ApiError(403, f"uid {uid} may act only as {names}, not '{acting_as}'")
         return Caller(acting_as, local=True)
     if acting_as:

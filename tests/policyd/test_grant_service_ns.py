@@ -178,6 +178,11 @@ def test_kill_9_between_steps_is_completed_or_rolled_back_at_restart(
         rc, body = grant(d2, "lead-1", "revoke", gid)
         assert rc == 0 and body["state"] == "revoked", body
     assert not kernel_grants(net)
+    # the audit chain survived the kill and continued across the restart
+    from policyd.flowlog.auditchain import verify
+
+    v = verify([d2.flow_log])
+    assert v.ok and v.records >= 5, v.problems
 
 
 def test_a_corrupt_state_file_is_moved_aside_and_grants_rebuilt(net: Net, tmp_path: Path) -> None:
