@@ -272,3 +272,21 @@ def test_two_thousand_concurrent_connections_leave_policyd_up_and_small(
             {"statuses": {st: statuses.count(st) for st in set(statuses)}, "grown_mb": grown_mb}
         )
     )
+
+
+def test_a_body_arriving_in_pieces_is_read_whole_and_a_huge_one_refused() -> None:
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        body = json.dumps({**REQUEST, "as": "vendor-tech", "reason": "x" * 400}).encode()
+
+        async def pieces() -> Any:
+            for i in range(0, len(body), 7):
+                yield body[i : i + 7]
+                await asyncio.sleep(0)
+
+        headers = {"Content-Type": "application/json"}
+        r = await client.post("/v1/grants", data=pieces(), headers=headers)
+        assert r.status == 201, await r.text()
+        r = await client.post("/v1/grants", data=b"{" + b" " * 70_000 + b"}", headers=headers)
+        assert r.status == 413 and "error" in await r.json()
+
+    run(scenario)
