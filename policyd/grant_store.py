@@ -275,19 +275,32 @@ class GrantStore:
 
     def _journal_fd(self, need: int) -> int:
         """The journal, open, with `need` bytes of preallocated (zeroed, synced) room
-        at the write position, so an append never changes the file's metadata."""
+        at the write position, so an append never changes the file's metadata. On a
+        nearly full disk it settles for just the room this line needs."""
         if self._jfd is None:
             self._jfd = os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._jsize = os.fstat(self._jfd).st_size
-        if self._jpos + need > self._jsize:
-            grow = max(JOURNAL_CHUNK, need)
-            zeros = b"\0" * grow
-            done = 0
-            while done < grow:
+        short = self._jpos + need - self._jsize
+        if short > 0:
+            try:
+                self._grow(max(JOURNAL_CHUNK, short))
+            except OSError:
+                self._grow(-(-short // 4096) * 4096)
+        return self._jfd
+
+    def _grow(self, size: int) -> None:
+        assert self._jfd is not None
+        zeros = b"\0" * size
+        done = 0
+        try:
+            while done < size:
                 done += os.pwrite(self._jfd, zeros[done:], self._jsize + done)
             os.fsync(self._jfd)
-            self._jsize += grow
-        return self._jfd
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._jfd, self._jsize)
+            raise
+        self._jsize += size
 
     def _snapshot(self, book: GrantBook, intents: dict[str, Intent]) -> None:
         """Write atomically (temp file, fsync, rename, fsync the directory); the file

@@ -298,3 +298,38 @@ def test_an_unversioned_state_file_and_untagged_elements_are_adopted(gw: Gateway
     gw.restart()
     assert gw.service.book.get(gid).state is GrantState.ACTIVE
     assert VT in gw.kernel.table and "grant_state_corrupt" not in gw.actions()
+
+
+@pytest.mark.root
+def test_a_full_state_disk_refuses_changes_and_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Finding: a full state disk left the kernel open with no state (a real tmpfs here)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare not found: apt-get install util-linux")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "tests.policyd.fullstate",
+            str(mnt),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["refused"] > 0 and "nothing changed" in r["reason"], r
+    assert r["all_acknowledged_reloaded"] and r["unacknowledged_reloaded"] == 0, r
