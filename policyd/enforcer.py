@@ -118,6 +118,12 @@ class KernelGrants:
             out.extend(KernelGrant(name, addr, tag, left) for addr, tag, left in listed)
         return out
 
+    def generation(self) -> int | None:
+        try:
+            return self._reader.generation()
+        except NfnlError:
+            return None
+
     def element_at(self, conduit: str, address: str) -> KernelGrant | None:
         plan = self._plan(conduit)
         if plan is None or plan.identity_set is None:

@@ -59,6 +59,8 @@ class GrantKernel(Protocol):
 
     def ready(self) -> bool: ...
 
+    def generation(self) -> int | None: ...
+
     def elements(self, conduit: str | None = None) -> list[KernelGrant]: ...
 
     def address_of(self, conduit: str, identity: str) -> str | None: ...
@@ -102,6 +104,9 @@ class GrantService:
         self.store = store
         self.clock = clock
         self.intents: dict[str, Intent] = {}
+        # The kernel's ruleset generation as of the last full reconciliation, carried
+        # forward over our own changes; None when something else may have changed it.
+        self._clean_gen: int | None = None
         self.lock = asyncio.Lock()
         self.counters = Counters()
 
@@ -166,12 +171,27 @@ class GrantService:
                 return el
         return None
 
+    def _changing(self) -> int | None:
+        return self.kernel.generation() if self._clean_gen is not None else None
+
+    def _changed(self, before: int | None) -> None:
+        """After one change of ours: still clean only if it was the one commit since."""
+        after = self.kernel.generation()
+        if before is None or before != self._clean_gen or after != before + 1:
+            self._clean_gen = None
+        else:
+            self._clean_gen = after
+
     def _open(self, grant: Grant) -> None:
         if not self.kernel.ready():
             raise KernelRefused("no policy is applied yet")
         assert grant.expires_at is not None
         left = grant.expires_at - self.clock()
-        self.kernel.add(grant, max(left, timedelta(seconds=1)))
+        before = self._changing()
+        try:
+            self.kernel.add(grant, max(left, timedelta(seconds=1)))
+        finally:
+            self._changed(before)
         el = self._element(grant)
         if el is None or el.tag != grant.id:
             raise KernelRefused("the element is not in the kernel after adding it")
@@ -181,7 +201,11 @@ class GrantService:
         el = self._element(grant)
         if el is None:
             return 0
-        self.kernel.delete(el.conduit, el.address)
+        before = self._changing()
+        try:
+            self.kernel.delete(el.conduit, el.address)
+        finally:
+            self._changed(before)
         if self._element(grant) is not None:
             raise KernelRefused("the element is still in the kernel after deleting it")
         failpoints.hit("after-kernel-close")
@@ -240,6 +264,7 @@ class GrantService:
         try:
             el = self._element(grant)
             if el is not None and el.tag == grant.id:
+                self._clean_gen = None
                 self.kernel.delete(el.conduit, el.address)
         except (KernelRefused, OSError) as exc:
             log.error("rolling back grant %s in the kernel: %s (reconcile retries)", grant.id, exc)
@@ -308,7 +333,7 @@ class GrantService:
                     ended.append(await self._end(after, g, "grant_ended", "topology", why=why))
                 except GrantError as exc:
                     log.error("ending %s after a topology change: %s", g.id, exc.reason)
-        await self.reconcile()
+        await self.reconcile(full=True)
         return ended
 
     # -- start and reconciliation -------------------------------------------------------------
@@ -332,7 +357,7 @@ class GrantService:
                     )
                 )
             await self._finish_intents()
-        await self.reconcile(rebuild=loaded.missing or bool(loaded.problem))
+        await self.reconcile(rebuild=loaded.missing or bool(loaded.problem), full=True)
 
     async def _finish_intents(self) -> None:
         for gid, intent in list(self.intents.items()):
@@ -363,15 +388,25 @@ class GrantService:
                 self.intents.pop(gid)
         self._save_quietly()
 
-    async def reconcile(self, rebuild: bool = False) -> dict[str, int]:
-        """Make book and kernel agree (see the module docstring); returns what changed."""
+    async def reconcile(self, rebuild: bool = False, full: bool = False) -> dict[str, int]:
+        """Make book and kernel agree (see the module docstring); returns what changed.
+
+        Unless `full`, a kernel whose ruleset generation is the one the last full pass
+        saw (plus our own changes) is known to hold what the book says: nothing else
+        committed anything, and expiries are the timer's. Then nothing is listed.
+        """
         report = {"removed": 0, "ended": 0, "recovered": 0}
         async with self.lock:
             if not self.kernel.ready():
                 return report
+            gen = self.kernel.generation()
+            if not (rebuild or full) and gen is not None and gen == self._clean_gen:
+                return report
             now = self.clock()
             # a worker thread: dumping a large set costs the kernel O(n^2/535) steps
             elements = await asyncio.to_thread(self.kernel.elements)
+            listed_gen = self.kernel.generation()
+            self._clean_gen = gen if gen is not None and listed_gen == gen else None
             by_tag = {el.tag: el for el in elements if el.tag}
             by_key = {(el.conduit, el.address): el for el in elements}
             claimed: set[tuple[str, str]] = set()
@@ -387,6 +422,11 @@ class GrantService:
                     el = untagged if untagged is not None and untagged.tag is None else None
                 if el is None:  # a listing can miss elements while the kernel resizes the
                     el = self._element(g)  # set's hash table: ask for this one directly
+                if el is not None and el.tag is None and g.expires_at is not None:
+                    try:  # adopt it: the grant's own expiry and tag (an upgrade, a hand edit)
+                        self._open(g)
+                    except (KernelRefused, OSError) as exc:
+                        log.error("reconcile: tagging %s: %s", g.id, exc)
                 if el is not None:
                     claimed.add((el.conduit, el.address))
                     continue
@@ -403,7 +443,11 @@ class GrantService:
                 if owner is not None and owner.id in self.intents:
                     continue
                 try:
-                    self.kernel.delete(el.conduit, el.address)
+                    before = self._changing()
+                    try:
+                        self.kernel.delete(el.conduit, el.address)
+                    finally:
+                        self._changed(before)
                 except (KernelRefused, OSError) as exc:
                     log.error("reconcile: removing %s on %s: %s", el.address, el.conduit, exc)
                     continue

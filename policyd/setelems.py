@@ -33,6 +33,7 @@ NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
 NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_USERDATA = 5, 6
 NFT_MSG_GETSETELEM = 13
+NFT_MSG_GETGEN, NFTA_GEN_ID = 16, 1
 NFTNL_UDATA_SET_ELEM_COMMENT = 0  # libnftnl's userdata TLV type for an element comment
 MAX_COMMENT = 127  # nftables' NFT_USERDATA_MAXLEN is 256; libnftables caps comments at 128
 NFTA_DATA_VALUE = 1
@@ -230,6 +231,11 @@ class ElementWriter:
         if delete:
             return nfnl.Message(nfnl.NFT_MSG_DELSETELEM, self._family, 0, attrs)
         return nfnl.Message(nfnl.NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
+
+    def generation(self) -> int:
+        """The netns' nf_tables ruleset generation: +1 per committed transaction."""
+        reply = self._sock.get(nfnl.Message(NFT_MSG_GETGEN, 0, 0, b""), "get generation")
+        return int.from_bytes(nfnl.parse_attrs(reply).get(NFTA_GEN_ID, b"\0" * 4)[:4], "big")
 
     def lookup(self, name: str, address: str) -> tuple[str | None, int] | None:
         """One element of a plain IPv4 set read back from the kernel: (comment, seconds

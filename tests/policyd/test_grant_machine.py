@@ -107,6 +107,21 @@ class GrantMachine(RuleBasedStateMachine):
         run(self.gw.service.topology_changed(self.gw.topology))
         self.ids.extend(g for g in self.gw.service.book.grants if g not in self.ids)
 
+    @rule(add=st.booleans())
+    def someone_else_changes_the_kernel(self, add: bool) -> None:
+        """`nft add/delete element` by hand; the periodic (not full) pass must notice."""
+        k = self.gw.kernel
+        if add:
+            k.put("safety-emergency", "100.64.1.30", None, 600)
+        elif k.table:
+            del k.table[sorted(k.table)[0]]
+            k.gen += 1
+        run(self.gw.service.reconcile())
+
+    @rule()
+    def periodic_reconcile(self) -> None:
+        run(self.gw.service.reconcile())
+
     @invariant()
     def book_equals_kernel(self) -> None:
         book = self.gw.service.book

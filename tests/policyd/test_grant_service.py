@@ -333,3 +333,24 @@ def test_a_full_state_disk_refuses_changes_and_loses_nothing_acknowledged(
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["refused"] > 0 and "nothing changed" in r["reason"], r
     assert r["all_acknowledged_reloaded"] and r["unacknowledged_reloaded"] == 0, r
+
+
+def test_a_periodic_reconcile_lists_nothing_while_nobody_else_changed_the_kernel(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gid = gw.approved()
+    listed: list[int] = []
+    real = gw.kernel.elements
+
+    def counting(conduit: str | None = None) -> Any:
+        if conduit is None:
+            listed.append(1)
+        return real(conduit)
+
+    monkeypatch.setattr(gw.kernel, "elements", counting)
+    run(gw.service.reconcile(full=True))
+    run(gw.service.revoke(gid, "shift-lead-1", "shift-lead-1", admin=False))  # our own change
+    assert run(gw.service.reconcile()) == {"removed": 0, "ended": 0, "recovered": 0}
+    assert len(listed) == 1  # the periodic pass trusted the generation
+    gw.kernel.put("vendor-maintenance", "100.64.2.10", None, 600)  # someone else's change
+    assert run(gw.service.reconcile())["removed"] == 1 and len(listed) == 2
