@@ -153,19 +153,23 @@ class GrantService:
             raise GrantError(Refusal.UNAVAILABLE, f"nothing changed: {exc}") from None
         failpoints.hit(f"after-intent-{op}")
 
-    def _commit(self, gid: str) -> None:
+    def _commit(self, gid: str, rolled_back: bool = False) -> None:
+        """Clear the intent. After success the next synced append carries the line (a
+        crash before it only repeats the step's audit, marked recovered); a rollback is
+        synced at once, so a restart never completes what the caller was told failed."""
         self.intents.pop(gid, None)
-        self._save_quietly(gid, sync=False)  # the next synced append carries it
+        self._save_quietly(gid, sync=rolled_back)
 
     # -- the kernel element of a grant -------------------------------------------------------
 
-    def _element(self, grant: Grant) -> KernelGrant | None:
+    def _element(self, grant: Grant, untagged: bool = True) -> KernelGrant | None:
         """The kernel element that is this grant: tagged with its id, or (from before
-        tags) untagged at the identity's address in the conduit's grant set."""
+        tags, for a grant that was active) untagged at the identity's address."""
         address = self.kernel.address_of(grant.conduit, grant.identity)
         if address is not None:  # the usual case: one lookup, whatever the set's size
             el = self.kernel.element_at(grant.conduit, address)
-            return el if el is not None and el.tag in (grant.id, None) else None
+            ours = el is not None and (el.tag == grant.id or (untagged and el.tag is None))
+            return el if ours else None
         for el in self.kernel.elements(grant.conduit):  # the identity left the conduit
             if el.tag == grant.id:
                 return el
@@ -196,9 +200,10 @@ class GrantService:
         if el is None or el.tag != grant.id:
             raise KernelRefused("the element is not in the kernel after adding it")
 
-    async def _close(self, grant: Grant) -> int:
-        """Delete the grant's element, confirm it is gone, end its live sessions."""
-        el = self._element(grant)
+    async def _close(self, grant: Grant, was_active: bool = True) -> int:
+        """Delete the grant's element, confirm it is gone, end its live sessions. A
+        grant that never was active can only own an element tagged with its id."""
+        el = self._element(grant, untagged=was_active)
         if el is None:
             return 0
         before = self._changing()
@@ -206,7 +211,7 @@ class GrantService:
             self.kernel.delete(el.conduit, el.address)
         finally:
             self._changed(before)
-        if self._element(grant) is not None:
+        if self._element(grant, untagged=was_active) is not None:
             raise KernelRefused("the element is still in the kernel after deleting it")
         failpoints.hit("after-kernel-close")
         try:
@@ -251,7 +256,7 @@ class GrantService:
             self.counters.kernel_failures += 1
             self._remove_quietly(grant)
             self._restore(grant.id, before)
-            self._commit(grant.id)
+            self._commit(grant.id, rolled_back=True)
             raise GrantError(
                 Refusal.UNAVAILABLE, f"the kernel did not open the grant: {exc}"
             ) from None
@@ -289,11 +294,11 @@ class GrantService:
         """Intent, kernel (element gone, confirmed; sessions ended), audit, commit."""
         self._intend(grant.id, "close", before)
         try:
-            ended = await self._close(grant)
+            ended = await self._close(grant, was_active=before.state is GrantState.ACTIVE)
         except (KernelRefused, OSError) as exc:
             self.counters.kernel_failures += 1
             self._restore(grant.id, before)
-            self._commit(grant.id)
+            self._commit(grant.id, rolled_back=True)
             raise GrantError(
                 Refusal.UNAVAILABLE,
                 f"the kernel did not confirm that grant '{grant.id}' is closed ({exc}); "
@@ -376,8 +381,9 @@ class GrantService:
                         self.audit("grant_open_rolled_back", intent.before, "start", recovered=True)
                 self.intents.pop(gid)
             else:
+                was_active = intent.before is not None and intent.before.state is GrantState.ACTIVE
                 try:
-                    ended = await self._close(grant)
+                    ended = await self._close(grant, was_active)
                 except (KernelRefused, OSError) as exc:
                     log.error("finishing the close of %s: %s (retried at reconcile)", gid, exc)
                     continue

@@ -354,3 +354,11 @@ def test_a_periodic_reconcile_lists_nothing_while_nobody_else_changed_the_kernel
     assert len(listed) == 1  # the periodic pass trusted the generation
     gw.kernel.put("vendor-maintenance", "100.64.2.10", None, 600)  # someone else's change
     assert run(gw.service.reconcile())["removed"] == 1 and len(listed) == 2
+
+
+def test_denying_a_request_never_touches_another_grants_untagged_element(gw: Gateway) -> None:
+    gid = gw.approved()
+    gw.kernel.table[VT] = (None, NOW + 2 * H)  # the active grant's element, from before tags
+    g = run(gw.service.request("vendor-tech", "vendor-maintenance", H, "more", "vendor-tech"))
+    run(gw.service.deny(g.id, "shift-lead-1", "shift-lead-1"))
+    assert VT in gw.kernel.table and gw.service.book.get(gid).state is GrantState.ACTIVE
