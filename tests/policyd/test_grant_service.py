@@ -56,6 +56,21 @@ class Gateway:
         self.service = self._service()
         run(self.service.start())
 
+    # what the state machine (test_grant_machine.py) needs of any kernel
+    def kernel_view(self) -> dict[tuple[str, str], str | None]:
+        return {key: tag for key, (tag, _until) in self.kernel.table.items()}
+
+    def set_topology(self, topology: Topology) -> None:
+        self.topology = topology
+
+    def foreign_change(self, add: bool) -> None:
+        """`nft add element` or `nft delete element` by someone else."""
+        if add:
+            self.kernel.put("safety-emergency", "100.64.1.30", None, 600)
+        elif self.kernel.table:
+            del self.kernel.table[sorted(self.kernel.table)[0]]
+            self.kernel.gen += 1
+
     def actions(self) -> list[str]:
         return [a.action for a in self.audits]
 
