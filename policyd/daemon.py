@@ -26,7 +26,7 @@ import topology
 from policyd.api.app import serve
 from policyd.api.context import ControlState
 from policyd.api.guard import Guard
-from policyd.api.metrics import Sample, exposition
+from policyd.api.metrics import Sample, exposition, gateway_samples
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.console.events import Broadcaster
 from policyd.enforcer import KernelGrants, arrived_via_tunnel
@@ -231,36 +231,7 @@ class Daemon:
         }
 
     def samples(self) -> list[Sample]:
-        out = [Sample("policy_applied", "1 when a policy is in force.", "gauge")]
-        out[0].values[()] = 1.0 if self.current else 0.0
-        if self.grants is not None:
-            g = Sample("grants", "Grants in the book, by state.", "gauge", ("state",))
-            g.values = {(k,): float(v) for k, v in self.grants.counts().items()}
-            ev = Sample("grant_events_total", "Audited grant events.", "counter", ("event",))
-            ev.values = {(k,): float(v) for k, v in self.grants.counters.by_event.items()}
-            c = self.grants.counters
-            out += [g, ev]
-            for name, value, text in (
-                ("grant_reconcile_removed", c.reconciled_removed, "Unknown elements removed."),
-                ("grant_reconcile_ended", c.reconciled_ended, "Grants whose element was gone."),
-                ("grant_state_write_failures", c.state_write_failures, "Failed state saves."),
-                ("grant_kernel_failures", c.kernel_failures, "Kernel changes not confirmed."),
-            ):
-                out.append(Sample(f"{name}_total", text, "counter", values={(): float(value)}))
-        api = self.guard.stats()
-        out.append(Sample("api_connections", "Open API connections.", "gauge"))
-        out[-1].values[()] = float(api["connections"])
-        out.append(Sample("api_refused_connections_total", "Over a cap.", "counter"))
-        out[-1].values[()] = float(api["refused_connections"])
-        if self.recorder is not None:
-            recs = Sample("flow_records_total", "Records written, by kind.", "counter", ("kind",))
-            recs.values = {(k,): float(v) for k, v in self.recorder.counts.items()}
-            lost = Sample("flow_records_lost_total", "Records lost, by where.", "counter", ("at",))
-            lost.values = {(k,): float(v) for k, v in self.recorder.lost.items()}
-            over = Sample("flow_overruns_total", "Netlink receive overruns.", "counter")
-            over.values[()] = float(self.recorder.overruns)
-            out += [recs, lost, over]
-        return out
+        return gateway_samples(self.current is not None, self.grants, self.guard, self.recorder)
 
     async def _start_recorder(self) -> None:
         assert self.topology is not None

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 from pyroute2 import AsyncConntrack, AsyncIPRoute
 
 from policyd import kernel
+from policyd.conventions import TABLE_FAMILY, TABLE_NAME
 from policyd.grant_service import KernelGrant, KernelRefused
 from policyd.grants import Grant
+from policyd.nfnl import NfnlError
+from policyd.setelems import ElementWriter
 
 if TYPE_CHECKING:
     from policyd.compiler import ConduitPlan
@@ -98,6 +101,9 @@ class KernelGrants:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        # Listings get their own netlink socket: reconciliation runs them in a worker
+        # thread (a 100k-element dump takes seconds) while the loop uses the daemon's.
+        self._reader = ElementWriter(TABLE_FAMILY, TABLE_NAME)
 
     def ready(self) -> bool:
         return self.daemon.current is not None
@@ -125,11 +131,27 @@ class KernelGrants:
             if plan is None or plan.identity_set is None:
                 continue
             try:
-                listed = self.daemon.nft.set_elements(plan.identity_set)
-            except kernel.NftError as exc:
+                listed = self._reader.dump(plan.identity_set)
+            except NfnlError as exc:
                 raise KernelRefused(f"listing {plan.identity_set}: {exc}") from None
-            out.extend(_element(name, el) for el in listed)
+            out.extend(KernelGrant(name, addr, tag, left) for addr, tag, left in listed)
         return out
+
+    def generation(self) -> int | None:
+        try:
+            return self._reader.generation()
+        except NfnlError:
+            return None
+
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None:
+        plan = self._plan(conduit)
+        if plan is None or plan.identity_set is None:
+            return None
+        try:
+            found = self.daemon.nft.element(plan.identity_set, address)
+        except kernel.NftError as exc:
+            raise KernelRefused(f"reading {plan.identity_set}: {exc}") from None
+        return None if found is None else KernelGrant(conduit, address, found[0], found[1])
 
     def add(self, grant: Grant, timeout: timedelta) -> None:
         rs = self.daemon.current
@@ -167,14 +189,3 @@ class KernelGrants:
         n = await end_sessions(IPv4Address(address), plan.mark)
         log.info("ended %d live session(s) of %s on %s", n, address, conduit)
         return n
-
-
-def _element(conduit: str, el: Any) -> KernelGrant:
-    body = el["elem"] if isinstance(el, dict) and "elem" in el else {"val": el}
-    comment = body.get("comment")
-    return KernelGrant(
-        conduit,
-        str(body["val"]),
-        str(comment) if comment else None,
-        int(body.get("expires", 0)),
-    )

@@ -59,9 +59,13 @@ class GrantKernel(Protocol):
 
     def ready(self) -> bool: ...
 
+    def generation(self) -> int | None: ...
+
     def elements(self, conduit: str | None = None) -> list[KernelGrant]: ...
 
     def address_of(self, conduit: str, identity: str) -> str | None: ...
+
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None: ...
 
     def add(self, grant: Grant, timeout: timedelta) -> None: ...
 
@@ -100,6 +104,9 @@ class GrantService:
         self.store = store
         self.clock = clock
         self.intents: dict[str, Intent] = {}
+        # The kernel's ruleset generation as of the last full reconciliation, carried
+        # forward over our own changes; None when something else may have changed it.
+        self._clean_gen: int | None = None
         self.lock = asyncio.Lock()
         self.counters = Counters()
 
@@ -113,18 +120,19 @@ class GrantService:
         text = message or f"{grant.identity} on {grant.conduit}"
         self._audit(AuditEvent(action, actor=by, message=text, details=details))
 
-    def _save(self) -> None:
+    def _save(self, *changed: str, sync: bool = True) -> None:
+        """Durably record the grants `changed` (a journal append), or everything."""
         if self.store is None:
             return
         try:
-            self.store.save(self.book, self.intents)
+            self.store.save(self.book, self.intents, changed or None, sync)
         except StateError:
             self.counters.state_write_failures += 1
             raise
 
-    def _save_quietly(self) -> None:
+    def _save_quietly(self, *changed: str, sync: bool = True) -> None:
         try:
-            self._save()
+            self._save(*changed, sync=sync)
         except StateError as exc:
             log.error("%s (the intent stays on disk; the next save or start completes it)", exc)
 
@@ -138,45 +146,72 @@ class GrantService:
         """Write the intent durably or undo the book change and refuse."""
         self.intents[gid] = Intent(op, before)
         try:
-            self._save()
+            self._save(gid)
         except StateError as exc:
             self.intents.pop(gid, None)
             self._restore(gid, before)
             raise GrantError(Refusal.UNAVAILABLE, f"nothing changed: {exc}") from None
         failpoints.hit(f"after-intent-{op}")
 
-    def _commit(self, gid: str) -> None:
+    def _commit(self, gid: str, rolled_back: bool = False) -> None:
+        """Clear the intent. After success the next synced append carries the line (a
+        crash before it only repeats the step's audit, marked recovered); a rollback is
+        synced at once, so a restart never completes what the caller was told failed."""
         self.intents.pop(gid, None)
-        self._save_quietly()
+        self._save_quietly(gid, sync=rolled_back)
 
     # -- the kernel element of a grant -------------------------------------------------------
 
-    def _element(self, grant: Grant) -> KernelGrant | None:
+    def _element(self, grant: Grant, untagged: bool = True) -> KernelGrant | None:
         """The kernel element that is this grant: tagged with its id, or (from before
-        tags) untagged at the identity's address in the conduit's grant set."""
+        tags, for a grant that was active) untagged at the identity's address."""
         address = self.kernel.address_of(grant.conduit, grant.identity)
-        for el in self.kernel.elements(grant.conduit):
-            if el.tag == grant.id or (el.tag is None and el.address == address):
+        if address is not None:  # the usual case: one lookup, whatever the set's size
+            el = self.kernel.element_at(grant.conduit, address)
+            ours = el is not None and (el.tag == grant.id or (untagged and el.tag is None))
+            return el if ours else None
+        for el in self.kernel.elements(grant.conduit):  # the identity left the conduit
+            if el.tag == grant.id:
                 return el
         return None
+
+    def _changing(self) -> int | None:
+        return self.kernel.generation() if self._clean_gen is not None else None
+
+    def _changed(self, before: int | None) -> None:
+        """After one change of ours: still clean only if it was the one commit since."""
+        after = self.kernel.generation()
+        if before is None or before != self._clean_gen or after != before + 1:
+            self._clean_gen = None
+        else:
+            self._clean_gen = after
 
     def _open(self, grant: Grant) -> None:
         if not self.kernel.ready():
             raise KernelRefused("no policy is applied yet")
         assert grant.expires_at is not None
         left = grant.expires_at - self.clock()
-        self.kernel.add(grant, max(left, timedelta(seconds=1)))
+        before = self._changing()
+        try:
+            self.kernel.add(grant, max(left, timedelta(seconds=1)))
+        finally:
+            self._changed(before)
         el = self._element(grant)
         if el is None or el.tag != grant.id:
             raise KernelRefused("the element is not in the kernel after adding it")
 
-    async def _close(self, grant: Grant) -> int:
-        """Delete the grant's element, confirm it is gone, end its live sessions."""
-        el = self._element(grant)
+    async def _close(self, grant: Grant, was_active: bool = True) -> int:
+        """Delete the grant's element, confirm it is gone, end its live sessions. A
+        grant that never was active can only own an element tagged with its id."""
+        el = self._element(grant, untagged=was_active)
         if el is None:
             return 0
-        self.kernel.delete(el.conduit, el.address)
-        if self._element(grant) is not None:
+        before = self._changing()
+        try:
+            self.kernel.delete(el.conduit, el.address)
+        finally:
+            self._changed(before)
+        if self._element(grant, untagged=was_active) is not None:
             raise KernelRefused("the element is still in the kernel after deleting it")
         failpoints.hit("after-kernel-close")
         try:
@@ -193,7 +228,7 @@ class GrantService:
         async with self.lock:
             grant = self.book.request(identity, conduit, duration, reason, self.clock())
             try:
-                self._save()
+                self._save(grant.id)
             except StateError as exc:
                 self.book.grants.pop(grant.id, None)
                 raise GrantError(Refusal.UNAVAILABLE, f"nothing changed: {exc}") from None
@@ -237,7 +272,7 @@ class GrantService:
             self.counters.kernel_failures += 1
             self._remove_quietly(grant)
             self._restore(grant.id, before)
-            self._commit(grant.id)
+            self._commit(grant.id, rolled_back=True)
             raise GrantError(
                 Refusal.UNAVAILABLE, f"the kernel did not open the grant: {exc}"
             ) from None
@@ -250,6 +285,7 @@ class GrantService:
         try:
             el = self._element(grant)
             if el is not None and el.tag == grant.id:
+                self._clean_gen = None
                 self.kernel.delete(el.conduit, el.address)
         except (KernelRefused, OSError) as exc:
             log.error("rolling back grant %s in the kernel: %s (reconcile retries)", grant.id, exc)
@@ -274,11 +310,11 @@ class GrantService:
         """Intent, kernel (element gone, confirmed; sessions ended), audit, commit."""
         self._intend(grant.id, "close", before)
         try:
-            ended = await self._close(grant)
+            ended = await self._close(grant, was_active=before.state is GrantState.ACTIVE)
         except (KernelRefused, OSError) as exc:
             self.counters.kernel_failures += 1
             self._restore(grant.id, before)
-            self._commit(grant.id)
+            self._commit(grant.id, rolled_back=True)
             raise GrantError(
                 Refusal.UNAVAILABLE,
                 f"the kernel did not confirm that grant '{grant.id}' is closed ({exc}); "
@@ -301,7 +337,7 @@ class GrantService:
                     done.append(await self._end(ended, g, "grant_expired", None))
                 except GrantError as exc:
                     log.error("expiring %s: %s (retried at the next tick)", g.id, exc.reason)
-            if self.book.prune(now):
+            if self.book.prune(now) or (self.store is not None and self.store.needs_snapshot()):
                 self._save_quietly()
         return done
 
@@ -318,7 +354,7 @@ class GrantService:
                     ended.append(await self._end(after, g, "grant_ended", "topology", why=why))
                 except GrantError as exc:
                     log.error("ending %s after a topology change: %s", g.id, exc.reason)
-        await self.reconcile()
+        await self.reconcile(full=True)
         return ended
 
     # -- start and reconciliation -------------------------------------------------------------
@@ -342,7 +378,7 @@ class GrantService:
                     )
                 )
             await self._finish_intents()
-        await self.reconcile(rebuild=loaded.missing or bool(loaded.problem))
+        await self.reconcile(rebuild=loaded.missing or bool(loaded.problem), full=True)
 
     async def _finish_intents(self) -> None:
         for gid, intent in list(self.intents.items()):
@@ -361,8 +397,9 @@ class GrantService:
                         self.audit("grant_open_rolled_back", intent.before, "start", recovered=True)
                 self.intents.pop(gid)
             else:
+                was_active = intent.before is not None and intent.before.state is GrantState.ACTIVE
                 try:
-                    ended = await self._close(grant)
+                    ended = await self._close(grant, was_active)
                 except (KernelRefused, OSError) as exc:
                     log.error("finishing the close of %s: %s (retried at reconcile)", gid, exc)
                     continue
@@ -373,14 +410,25 @@ class GrantService:
                 self.intents.pop(gid)
         self._save_quietly()
 
-    async def reconcile(self, rebuild: bool = False) -> dict[str, int]:
-        """Make book and kernel agree (see the module docstring); returns what changed."""
+    async def reconcile(self, rebuild: bool = False, full: bool = False) -> dict[str, int]:
+        """Make book and kernel agree (see the module docstring); returns what changed.
+
+        Unless `full`, a kernel whose ruleset generation is the one the last full pass
+        saw (plus our own changes) is known to hold what the book says: nothing else
+        committed anything, and expiries are the timer's. Then nothing is listed.
+        """
         report = {"removed": 0, "ended": 0, "recovered": 0}
         async with self.lock:
             if not self.kernel.ready():
                 return report
+            gen = self.kernel.generation()
+            if not (rebuild or full) and gen is not None and gen == self._clean_gen:
+                return report
             now = self.clock()
-            elements = self.kernel.elements()
+            # a worker thread: dumping a large set costs the kernel O(n^2/535) steps
+            elements = await asyncio.to_thread(self.kernel.elements)
+            listed_gen = self.kernel.generation()
+            self._clean_gen = gen if gen is not None and listed_gen == gen else None
             by_tag = {el.tag: el for el in elements if el.tag}
             by_key = {(el.conduit, el.address): el for el in elements}
             claimed: set[tuple[str, str]] = set()
@@ -394,6 +442,13 @@ class GrantService:
                     address = self.kernel.address_of(g.conduit, g.identity)
                     untagged = by_key.get((g.conduit, address or ""))
                     el = untagged if untagged is not None and untagged.tag is None else None
+                if el is None:  # a listing can miss elements while the kernel resizes the
+                    el = self._element(g)  # set's hash table: ask for this one directly
+                if el is not None and el.tag is None and g.expires_at is not None:
+                    try:  # adopt it: the grant's own expiry and tag (an upgrade, a hand edit)
+                        self._open(g)
+                    except (KernelRefused, OSError) as exc:
+                        log.error("reconcile: tagging %s: %s", g.id, exc)
                 if el is not None:
                     claimed.add((el.conduit, el.address))
                     continue
@@ -410,7 +465,11 @@ class GrantService:
                 if owner is not None and owner.id in self.intents:
                     continue
                 try:
-                    self.kernel.delete(el.conduit, el.address)
+                    before = self._changing()
+                    try:
+                        self.kernel.delete(el.conduit, el.address)
+                    finally:
+                        self._changed(before)
                 except (KernelRefused, OSError) as exc:
                     log.error("reconcile: removing %s on %s: %s", el.address, el.conduit, exc)
                     continue

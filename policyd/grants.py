@@ -123,12 +123,6 @@ class Grant:
         }
 
 
-def admits(topo: Topology, conduit: Conduit, identity: Identity) -> bool:
-    """Whether the conduit's `from` names this identity directly or by role."""
-    s = conduit.sources
-    return identity.name in s.identities or any(r in s.roles for r in identity.roles)
-
-
 @dataclass
 class GrantBook:
     """Every grant this gateway has seen; each active one is one kernel set element.
@@ -252,7 +246,7 @@ class GrantBook:
     def _check_requester(self, ident: Identity, c: Conduit, now: datetime, reason: str) -> None:
         if not reason.strip():
             raise GrantError(Refusal.INVALID, "a reason is required (it goes to the audit trail)")
-        if not admits(self.topology, c, ident):
+        if not c.sources.admits(ident):
             raise GrantError(
                 Refusal.FORBIDDEN, f"conduit '{c.name}' does not admit identity '{ident.name}'"
             )
@@ -330,8 +324,7 @@ class GrantBook:
         who = self.topology.identities.get(identity)
         if conduit is None or conduit.approval is None or who is None:
             return False
-        approval = conduit.approval
-        return identity in approval.by_identities or any(r in approval.by_roles for r in who.roles)
+        return conduit.approval.names(who)
 
     def visible_to(self, identity: str) -> list[Grant]:
         """A remote identity sees its own grants and those it may decide."""
@@ -382,10 +375,6 @@ class GrantBook:
             if g.state is GrantState.ACTIVE and g.expires_at is not None and g.expires_at <= now
         ]
 
-    def expire(self, now: datetime) -> list[Grant]:
-        """Mark active grants past their expiry as expired (the book only; see GrantService)."""
-        return [self.end(g.id, GrantState.EXPIRED, "kernel", now, "") for g in self.due(now)]
-
     def invalidated(self, now: datetime) -> list[tuple[Grant, str]]:
         """Open grants the current topology no longer allows, each with why."""
         out = []
@@ -404,7 +393,7 @@ class GrantBook:
             return f"conduit '{g.conduit}' was removed from the topology"
         if ident is None:
             return f"identity '{g.identity}' was removed from the topology"
-        if not admits(self.topology, c, ident):
+        if not c.sources.admits(ident):
             return f"conduit '{g.conduit}' no longer admits identity '{g.identity}'"
         if (c.emergency if g.emergency else c.approval) is None:
             kind = "emergency access" if g.emergency else "approval requests"
@@ -412,13 +401,6 @@ class GrantBook:
         if not ident.valid_at(now):
             return f"identity '{g.identity}' is no longer valid"
         return ""
-
-    def drop_orphans(self, now: datetime) -> list[Grant]:
-        """Revoke (in the book) every open grant the topology no longer allows."""
-        return [
-            self.end(g.id, GrantState.REVOKED, "topology", now, why)
-            for g, why in self.invalidated(now)
-        ]
 
     def prune(self, now: datetime, keep: timedelta = RETENTION) -> list[str]:
         """Forget grants that ended longer than `keep` ago; the audit log still has them."""

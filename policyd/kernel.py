@@ -214,6 +214,14 @@ class NftHandle:
             body = {**table_ref(), "name": set_name, "elem": elements}
             self.run([{"delete": {"element": body}}], what)
 
+    def element(self, set_name: str, address: str) -> tuple[str | None, int] | None:
+        """One element of an IPv4 set read back over nfnetlink: (comment, seconds left),
+        None when absent. Its cost does not depend on the set's size."""
+        try:
+            return self._writer.lookup(set_name, address)
+        except NfnlError as e:
+            raise NftError(e.strerror or str(e)) from e
+
     def set_elements(self, set_name: str) -> list[Any]:
         out = self.run(
             [{"list": {"set": {**table_ref(), "name": set_name}}}], f"list set {set_name}"
@@ -254,12 +262,18 @@ class NftHandle:
         if seconds < 1:
             raise GrantError(f"grant for {source} on {conduit} would expire immediately")
         # Re-granting replaces the old expiry: delete (if present) and add in one batch.
+        # Look first: a transaction the kernel aborts (deleting an absent element) costs
+        # ~15 ms of RCU grace period, a lookup 0.03 ms.
         el = {"elem": {"val": value, "timeout": seconds, **({"comment": tag} if tag else {})}}
         what = f"grant {conduit} to {source} for {seconds}s"
-        try:
-            self._replace_element(set_name, value, el, what)
-        except NftError:
-            self.add_elements(set_name, [el])  # there was none to delete
+        present = not isinstance(value, str) or self.element(set_name, value) is not None
+        if present:
+            try:
+                self._replace_element(set_name, value, el, what)
+            except NftError:
+                self.add_elements(set_name, [el])  # there was none to delete
+        else:
+            self.add_elements(set_name, [el])
         return Grant(conduit, source, set_name, value, now + timedelta(seconds=seconds))
 
     def _replace_element(self, set_name: str, value: Any, el: Any, what: str) -> None:

@@ -62,6 +62,7 @@ CODES: tuple[Code, ...] = (
         "schedule syntax",
     ),
     Code("ZG-E028", r"must be a date or date-time|means a whole day", "a bad date or date-time"),
+    Code("ZG-E029", r"^unknown code_kem", "an unknown code-based KEM (hqc-128/192/256)"),
     # Names and references.
     Code("ZG-E030", r"is defined twice", "the same name defined in two places"),
     Code(

@@ -34,6 +34,11 @@ def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
     return MappingProxyType(dict(items or {}))
 
 
+# The optional code-based third component of tunnels (a site's or a conduit's
+# `code_kem`; tunneld adds HQC ephemeral keys to X25519 and ML-KEM, weakest first).
+CODE_KEMS = ("hqc-128", "hqc-192", "hqc-256")
+
+
 @dataclass(frozen=True)
 class FunctionClass:
     """A named group of protocol function codes matched in the packet payload."""
@@ -124,6 +129,9 @@ class Site:
     kem: str = "ml-kem-768"
     location: Location | None = None
     tz: str = "UTC"  # IANA time zone: a date alone in valid_from/valid_until is a day here
+    # A code-based KEM (hqc-128/192/256) every tunnel of this site must add to X25519 and
+    # ML-KEM; a pair of sites uses the stronger of the two sides' (None: two components).
+    code_kem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,10 @@ class Conduit:
     description: str = ""
     location: Location | None = None
     accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
+    # A code-based KEM (hqc-128/192/256) the tunnels carrying this conduit must add to
+    # X25519 and ML-KEM: the site pair of a zone-to-zone conduit, or each admitted user's
+    # tunnel into the target site (None: as the sites say).
+    code_kem: str | None = None
 
     @property
     def second_factor(self) -> SecondFactor | None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Approval,
     Conduit,
     Emergency,
@@ -44,6 +45,7 @@ class ConduitReader(ReadContext):
             "emergency",
             "record",
             "notify",
+            "code_kem",
             "description",
             "accept_risk",
         )
@@ -73,6 +75,14 @@ class ConduitReader(ReadContext):
                 )
                 ok = False
         record = self.r.boolean(node.get("record"), "record") or False
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
+            ok = False
         if node.get("schedule") is not None and schedule is None:
             ok = False
         if node.get("approval") is not None and approval is None:
@@ -95,6 +105,7 @@ class ConduitReader(ReadContext):
             description=self.r.string(node.get("description"), "description") or "",
             location=e.location,
             accept_risk=accept_risk or "",
+            code_kem=code_kem,
         )
 
     def _sources(self, node: YNode | None, what: str) -> Sources | None:

@@ -7,6 +7,7 @@ from typing import cast
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Asset,
     FunctionClass,
     Gateway,
@@ -81,7 +82,7 @@ class PlacesReader(ReadContext):
         )
 
     def _build_site(self, e: Entry) -> None:
-        allowed = ("gateway", "zones", "assets", "kem", "description", "tz")
+        allowed = ("gateway", "zones", "assets", "kem", "code_kem", "description", "tz")
         node = self._named_map(e, "site", allowed)
         if node is None:
             return
@@ -99,6 +100,13 @@ class PlacesReader(ReadContext):
         kem = self.r.string(node.get("kem"), "kem") or "ml-kem-768"
         if kem not in KEMS:
             self.diags.error(node.key_location("kem"), f"unknown kem '{kem}'", suggest(kem, KEMS))
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
         zones = {}
         for zname, (zloc, znode) in self._children(node, "zones", what).items():
             zone = self._build_zone(e.name, zname, zloc, znode)
@@ -115,7 +123,14 @@ class PlacesReader(ReadContext):
         if tz is None:
             return
         self.sites[e.name] = Site(
-            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location, tz=tz
+            e.name,
+            gateway,
+            frozen_map(zones),
+            frozen_map(assets),
+            kem,
+            e.location,
+            code_kem=code_kem if code_kem in CODE_KEMS else None,
+            tz=tz,
         )
 
     def _build_zone(self, site: str, name: str, loc: Location, node: YNode) -> Zone | None:

@@ -11,14 +11,21 @@ overlaps and the risk rule stay with `zonegate check`.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from topology.fields import NAME_RE
+from topology.model import CODE_KEMS
 from topology.read_context import FORMAT_VERSION
 from topology.services import BUILTIN_SERVICES
 
 Schema = dict[str, Any]
+
+CODE_KEM: Schema = {
+    "enum": sorted(CODE_KEMS),
+    "description": "a code-based KEM added to X25519 + ML-KEM in these tunnels",
+}
 
 SCHEMA_ID = "urn:zonegate:schema:topology:1"  # a name, not a download location
 OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -140,6 +147,7 @@ def site() -> Schema:
             "zones": named("the site's zones", zone),
             "assets": named("the site's assets", asset),
             "kem": {"enum": ["ml-kem-768", "ml-kem-1024"], "description": "post-quantum KEM"},
+            "code_kem": CODE_KEM,
             "tz": text("IANA time zone of the site (default UTC): dates are days here"),
             "description": ref("description"),
         },
@@ -275,6 +283,7 @@ def conduit() -> Schema:
             "notify": ref("names"),
             "description": ref("description"),
             "accept_risk": text("why the IEC 62443 risk warning is accepted for this conduit"),
+            "code_kem": CODE_KEM,
         },
         ("from", "to", "allow"),
     )
@@ -336,6 +345,13 @@ def topology_schema() -> Schema:
         },
         "$defs": definitions(),
     }
+
+
+@functools.cache
+def entry_keys(section: str) -> frozenset[str]:
+    """The keys an entry of a named section may have (e.g. a conduit's `allow`)."""
+    entry = topology_schema()["properties"][section]["additionalProperties"]
+    return frozenset(entry.get("properties", {}))
 
 
 def schema_text() -> str:

@@ -105,10 +105,12 @@ async def caller_of(request: web.Request, acting_as: str | None) -> Caller:
         allowed = state.local_users.get(uid, frozenset()) & identities.keys()
         if not allowed:
             raise ApiError(403, f"uid {uid} is mapped to no identity (policyd --local-user)")
-        if acting_as is None and len(allowed) == 1:
+        names = ", ".join(sorted(allowed))
+        if acting_as is None:
+            if len(allowed) > 1:
+                raise ApiError(400, f"say which identity acts ('as'): one of {names}")
             acting_as = next(iter(allowed))
         if acting_as not in allowed:
-            names = ", ".join(sorted(allowed))
             raise ApiError(403, f"uid {uid} may act only as {names}, not '{acting_as}'")
         return Caller(acting_as, local=True)
     if acting_as:
@@ -126,15 +128,31 @@ async def caller_of(request: web.Request, acting_as: str | None) -> Caller:
     raise ApiError(403, f"{address} is not an identity's overlay address")
 
 
-async def operator_of(request: web.Request) -> Caller:
-    """Status and metrics: root locally, or an identity declared with --operator."""
+async def readers_of(request: web.Request) -> frozenset[str] | None:
+    """Whose view a read gets: None for root on the local socket (everything), else
+    the caller's identities (a local user may be mapped to several)."""
     state = request.app[STATE]
-    if request.app[LOCAL] and state.peer_uid(request) == 0:
-        return Caller("root", local=True, admin=True)
-    who = await caller_of(request, None)
-    if who.identity not in state.operators:
-        raise ApiError(403, f"identity '{who.identity}' is not an operator (policyd --operator)")
-    return who
+    if request.app[LOCAL]:
+        uid = state.peer_uid(request)
+        if uid == 0:
+            return None
+        if uid is None:
+            raise ApiError(403, "cannot read the caller's credentials on the local socket")
+        allowed = (
+            state.local_users.get(uid, frozenset()) & state.service.book.topology.identities.keys()
+        )
+        if not allowed:
+            raise ApiError(403, f"uid {uid} is mapped to no identity (policyd --local-user)")
+        return frozenset(allowed)
+    return frozenset({(await caller_of(request, None)).identity})
+
+
+async def require_operator(request: web.Request) -> None:
+    """Status and metrics: root locally, or an identity declared with --operator."""
+    who = await readers_of(request)
+    if who is not None and not who & request.app[STATE].operators:
+        names = ", ".join(sorted(who))
+        raise ApiError(403, f"{names}: not an operator (policyd --operator)")
 
 
 def grant_view(grant: Grant) -> dict[str, object]:

@@ -78,7 +78,7 @@ async def body(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"request body larger than {MAX_BODY // 1024} KiB")
     try:
-        raw = await asyncio.wait_for(request.content.read(MAX_BODY + 1), BODY_TIMEOUT)
+        raw = await asyncio.wait_for(_read_body(request), BODY_TIMEOUT)
     except TimeoutError:
         raise ApiError(408, f"request body not received within {BODY_TIMEOUT:g} s") from None
     if len(raw) > MAX_BODY:
@@ -99,6 +99,18 @@ async def body(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(422, f"{where}: {exc.message}") from None
     result: dict[str, Any] = data
     return result
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, or its first MAX_BODY + 1 bytes (enough to refuse it)."""
+    chunks, size = [], 0
+    while size <= MAX_BODY:
+        chunk = await request.content.read(MAX_BODY + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _unencodable(data: Any, where: str = "body") -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from policyd.api.context import LOCAL, STATE, caller_of
+from policyd.api.context import STATE, readers_of
 from policyd.api.errors import ApiError
 
 routes = web.RouteTableDef()
@@ -24,14 +24,13 @@ async def flows(request: web.Request) -> web.StreamResponse:
     unknown = [e for e in wanted if e not in EVENTS]
     if unknown:
         raise ApiError(422, f"events: unknown {', '.join(unknown)}; choose from {EVENTS}")
-    root = request.app[LOCAL] and state.peer_uid(request) == 0
-    only = None if root else (await caller_of(request, None)).identity
+    only = await readers_of(request)  # None: root on the gateway sees everything
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     sub = state.live.subscribe(events=wanted)
     try:
         async for record in sub:
-            if only is not None and record.data.get("identity") != only:
+            if only is not None and record.data.get("identity") not in only:
                 continue
             await response.write(record.line.encode() + b"\n")
     except (ConnectionResetError, ConnectionError):

@@ -11,7 +11,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from policyd.api import schemas
-from policyd.api.context import LOCAL, STATE, caller_of, grant_view
+from policyd.api.context import STATE, caller_of, grant_view, readers_of
 from policyd.api.errors import ApiError, body
 from policyd.api.second_factor import require_second_factor
 from topology.fields import parse_duration
@@ -98,11 +98,12 @@ async def revoke(request: web.Request) -> web.Response:
 
 @routes.get("/v1/grants")
 async def list_grants(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    book = state.service.book
-    if request.app[LOCAL] and state.peer_uid(request) == 0:
+    book = request.app[STATE].service.book
+    readers = await readers_of(request)
+    if readers is None:
         grants = list(book.grants.values())
     else:
-        grants = book.visible_to((await caller_of(request, None)).identity)
+        seen = {g.id: g for who in sorted(readers) for g in book.visible_to(who)}
+        grants = list(seen.values())
     grants.sort(key=lambda g: g.requested_at)
     return web.json_response({"grants": [grant_view(g) for g in grants]})

@@ -79,7 +79,8 @@ class Guard:
             total = sum(self.open.values())
             if total >= self.total_cap or self.open[source] >= self.limits.per_source:
                 self.refused_connections += 1
-                transport.abort()
+                # after the handler's task has started, so it sees a plain lost connection
+                asyncio.get_running_loop().call_soon(transport.abort)
                 return
             self.open[source] += 1
             self._sources[id(handler)] = source

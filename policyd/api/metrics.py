@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from policyd.api.guard import Guard
+    from policyd.flowlog.recorder import FlowRecorder
+    from policyd.grant_service import GrantService
 
 
 @dataclass
@@ -46,3 +52,85 @@ def exposition(read: Callable[[], list[Sample]]) -> Callable[[], bytes]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Reader(read))
     return lambda: generate_latest(registry)
+
+
+def _one(name: str, text: str, kind: str, value: float) -> Sample:
+    return Sample(name, text, kind, values={(): value})
+
+
+def gateway_samples(
+    applied: bool, grants: GrantService | None, guard: Guard, recorder: FlowRecorder | None
+) -> list[Sample]:
+    """What policyd exports: policy, grants, the API's connections, the flow recorder."""
+    out = [_one("policy_applied", "1 when a policy is in force.", "gauge", float(applied))]
+    if grants is not None:
+        c = grants.counters
+        out += [
+            Sample(
+                "grants",
+                "Grants in the book, by state.",
+                "gauge",
+                ("state",),
+                {(k,): float(v) for k, v in grants.counts().items()},
+            ),
+            Sample(
+                "grant_events_total",
+                "Audited grant events.",
+                "counter",
+                ("event",),
+                {(k,): float(v) for k, v in c.by_event.items()},
+            ),
+            _one(
+                "grant_reconcile_removed_total",
+                "Unknown elements removed.",
+                "counter",
+                c.reconciled_removed,
+            ),
+            _one(
+                "grant_reconcile_ended_total",
+                "Grants whose element was gone.",
+                "counter",
+                c.reconciled_ended,
+            ),
+            _one(
+                "grant_state_write_failures_total",
+                "Failed state saves.",
+                "counter",
+                c.state_write_failures,
+            ),
+            _one(
+                "grant_kernel_failures_total",
+                "Kernel changes not confirmed.",
+                "counter",
+                c.kernel_failures,
+            ),
+        ]
+    api = guard.stats()
+    out += [
+        _one("api_connections", "Open API connections.", "gauge", api["connections"]),
+        _one(
+            "api_refused_connections_total",
+            "Connections over a cap.",
+            "counter",
+            api["refused_connections"],
+        ),
+    ]
+    if recorder is not None:
+        out += [
+            Sample(
+                "flow_records_total",
+                "Records written, by kind.",
+                "counter",
+                ("kind",),
+                {(k,): float(v) for k, v in recorder.counts.items()},
+            ),
+            Sample(
+                "flow_records_lost_total",
+                "Records lost, by where.",
+                "counter",
+                ("at",),
+                {(k,): float(v) for k, v in recorder.lost.items()},
+            ),
+            _one("flow_overruns_total", "Netlink receive overruns.", "counter", recorder.overruns),
+        ]
+    return out

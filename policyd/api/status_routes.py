@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from policyd.api.context import STATE, operator_of
+from policyd.api.context import STATE, require_operator
 from policyd.api.openapi import spec
 
 routes = web.RouteTableDef()
@@ -22,7 +22,7 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await operator_of(request)
+    await require_operator(request)
     grants = state.service.counts()
     return web.json_response({"gateway": state.gateway, "grants": grants, **state.status()})
 
@@ -30,7 +30,7 @@ async def status(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await operator_of(request)
+    await require_operator(request)
     return web.Response(body=state.metrics(), headers={"Content-Type": PROMETHEUS})
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from policyd.grant_service import KernelGrant, KernelRefused
-from policyd.grants import Grant, admits
+from policyd.grants import Grant
 from topology.model import Topology
 
 
@@ -27,6 +27,10 @@ class FakeKernel:
     deaf_delete: bool = False  # a delete that "works" but leaves the element
     sessions_ended: list[tuple[str, str]] = field(default_factory=list)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
+    gen: int = 0  # +1 per change, like nf_tables' generation
+
+    def generation(self) -> int | None:
+        return self.gen
 
     def ready(self) -> bool:
         return self.applied
@@ -46,12 +50,15 @@ class FakeKernel:
             if conduit is None or c == conduit
         ]
 
+    def element_at(self, conduit: str, address: str) -> KernelGrant | None:
+        return next((e for e in self.elements(conduit) if e.address == address), None)
+
     def address_of(self, conduit: str, identity: str) -> str | None:
         topo = self.topology()
         c, ident = topo.conduits.get(conduit), topo.identities.get(identity)
         if c is None or ident is None or ident.overlay is None:
             return None
-        if (c.approval is None and c.emergency is None) or not admits(topo, c, ident):
+        if (c.approval is None and c.emergency is None) or not c.sources.admits(ident):
             return None
         return str(ident.overlay)
 
@@ -60,14 +67,15 @@ class FakeKernel:
         if self.refuse_add or address is None:
             raise KernelRefused("refused (test)")
         self.table[(grant.conduit, address)] = (grant.id, self.clock() + timeout)
+        self.gen += 1
         self.calls.append(("add", grant.conduit, address))
 
     def delete(self, conduit: str, address: str) -> None:
         if self.refuse_delete:
             raise KernelRefused("refused (test)")
         self.calls.append(("delete", conduit, address))
-        if not self.deaf_delete:
-            self.table.pop((conduit, address), None)
+        if not self.deaf_delete and self.table.pop((conduit, address), None) is not None:
+            self.gen += 1
 
     async def end_sessions(self, conduit: str, address: str) -> int:
         self.sessions_ended.append((conduit, address))
@@ -76,3 +84,4 @@ class FakeKernel:
     def put(self, conduit: str, address: str, tag: str | None, seconds: int) -> None:
         """An element someone else (or an earlier policyd) put in the kernel."""
         self.table[(conduit, address)] = (tag, self.clock() + timedelta(seconds=seconds))
+        self.gen += 1

@@ -272,3 +272,39 @@ def test_two_thousand_concurrent_connections_leave_policyd_up_and_small(
             {"statuses": {st: statuses.count(st) for st in set(statuses)}, "grown_mb": grown_mb}
         )
     )
+
+
+def test_a_body_arriving_in_pieces_is_read_whole_and_a_huge_one_refused() -> None:
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        body = json.dumps({**REQUEST, "as": "vendor-tech", "reason": "x" * 400}).encode()
+
+        async def pieces() -> Any:
+            for i in range(0, len(body), 7):
+                yield body[i : i + 7]
+                await asyncio.sleep(0)
+
+        headers = {"Content-Type": "application/json"}
+        r = await client.post("/v1/grants", data=pieces(), headers=headers)
+        assert r.status == 201, await r.text()
+        r = await client.post("/v1/grants", data=b"{" + b" " * 70_000 + b"}", headers=headers)
+        assert r.status == 413 and "error" in await r.json()
+
+    run(scenario)
+
+
+def test_a_local_user_with_several_identities_reads_what_each_may_see() -> None:
+    world = World()
+    world.state.peer_uid = lambda _r: 1000
+    world.state.local_users = {1000: frozenset({"vendor-tech", "engineer-1"})}
+    world.state.operators = frozenset({"engineer-1"})
+
+    async def scenario(client: TestClient[Any, Any], world: World) -> None:
+        r = await client.post("/v1/grants", json={**REQUEST, "as": "vendor-tech"})
+        assert r.status == 201, await r.text()
+        r = await client.post("/v1/grants", json=REQUEST)
+        assert r.status == 400 and "say which identity" in (await r.json())["error"]
+        r = await client.get("/v1/grants")
+        assert r.status == 200 and len((await r.json())["grants"]) == 1
+        assert (await client.get("/v1/status")).status == 200  # engineer-1 is an operator
+
+    run(scenario, world=world)

@@ -33,10 +33,14 @@ TERMINAL = {"grant_denied", "grant_revoked", "grant_ended", "grant_expired"}
 
 
 class GrantMachine(RuleBasedStateMachine):
+    """The in-memory kernel; tests/policyd/grant_machine_kernel.py runs it on nftables."""
+
+    make_gateway: type[Gateway] = Gateway
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="zg-grants-"))
-        self.gw = Gateway(self.dir)
+        self.gw = self.make_gateway(self.dir)
         run(self.gw.service.start())
         self.original = self.gw.topology
         self.ids: list[str] = []
@@ -96,7 +100,7 @@ class GrantMachine(RuleBasedStateMachine):
             topo = dataclasses.replace(
                 topo, identities=frozen_map({**topo.identities, "vendor-tech": vt})
             )
-        self.gw.topology = topo
+        self.gw.set_topology(topo)
         run(self.gw.service.topology_changed(topo))
 
     @rule(lose_state=st.booleans())
@@ -107,6 +111,16 @@ class GrantMachine(RuleBasedStateMachine):
         run(self.gw.service.topology_changed(self.gw.topology))
         self.ids.extend(g for g in self.gw.service.book.grants if g not in self.ids)
 
+    @rule(add=st.booleans())
+    def someone_else_changes_the_kernel(self, add: bool) -> None:
+        """`nft add/delete element` by hand; the periodic (not full) pass must notice."""
+        self.gw.foreign_change(add)
+        run(self.gw.service.reconcile())
+
+    @rule()
+    def periodic_reconcile(self) -> None:
+        run(self.gw.service.reconcile())
+
     @invariant()
     def book_equals_kernel(self) -> None:
         book = self.gw.service.book
@@ -114,7 +128,7 @@ class GrantMachine(RuleBasedStateMachine):
             (g.conduit, self.gw.kernel.address_of(g.conduit, g.identity)): g.id
             for g in book.active()
         }
-        kernel = {key: tag for key, (tag, _until) in self.gw.kernel.table.items()}
+        kernel = self.gw.kernel_view()
         assert kernel == active, (kernel, active)
         for g in book.active():
             assert g.expires_at is not None and g.expires_at > self.gw.now

@@ -56,6 +56,21 @@ class Gateway:
         self.service = self._service()
         run(self.service.start())
 
+    # what the state machine (test_grant_machine.py) needs of any kernel
+    def kernel_view(self) -> dict[tuple[str, str], str | None]:
+        return {key: tag for key, (tag, _until) in self.kernel.table.items()}
+
+    def set_topology(self, topology: Topology) -> None:
+        self.topology = topology
+
+    def foreign_change(self, add: bool) -> None:
+        """`nft add element` or `nft delete element` by someone else."""
+        if add:
+            self.kernel.put("safety-emergency", "100.64.1.30", None, 600)
+        elif self.kernel.table:
+            del self.kernel.table[sorted(self.kernel.table)[0]]
+            self.kernel.gen += 1
+
     def actions(self) -> list[str]:
         return [a.action for a in self.audits]
 
@@ -118,18 +133,28 @@ def test_each_expiry_is_audited_once_and_reads_change_nothing(gw: Gateway) -> No
     assert gw.actions().count("grant_expired") == 1
 
 
-def test_approve_fails_closed_when_the_state_cannot_be_written(gw: Gateway) -> None:
+def test_approve_fails_closed_when_the_state_cannot_be_written(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Finding: the kernel was opened before the state file was written."""
+    import errno
+    import os
+
     g = run(gw.service.request("vendor-tech", "vendor-maintenance", H, "x", "vendor-tech"))
-    assert gw.state_dir is not None
-    target = gw.state_dir / "grants.json"
-    target.unlink()
-    target.mkdir()  # the rename onto it fails like a full or read-only disk
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fdatasync", full)
     with pytest.raises(GrantError, match="nothing changed") as info:
         run(gw.service.approve(g.id, "shift-lead-1", "shift-lead-1"))
+    monkeypatch.undo()
     assert info.value.kind is Refusal.UNAVAILABLE
     assert gw.kernel.table == {} and gw.service.book.get(g.id).state is GrantState.REQUESTED
     assert "grant_approved" not in gw.actions()
+    gw.restart()  # and the disk holds exactly what was acknowledged
+    assert gw.service.book.get(g.id).state is GrantState.REQUESTED
 
 
 def test_crash_after_intent_before_kernel_rolls_back(gw: Gateway) -> None:
@@ -198,12 +223,15 @@ def test_a_corrupt_state_file_is_moved_aside_and_the_book_rebuilt(
 
 def test_state_is_atomic_with_the_previous_version_kept(gw: Gateway) -> None:
     assert gw.state_dir is not None
-    gw.approved()
+    gid = gw.approved()
+    gw.service._save()  # a snapshot (what a long journal or a prune triggers)
     data = json.loads((gw.state_dir / "grants.json").read_text())
     prev = json.loads((gw.state_dir / "grants.json.prev").read_text())
     assert data["version"] == 2 and data["intents"] == {} and data["next_id"] == 2
-    assert list(prev["intents"]) == [data["grants"][0]["id"]]  # the intent, before the kernel
+    assert [g["id"] for g in data["grants"]] == [gid] and prev["grants"] == []
     assert not list(gw.state_dir.glob("*.tmp"))
+    journal = (gw.state_dir / "grants.journal").read_bytes()
+    assert journal.strip(b"\0") == b""  # folded into the snapshot; room preallocated
 
 
 def test_store_refuses_to_report_success_on_a_failed_write(tmp_path: Path) -> None:
@@ -238,3 +266,114 @@ def test_restart_with_an_identity_removed_meanwhile(gw: Gateway) -> None:
     gw.restart()
     run(gw.service.topology_changed(gw.topology))
     assert gw.kernel.table == {} and gw.service.book.get(gid).state is GrantState.REVOKED
+
+
+def test_the_journal_replays_onto_the_snapshot_and_a_torn_line_is_ignored(gw: Gateway) -> None:
+    assert gw.state_dir is not None
+    gid = gw.approved()
+    journal = gw.state_dir / "grants.journal"
+    assert journal.stat().st_size > 0  # changes went to the journal, not a new snapshot
+    data = journal.read_bytes()
+    assert data.endswith(b"\0")  # preallocated room
+    with open(journal, "r+b") as fh:
+        fh.seek(data.index(b"\0"))
+        fh.write(b'{"put": [{"id": "g9')  # a crash mid-append
+    gw.restart()
+    assert gw.service.book.get(gid).state is GrantState.ACTIVE
+    assert "grant_state_corrupt" not in gw.actions()
+
+
+def test_a_snapshot_is_written_every_journal_max_lines(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import policyd.grant_store as grant_store
+
+    assert gw.state_dir is not None
+    monkeypatch.setattr(grant_store, "JOURNAL_MAX", 3)
+    for _ in range(5):
+        run(gw.service.request("vendor-tech", "vendor-maintenance", H, "x", "vendor-tech"))
+    run(gw.service.tick())  # the timer folds a long journal into a snapshot
+    journal = (gw.state_dir / "grants.journal").read_bytes().rstrip(b"\0")
+    assert (
+        journal == b""
+        and len(json.loads((gw.state_dir / "grants.json").read_text())["grants"]) == 5
+    )
+    gw.restart()
+    assert len(gw.service.book.grants) == 5
+
+
+def test_an_unversioned_state_file_and_untagged_elements_are_adopted(gw: Gateway) -> None:
+    """An upgrade: the old file format, and elements policyd wrote before tags."""
+    assert gw.state_dir is not None
+    gid = gw.approved()
+    grant = gw.service.book.get(gid)
+    (gw.state_dir / "grants.json").write_text(json.dumps({"grants": [grant.as_dict()]}))
+    (gw.state_dir / "grants.journal").unlink()
+    gw.kernel.table[VT] = (None, NOW + 2 * H)  # untagged
+    gw.restart()
+    assert gw.service.book.get(gid).state is GrantState.ACTIVE
+    assert VT in gw.kernel.table and "grant_state_corrupt" not in gw.actions()
+
+
+@pytest.mark.root
+def test_a_full_state_disk_refuses_changes_and_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """Finding: a full state disk left the kernel open with no state (a real tmpfs here)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare not found: apt-get install util-linux")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "tests.policyd.fullstate",
+            str(mnt),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["refused"] > 0 and "nothing changed" in r["reason"], r
+    assert r["all_acknowledged_reloaded"] and r["unacknowledged_reloaded"] == 0, r
+
+
+def test_a_periodic_reconcile_lists_nothing_while_nobody_else_changed_the_kernel(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gid = gw.approved()
+    listed: list[int] = []
+    real = gw.kernel.elements
+
+    def counting(conduit: str | None = None) -> Any:
+        if conduit is None:
+            listed.append(1)
+        return real(conduit)
+
+    monkeypatch.setattr(gw.kernel, "elements", counting)
+    run(gw.service.reconcile(full=True))
+    run(gw.service.revoke(gid, "shift-lead-1", "shift-lead-1", admin=False))  # our own change
+    assert run(gw.service.reconcile()) == {"removed": 0, "ended": 0, "recovered": 0}
+    assert len(listed) == 1  # the periodic pass trusted the generation
+    gw.kernel.put("vendor-maintenance", "100.64.2.10", None, 600)  # someone else's change
+    assert run(gw.service.reconcile())["removed"] == 1 and len(listed) == 2
+
+
+def test_denying_a_request_never_touches_another_grants_untagged_element(gw: Gateway) -> None:
+    gid = gw.approved()
+    gw.kernel.table[VT] = (None, NOW + 2 * H)  # the active grant's element, from before tags
+    g = run(gw.service.request("vendor-tech", "vendor-maintenance", H, "more", "vendor-tech"))
+    run(gw.service.deny(g.id, "shift-lead-1", "shift-lead-1"))
+    assert VT in gw.kernel.table and gw.service.book.get(gid).state is GrantState.ACTIVE
