@@ -13,12 +13,9 @@ import sys
 from pathlib import Path
 
 from policyd.compiler import CompileOptions
-from policyd.conventions import API_PORT, RUN_DIR
+from policyd.conventions import API_PORT, LOG_DIR, RUN_DIR, STATE_DIR
 from policyd.daemon import Daemon, Settings
 from topology.version import package_version
-
-LOG_DIR = Path("/var/log/zonegate")
-STATE_DIR = Path("/var/lib/zonegate")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +126,11 @@ def settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["totp"]:
+        from policyd import totp_cli
+
+        return totp_cli.main(argv[1:])
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

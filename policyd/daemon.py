@@ -28,6 +28,7 @@ from policyd.api.context import ControlState
 from policyd.api.guard import Guard
 from policyd.api.metrics import Sample, exposition, gateway_samples
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.console.events import Broadcaster
 from policyd.enforcer import KernelGrants, arrived_via_tunnel
 from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
@@ -37,7 +38,9 @@ from policyd.grant_service import GrantService
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle
+from policyd.notify import NOTIFY_EVENTS, Notifier, destinations
 from policyd.render import canonical
+from policyd.totp import TotpStore
 from topology.diagnostics import TopologyError
 from topology.files import topology_files
 from topology.model import Topology
@@ -105,6 +108,8 @@ class Daemon:
         self.recorder: FlowRecorder | None = None
         self.grants: GrantService | None = None
         self.guard = Guard()
+        self.events = Broadcaster()  # grant events for open consoles
+        self.notifier = Notifier(on_failure=self._notify_failed)
         self.topology_moved = False  # the grant service has not seen the new topology yet
         self.applied_at: datetime | None = None
 
@@ -191,6 +196,19 @@ class Daemon:
             self.recorder.emit_audit(event)
         else:
             log.info("audit %s %s %s", event.action, event.outcome, event.message)
+        if event.action in NOTIFY_EVENTS and self.topology is not None:
+            grant = dict(event.details)
+            self.events.publish({"action": event.action, "grant": grant})
+            hooks = destinations(self.topology, str(grant.get("conduit")), self._notify_failed)
+            data = {"grant": grant, "by": event.actor, "gateway": self.s.gateway}
+            self.notifier.notify(event.action, data, hooks)
+
+    def _notify_failed(self, action: str, details: dict[str, Any]) -> None:
+        """A webhook that could not be told is itself audited (never notified again)."""
+        failure = AuditEvent(action, "failure", details.get("reason", ""), details=details)
+        if self.recorder is not None:
+            self.recorder.emit_audit(failure)
+        log.warning("%s: %s", action, details)
 
     async def follow_grants(self) -> None:
         """Let the grant service end what a new topology invalidates, then reconcile."""
@@ -235,7 +253,8 @@ class Daemon:
         store = None
         if self.s.state_dir is not None:
             store = GrantStore(self.s.state_dir / f"grants-{self.s.gateway}.json")
-        self.grants = GrantService(GrantBook(self.topology), KernelGrants(self), self.audit, store)
+        kernel_grants = KernelGrants(self)
+        self.grants = GrantService(GrantBook(self.topology), kernel_grants, self.audit, store)
         await self.grants.start()
         self.topology_moved = True  # end what changed while policyd was down
         await self.follow_grants()
@@ -251,7 +270,13 @@ class Daemon:
             live=self.recorder.live if self.recorder else None,
             local_users=self.s.local_users,
             operators=self.s.operators,
+            totp=TotpStore(self.s.state_dir / "totp") if self.s.state_dir else None,
+            audit=self.audit,
+            events=self.events,
+            flow_log=self.s.flow_log,
+            sessions=kernel_grants.sessions,
         )
+        self.notifier.start()
         runners = await serve(
             state, self.s.api_socket, self.s.api_listen, self.s.api_port, self.guard
         )
@@ -291,6 +316,7 @@ class Daemon:
         finally:
             for runner in runners:
                 await runner.cleanup()
+            await self.notifier.stop()
             if self.s.flush_on_exit:
                 self.nft.flush_table()
                 log.info("exiting: table flushed (--flush-on-exit)")

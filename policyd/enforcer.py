@@ -14,7 +14,7 @@ import logging
 import socket
 from datetime import timedelta
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import AsyncConntrack, AsyncIPRoute
 
@@ -50,6 +50,25 @@ async def end_sessions(source: IPv4Address, mark: int) -> int:
     finally:
         ct.close()
     return deleted
+
+
+async def list_sessions(source: IPv4Address, mark: int) -> list[dict[str, Any]]:
+    """The live conntrack entries of `source` attributed to one conduit (the kernel's
+    view: what the console shows as a grant's sessions)."""
+    ct = AsyncConntrack()
+    out: list[dict[str, Any]] = []
+    try:
+        async for e in await ct.dump_entries(mark=mark):
+            t = e.tuple_orig
+            if t.saddr != str(source):
+                continue
+            proto = {6: "tcp", 17: "udp"}.get(int(t.proto or 0), str(t.proto))
+            out.append(
+                {"proto": proto, "src": t.saddr, "sport": t.sport, "dst": t.daddr, "dport": t.dport}
+            )
+    finally:
+        ct.close()
+    return out
 
 
 async def route_device(address: IPv4Address) -> str:
@@ -152,6 +171,16 @@ class KernelGrants:
         except kernel.NftError as exc:
             if "No such file" not in str(exc):
                 raise KernelRefused(str(exc)) from None
+
+    async def sessions(self, conduit: str, address: str) -> list[dict[str, Any]]:
+        plan = self.daemon.current.conduits.get(conduit) if self.daemon.current else None
+        if plan is None:
+            return []
+        try:
+            return await list_sessions(IPv4Address(address), plan.mark)
+        except OSError as exc:
+            log.warning("listing sessions of %s on %s: %s", address, conduit, exc)
+            return []
 
     async def end_sessions(self, conduit: str, address: str) -> int:
         plan = self.daemon.current.conduits.get(conduit) if self.daemon.current else None

@@ -246,6 +246,22 @@ class GrantService:
         async with self.lock:
             before = self.book.get(grant_id)
             grant = self.book.approve(grant_id, approver, self.clock(), note)
+            if grant.state is GrantState.REQUESTED:  # dual approval: more to come
+                try:
+                    self._save()
+                except StateError as exc:
+                    self._restore(grant_id, before)
+                    raise GrantError(Refusal.UNAVAILABLE, f"nothing changed: {exc}") from None
+                missing = self.book.needed(grant)
+                self.audit(
+                    "grant_approval_recorded",
+                    grant,
+                    by,
+                    f"{approver} approved {grant.identity} on {grant.conduit}; "
+                    f"{missing} more approval(s) needed",
+                    approvals_missing=missing,
+                )
+                return grant
             return self._activate(grant, before, "grant_approved", by)
 
     def _activate(self, grant: Grant, before: Grant | None, event: str, by: str) -> Grant:

@@ -73,6 +73,7 @@ SCHEMA: dict[str, Any] = {
                     "decided_at": _WHEN,
                     "expires_at": _WHEN,
                     "ended_at": _WHEN,
+                    "approvals": {"type": "array", "items": {"type": "string"}},
                 },
             },
         },

@@ -74,6 +74,7 @@ class Grant:
     note: str = ""
     ended_at: datetime | None = None
     ended_by: str | None = None
+    approvals: tuple[str, ...] = ()  # who approved so far (dual approval: count > 1)
 
     def ended(self) -> bool:
         return self.state.value in ENDED
@@ -98,6 +99,7 @@ class Grant:
             note=d.get("note") or "",
             ended_at=when("ended_at"),
             ended_by=d.get("ended_by"),
+            approvals=tuple(d.get("approvals") or ()),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -117,6 +119,7 @@ class Grant:
             "note": self.note,
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "ended_by": self.ended_by,
+            "approvals": list(self.approvals),
         }
 
 
@@ -257,12 +260,28 @@ class GrantBook:
             return ident.valid_until
         return wanted
 
+    def needed(self, grant: Grant) -> int:
+        """Approvals still missing before the grant opens (dual approval: count > 1)."""
+        conduit = self.topology.conduits.get(grant.conduit)
+        count = conduit.approval.count if conduit and conduit.approval else 1
+        return max(0, count - len(grant.approvals))
+
     def approve(self, grant_id: str, approver: str, now: datetime, note: str = "") -> Grant:
+        """Record one approval; the grant opens (ACTIVE) with the last one needed."""
         grant = self._pending(grant_id)
         self._check_approver(grant, approver)
+        if approver in grant.approvals:
+            raise GrantError(
+                Refusal.CONFLICT, f"'{approver}' has already approved grant '{grant_id}'"
+            )
         ident = self._identity(grant.identity)
         if not ident.valid_at(now):
             raise GrantError(Refusal.CONFLICT, f"identity '{ident.name}' is no longer valid")
+        approvals = (*grant.approvals, approver)
+        if self.needed(grant) > 1:
+            done = replace(grant, approvals=approvals, note=note or grant.note)
+            self.grants[grant_id] = done
+            return done
         self._check_free(grant.identity, grant.conduit)
         done = replace(
             grant,
@@ -271,6 +290,7 @@ class GrantBook:
             decided_at=now,
             expires_at=self._expiry(ident, now + grant.duration),
             note=note,
+            approvals=approvals,
         )
         self.grants[grant_id] = done
         return done

@@ -12,6 +12,7 @@ from policyd.api import flow_routes, grant_routes, status_routes
 from policyd.api.context import LOCAL, STATE, ControlState
 from policyd.api.errors import MAX_BODY, json_errors
 from policyd.api.guard import Guard
+from policyd.console import routes as console_routes
 from policyd.conventions import API_PORT
 
 IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
@@ -19,12 +20,15 @@ IP_FREEBIND = 15  # linux/in.h; not exported by the socket module
 
 def make_app(state: ControlState, local: bool, guard: Guard | None = None) -> web.Application:
     guard = guard or Guard()
-    app = web.Application(middlewares=[json_errors, guard.middleware], client_max_size=MAX_BODY)
+    middlewares = [json_errors, guard.middleware, console_routes.console_headers]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[STATE] = state
     app[LOCAL] = local
     app.add_routes(grant_routes.routes)
     app.add_routes(status_routes.routes)
     app.add_routes(flow_routes.routes)
+    if not local:  # browsers reach the gateway through their tunnel, not its unix socket
+        app.add_routes(console_routes.routes)
     return app
 
 

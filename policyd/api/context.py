@@ -10,20 +10,25 @@ Both listeners (and a later web console) share these rules through `caller_of`.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from policyd.api.errors import ApiError
+from policyd.console.events import Broadcaster
+from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import LiveStream
 from policyd.grant_service import GrantService
 from policyd.grants import Grant, GrantError, Refusal
+from policyd.totp import TotpStore
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -40,6 +45,13 @@ async def _no_tunnel(_address: IPv4Address) -> bool:
     return False
 
 
+Sessions = Callable[[str, str], Awaitable[list[dict[str, Any]]]]  # (conduit, address)
+
+
+async def _no_sessions(_conduit: str, _address: str) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class ControlState:
     service: GrantService
@@ -53,6 +65,14 @@ class ControlState:
     local_users: Mapping[int, frozenset[str]] = field(default_factory=dict)
     operators: frozenset[str] = frozenset()  # identities that may read status and metrics
     peer_uid: Callable[[web.Request], int | None] = peer_uid
+    # Second factor (policyd/totp.py): None means no store, so conduits that ask for one
+    # refuse their actions until the network team enrols approvers.
+    totp: TotpStore | None = None
+    audit: Callable[[AuditEvent], None] = lambda _e: None  # for refusals the book never sees
+    events: Broadcaster = field(default_factory=Broadcaster)  # live console updates
+    flow_log: Path | None = None  # the console's recent flows and audit trail
+    sessions: Sessions = _no_sessions  # a grant's live sessions, from conntrack
+    form_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
 
 STATE: web.AppKey[ControlState] = web.AppKey("state", ControlState)

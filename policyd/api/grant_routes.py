@@ -13,6 +13,7 @@ from aiohttp import web
 from policyd.api import schemas
 from policyd.api.context import STATE, caller_of, grant_view, readers_of
 from policyd.api.errors import ApiError, body
+from policyd.api.second_factor import require_second_factor
 from topology.fields import parse_duration
 
 routes = web.RouteTableDef()
@@ -29,6 +30,10 @@ async def _new_grant(request: web.Request, emergency: bool) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.EMERGENCY_REQUEST if emergency else schemas.GRANT_REQUEST)
     caller = await caller_of(request, data.get("as"))
+    if emergency:
+        require_second_factor(
+            state, caller, data["conduit"], data.get("second_factor"), "emergency"
+        )
     make = state.service.emergency if emergency else state.service.request
     grant = await make(
         caller.identity,
@@ -55,6 +60,8 @@ async def approve(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
     caller = await caller_of(request, data.get("as"))
+    conduit = state.service.book.get(request.match_info["grant_id"]).conduit
+    require_second_factor(state, caller, conduit, data.get("second_factor"), "approve")
     grant = await state.service.approve(
         request.match_info["grant_id"], caller.identity, caller.label(), data.get("note", "")
     )
@@ -77,6 +84,8 @@ async def revoke(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
     caller = await caller_of(request, data.get("as"))
+    conduit = state.service.book.get(request.match_info["grant_id"]).conduit
+    require_second_factor(state, caller, conduit, data.get("second_factor"), "revoke")
     grant = await state.service.revoke(
         request.match_info["grant_id"],
         caller.identity,
