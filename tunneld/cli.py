@@ -13,7 +13,7 @@ from pathlib import Path
 from tunneld import kem
 from tunneld.keys import KeyFileError, keygen
 
-SUBCOMMANDS = ("keygen", "status", "backends", "join")
+SUBCOMMANDS = ("keygen", "status", "backends", "join", "scrub")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="tunneld",
         description="WireGuard tunnels keyed by a hybrid post-quantum handshake. "
         "Other commands: tunneld join PROFILE --keys DIR | tunneld keygen DIR | "
-        "tunneld status | tunneld backends",
+        "tunneld status | tunneld backends | tunneld scrub",
     )
     p.add_argument("--topology", required=True, type=Path, help="topology file or directory")
     p.add_argument("--node", required=True, help="the site whose gateway this is")
@@ -131,6 +131,26 @@ def _status(argv: Sequence[str]) -> int:
     return 0
 
 
+def _scrub(argv: Sequence[str]) -> int:
+    from tunneld.wg import WgError, WireGuard
+
+    p = argparse.ArgumentParser(
+        prog="tunneld scrub",
+        description="Remove what a stopped or killed tunneld left under an interface name: "
+        "its peers (so no PSK stays usable), the interface and a stale UAPI socket. The "
+        "shipped systemd unit runs this after every stop (ExecStopPost).",
+    )
+    p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
+    args = p.parse_args(argv)
+    try:
+        found = WireGuard(args.ifname).scrub()
+    except WgError as exc:
+        print(f"tunneld scrub: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.ifname}: " + (", ".join(found) + " removed" if found else "nothing left over"))
+    return 0
+
+
 def _backends(argv: Sequence[str]) -> int:
     for a in kem.availability():
         print(f"{a.name:<14}{'available' if a.available else 'unavailable':<13}{a.reason}")
@@ -142,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in SUBCOMMANDS:
         if args[0] == "join":
             return _run_daemon(args[1:], join=True)
-        cmd = {"keygen": _keygen, "status": _status, "backends": _backends}[args[0]]
+        cmds = {"keygen": _keygen, "status": _status, "backends": _backends, "scrub": _scrub}
+        cmd = cmds[args[0]]
         return cmd(args[1:])
     return _run_daemon(args)
 
