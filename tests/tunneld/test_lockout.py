@@ -103,7 +103,7 @@ def test_identical_hello_gets_the_same_answer_without_new_state() -> None:
 def test_stale_timestamp_is_rejected_so_restart_replay_is_bounded() -> None:
     """A responder that restarted has no replay floor: the clock bound is what stops a
     recorded hello from being answered later than `clock_skew` after it was made."""
-    ea, eb, clock, _, _ = pair()
+    ea, _eb, clock, _, _ = pair()
     clock.advance(1)
     (recorded,) = sends(ea.poll())
     clock.advance(Timers().clock_skew + 1)
