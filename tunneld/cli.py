@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunneld import kem
-from tunneld.keys import KeyFileError, keygen
+from tunneld.keys import KeyFileError, keygen, load_public
 
 SUBCOMMANDS = ("keygen", "status", "backends", "join", "scrub")
 
@@ -38,6 +38,12 @@ def _join_parser() -> argparse.ArgumentParser:
         "stopped or until the profile expires.",
     )
     p.add_argument("profile", type=Path, help="the tunnel profile (JSON)")
+    p.add_argument(
+        "--signer",
+        required=True,
+        help="fingerprint of the network team's profile-signing key, as they told you "
+        "out of band (phone, paper); a profile signed by any other key is refused",
+    )
     _common(p)
     return p
 
@@ -71,6 +77,7 @@ def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
         topology=None if join else args.topology,
         node="" if join else args.node,
         profile=args.profile if join else None,
+        signer=args.signer if join else None,
         keys=args.keys,
         ifname=args.ifname,
         status_socket=args.status_socket,
@@ -103,6 +110,7 @@ def _keygen(argv: Sequence[str]) -> int:
         print(f"tunneld keygen: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.dir}/ (private, 0700); pin {pub} in the topology as keys:")
+    print(f"identity fingerprint {load_public(pub).fingerprint}")
     return 0
 
 

@@ -109,6 +109,7 @@ class Options:
     node: str = ""
     keys: Path | None = None
     profile: Path | None = None  # a user or service: tunnel profile (tunneld join)
+    signer: str | None = None  # the profile signer's fingerprint, given out of band
     ifname: str = "zg0"
     status_socket: Path | None = None
     listen: str = "0.0.0.0"
@@ -164,7 +165,13 @@ class Daemon:
 
     def _load_plan(self) -> NodePlan:
         if self.opts.profile is not None:
-            prof = load_profile(self.opts.profile)
+            if not self.opts.signer:
+                raise SystemExit(
+                    "tunneld: join needs --signer FINGERPRINT, the profile signer's fingerprint "
+                    "your network team gave you (on the phone or on paper, not in the mail "
+                    "with the profile)"
+                )
+            prof = load_profile(self.opts.profile, self.opts.signer)
             check_usable(prof, self.keys.public, datetime.now(UTC), str(self.opts.keys))
             return join_plan(prof, self.keys.public)
         if self.opts.topology is None:
@@ -572,6 +579,7 @@ class Daemon:
                 "refusals": st.refusals,
                 "last_refusal": st.last_refusal,
                 "kem": p.kem,
+                "fingerprint": p.bundle.fingerprint,
                 "last_handshake": st.last_handshake,
                 "last_handshake_ago": None
                 if st.last_handshake is None
@@ -588,6 +596,7 @@ class Daemon:
             }
         return {
             "node": self.node,
+            "fingerprint": self.keys.public.fingerprint,
             "interface": self.wg.ifname,
             "wireguard_backend": self.wg.backend,
             "kem_backend": self.backend.name,

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from topology.keybundle import FORMAT, BundleError, parse_bundle
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
 from tunneld.kem import PARAMS, KemBackend, KemError, get_backend
+from tunneld.signing import fingerprint
 
 WG_KEY = "wireguard.key"
 IDENTITY_KEY = "identity.key"
@@ -76,6 +77,12 @@ class PublicBundle:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @property
+    def fingerprint(self) -> str:
+        """Short form of `digest` to compare over the phone (tunneld/signing.py)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return fingerprint("zonegate identity", canonical.encode())
 
     def digest(self) -> str:
         """Names this bundle in a tunnel profile: SHA-256 of its canonical JSON."""

@@ -86,6 +86,11 @@ def render(status: dict[str, Any]) -> str:
             f"{_age(p['psk_age']) if p['psk_age'] is not None else 'none':<9}"
             f"{p['rotations']:>9}{p['failures']:>9}  {p['last_failure'] or '-'}"
         )
+    if status.get("fingerprint"):
+        lines.append("\nkey fingerprints (compare with the peer's own, e.g. over the phone):")
+        lines.append(f"  {status['node']:<{width}}{status['fingerprint']}  (this node)")
+        for name, p in sorted(status["peers"].items()):
+            lines.append(f"  {name:<{width}}{p.get('fingerprint', '?')}")
     refused = status.get("refused_identities") or {}
     if refused:
         names = ", ".join(

@@ -19,7 +19,7 @@ from tests.tunneld.netns_daemons import (
 )
 from tests.tunneld.nsutil import ping
 from tunneld import messages as m
-from tunneld.keys import keygen
+from tunneld.keys import keygen, load_public
 
 pytestmark = pytest.mark.root
 
@@ -44,6 +44,8 @@ def test_tunnel_up_psk_rotates_and_traffic_flows(sites: Sites) -> None:
         check=True,
     ).stdout.decode()
     assert "site-b" in text and "initiator" in text
+    for site in ("site-a", "site-b"):  # fingerprints to compare over the phone
+        assert load_public(sites.keys[site] / "identity.pub").fingerprint in text
 
 
 def test_wrong_identity_key_gets_no_psk_and_no_traffic(sites: Sites) -> None:
