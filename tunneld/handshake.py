@@ -49,8 +49,8 @@ from tunneld.timers import Timers, TokenBucket, backoff
 @dataclass
 class _Initiating:
     index: int
-    eph: HybridPrivateKey
-    k_static_resp: bytes
+    eph: HybridPrivateKey = field(repr=False)
+    k_static_resp: bytes = field(repr=False)
     h1: bytes
     msg1: bytes
     attempts: int
@@ -58,7 +58,7 @@ class _Initiating:
     started: float
     stage: Literal["hello", "conf"] = "hello"
     peer_index: int = 0
-    keys: t.SessionKeys | None = None
+    keys: t.SessionKeys | None = field(default=None, repr=False)
     h3: bytes = b""
     msg3: bytes = b""
     conf_sends: int = 0
@@ -68,7 +68,7 @@ class _Initiating:
 class _Responding:
     index: int
     peer_index: int
-    keys: t.SessionKeys
+    keys: t.SessionKeys = field(repr=False)
     h3: bytes
     created: float
     timestamp: int  # the InitHello's: becomes last_init_ts only once confirmed

@@ -102,6 +102,9 @@ class HybridPrivateKey:
     def generate(cls, backend: KemBackend, kem: str, rng: Random) -> HybridPrivateKey:
         return cls(backend, kem, rng(X25519_SIZE), rng(PARAMS[kem].seed_size))
 
+    def __repr__(self) -> str:
+        return f"HybridPrivateKey({self.kem}, public {self.digest.hex()[:16]}...)"
+
     def decapsulate(self, ct: HybridCiphertext) -> bytes:
         ss_x = x25519_exchange(self._x, ct.x)
         ss_m = self._kem_key.decapsulate(ct.m)

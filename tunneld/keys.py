@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -97,8 +97,8 @@ class PublicBundle:
 class KeySet:
     """A node's own keys, loaded from its key directory."""
 
-    wg_private: bytes
-    static: HybridPrivateKey
+    wg_private: bytes = field(repr=False)
+    static: HybridPrivateKey = field(repr=False)
     public: PublicBundle
 
 
