@@ -257,13 +257,19 @@ class Daemon:
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        if await self._apply_or_fail_closed(prep):
+            self._wake.set()
+            log.info("reloaded %s", self.opts.topology)
+
+    async def _apply_or_fail_closed(self, prep: Prepared) -> bool:
+        """Apply a prepared plan; if WireGuard or the link fails half way, the running
+        state is unknown: remove the interface and stop (never keep an unknown PSK)."""
         try:
             await self._apply_plan(prep)
         except Exception as exc:
-            self._teardown(f"reload could not be applied ({exc})")
-            return
-        self._wake.set()
-        log.info("reloaded %s", self.opts.topology)
+            self._teardown(f"a new plan could not be applied ({exc}); no old PSK stays usable")
+            return False
+        return True
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -451,7 +457,7 @@ class Daemon:
             assert self._topo is not None
             prep = self._prepare(plan(self._topo, self.node, now))
             self.plan = prep.plan  # replan_at moves on even before the apply ran
-            self._spawn(self._apply_plan(prep))
+            self._spawn(self._apply_or_fail_closed(prep))
 
     async def _timer_loop(self) -> None:
         """Supervised: an unexpected error is logged and counted and the loop goes on,
