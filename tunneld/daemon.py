@@ -287,7 +287,11 @@ class Daemon:
         await self._apply_plan(self._prepare(self.plan))
         if self.plan.listen_port is not None:
             self._server = await asyncio.start_server(
-                self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
+                self._on_incoming,
+                self.opts.listen,
+                self.plan.listen_port,
+                reuse_address=True,
+                backlog=1024,  # a SYN flood must not crowd out a genuine connect
             )
         sock = self.opts.status_socket or default_socket(self.node)
         self._status_runner = await serve_status(self, sock, self.metrics.text)
