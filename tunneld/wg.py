@@ -185,6 +185,7 @@ class WireGuard:
         self.requested = backend
         self.backend = ""
         self.use_uapi: bool | None = None  # None: UAPI socket when it exists, else `wg set`
+        self.uapi_timeout = 5.0  # seconds; a hung wireguard-go is a WgError, not a hang
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -371,7 +372,7 @@ class WireGuard:
     def _uapi_set(self, lines: list[str]) -> None:
         request = ("set=1\n" + "\n".join(lines) + "\n\n").encode()
         try:
-            reply = uapi_request(self.uapi_path, request)
+            reply = uapi_request(self.uapi_path, request, self.uapi_timeout)
         except OSError as exc:  # refused, gone, timed out: never a secret in the text
             raise WgError(f"UAPI set on {self.ifname} failed: {exc.__class__.__name__}") from None
         if b"errno=0\n" not in reply:
