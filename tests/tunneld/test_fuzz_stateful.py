@@ -266,3 +266,43 @@ def test_daemon_never_keeps_an_old_psk(plant: Path, monkeypatch: pytest.MonkeyPa
 
     DaemonUnderFaults.TestCase.settings = settings(FUZZ, max_examples=100)
     DaemonUnderFaults.TestCase().runTest()
+
+
+def test_timer_loop_survives_unexpected_errors(
+    plant: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: any exception in the loop (a WgError at expiry, a timeout) ended it for
+    good, and with it every later PSK expiry."""
+    monkeypatch.setattr(daemon_mod, "reconcile_link", lambda spec: None)
+    d = Daemon(Options(topology=plant / "topo", node="site-b", keys=plant / "b", timers=FAST))
+    d.wg = FakeWireGuard(FakeClock())  # type: ignore[assignment]
+    d.endpoint = Endpoint(
+        LocalIdentity("site-b", d.keys.static, d.keys.public.wireguard),
+        [],
+        backend=d.backend,
+        clock=daemon_mod.RealClock(),
+        rng=secrets.token_bytes,
+        timers=FAST,
+    )
+    polls = 0
+    real_poll = d.endpoint.poll
+
+    def flaky_poll() -> list[Event]:
+        nonlocal polls
+        polls += 1
+        if polls <= 3:
+            raise RuntimeError("injected")
+        return real_poll()
+
+    d.endpoint.poll = flaky_poll  # type: ignore[method-assign]
+
+    async def run() -> None:
+        task = asyncio.get_running_loop().create_task(d._timer_loop())
+        while polls < 6:
+            d._wake.set()
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(run(), 20))
+    assert b"tunneld_timer_loop_errors_total 3.0" in d.metrics.text()
