@@ -240,7 +240,8 @@ class Daemon:
         for name in changed:
             # The state machine starts this peer over; WireGuard must not keep the old
             # PSK meanwhile (its expiry timer went with the old peer state).
-            self._randomise(name, "peer changed by a reload")
+            if self._randomise(name, "peer changed by a reload"):
+                log.info("peer %s changed: random PSK until its next handshake", name)
         self.endpoint.set_refused(prep.refused)
         for line in prep.plan.skipped:
             log.warning("%s", line)
@@ -560,8 +561,10 @@ class Daemon:
                     await writer.drain()
                     if any(isinstance(e, Rejected) for e in events):
                         break
-                    if slot is not None:
-                        slot.proven = True
+                    if slot is not None and not any(
+                        isinstance(e, Send) and e.cached for e in events
+                    ):
+                        slot.proven = True  # a fresh, accepted frame (MAC1 at least)
                     if any(isinstance(e, PskReady) for e in events):
                         break
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):

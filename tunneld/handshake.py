@@ -527,7 +527,7 @@ class Endpoint:
             )
         for r in p.responding.values():
             if r.hello == data:  # our RespHello was lost or this is a replay: same answer
-                return [Send(name, r.answer, reply=True)]
+                return [Send(name, r.answer, reply=True, cached=True)]
         now = self.clock.monotonic()
         tokens = p.bucket.available(now)
         if tokens < 1.0:
@@ -580,7 +580,7 @@ class Endpoint:
         if p is not None and p.completed is not None and p.completed.index == msg.receiver:
             if hmac.compare_digest(data, p.completed.msg3):
                 # Our RespConf was lost: answer again, nothing changes.
-                return [Send(p.cfg.name, p.completed.msg4, reply=True)]
+                return [Send(p.cfg.name, p.completed.msg4, reply=True, cached=True)]
             raise _Reject(name, "InitConf: session already confirmed (replayed or tampered)")
         p = self._session_peer(msg.receiver, "InitConf")
         name = p.cfg.name

@@ -1,7 +1,8 @@
 """Connection slots for the handshake listener: per-source and total caps with eviction.
 
 A connection is *unproven* until one of its frames was accepted by the state machine
-(which for an InitHello means a valid MAC1). When a source is at its cap, or the
+(which for an InitHello means a valid MAC1) and was not a copy of one already answered
+(a replayed recording proves nothing). When a source is at its cap, or the
 listener at its total, a new connection evicts the oldest unproven connection (of that
 source, or of the source holding most slots); only when every slot is proven is the new
 connection refused. So a keyless flood, however many connections it opens or holds

@@ -96,7 +96,7 @@ def test_identical_hello_gets_the_same_answer_without_new_state() -> None:
     (msg1,) = sends(ea.poll())
     (msg2,) = sends(eb.receive(msg1))
     before = eb.fingerprint()
-    assert eb.receive(msg1) == [Send("site-a", msg2, reply=True)]
+    assert eb.receive(msg1) == [Send("site-a", msg2, reply=True, cached=True)]
     assert eb.fingerprint() == before
 
 
