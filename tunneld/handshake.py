@@ -325,6 +325,16 @@ class Endpoint:
         if not t.mac1_ok(p.mac_in, m.body(msg), msg.mac1):
             raise _Reject(p.cfg.name, f"{what}: bad MAC1 (tampered, reflected or wrong key)")
 
+    def _check_clock(self, name: str, what: str, timestamp: int) -> None:
+        skew = (timestamp - self.clock.time_ns()) / 1e9
+        if abs(skew) > self.timers.clock_skew:
+            side = "ahead of" if skew > 0 else "behind"
+            raise _Reject(
+                name,
+                f"{what}: timestamp {abs(skew):.0f} s {side} our clock (more than "
+                f"{self.timers.clock_skew:.0f} s: replayed, forged, or a clock needs NTP)",
+            )
+
     def _abort(self, p: _Peer) -> None:
         if p.initiating is not None:
             self._sessions.pop(p.initiating.index, None)
@@ -447,6 +457,9 @@ class Endpoint:
         self._check_mac(p, msg, "RekeyRequest")
         if msg.timestamp <= p.last_nudge_ts:
             raise _Reject(name, "RekeyRequest: replayed (timestamp not newer)")
+        # MAC1 is classical only: without this bound one forged far-future request
+        # would make us ignore every later genuine one.
+        self._check_clock(name, "RekeyRequest", msg.timestamp)
         p.last_nudge_ts = msg.timestamp
         now = self.clock.monotonic()
         st = p.initiating
@@ -517,14 +530,7 @@ class Endpoint:
             raise _Reject(name, f"InitHello: ephemeral KEM is not {p.cfg.kem}")
         if msg.timestamp <= p.last_init_ts:
             raise _Reject(name, "InitHello: replayed (timestamp not newer than last confirmed)")
-        skew = (msg.timestamp - self.clock.time_ns()) / 1e9
-        if abs(skew) > self.timers.clock_skew:
-            side = "ahead of" if skew > 0 else "behind"
-            raise _Reject(
-                name,
-                f"InitHello: timestamp {abs(skew):.0f} s {side} our clock (more than "
-                f"{self.timers.clock_skew:.0f} s: replayed, forged, or a clock needs NTP)",
-            )
+        self._check_clock(name, "InitHello", msg.timestamp)
         for r in p.responding.values():
             if r.hello == data:  # our RespHello was lost or this is a replay: same answer
                 return [Send(name, r.answer, reply=True, cached=True)]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from tests.tunneld.test_handshake import assert_rejected_unchanged, rejected
 from tests.tunneld.tunneld_helpers import FakeClock, FakeRandom, pair, psks, run_handshake, sends
+from tunneld import messages as m
+from tunneld import transcript as t
 from tunneld.handshake import MAX_PENDING, Endpoint
 from tunneld.handshake_types import Send
 from tunneld.timers import Timers
@@ -133,3 +135,18 @@ def test_rejections_before_mac1_are_not_charged_to_the_claimed_peer() -> None:
     out = eb.receive(bad)
     assert out[0].peer is None  # type: ignore[union-attr]
     assert "claims site-a" in rejected(out)[0]
+
+
+def test_forged_far_future_rekey_request_does_not_silence_later_ones() -> None:
+    """The responder's RekeyRequest had the same flaw: its timestamp was stored after
+    MAC1 alone, so one far-future forgery made the initiator ignore every later one."""
+    ea, eb, clock, _, _ = pair()
+    run_handshake(ea, eb, clock)
+    pb = eb._peers["site-a"]
+    far = m.RekeyRequest(pb.cfg.id, eb._local_id, 2**64 - 1)
+    body = m.body(far)
+    assert_rejected_unchanged(ea, body + t.mac1(pb.mac_out, body), "ahead of our clock")
+    clock.advance(2.0)
+    now = m.RekeyRequest(pb.cfg.id, eb._local_id, clock.time_ns())
+    body = m.body(now)
+    assert not rejected(ea.receive(body + t.mac1(pb.mac_out, body)))
