@@ -138,6 +138,30 @@ def test_keyless_flood_cannot_stop_genuine_handshakes(sites: Sites) -> None:
     assert "similar warnings suppressed" in sites.b.log_tail(10**7)
 
 
+def test_one_connection_carries_one_attempt(sites: Sites) -> None:
+    """Before: rejected frames did not end the connection, so one connection could
+    carry an endless stream of junk (and each frame cost a log line)."""
+    both_up(sites)
+    before = metric(metrics(sites.b.sock), "tunneld_rejected_frames_total")
+    code = (
+        "import socket,time\n"
+        f"s=socket.create_connection(('{sites.pair.ip_b}',51820),timeout=5)\n"
+        "s.sendall(b'\\x00\\x00')\n"
+        "time.sleep(0.5)\n"
+        "try:\n"
+        "    for _ in range(5):\n"
+        "        s.sendall(b'\\x00\\x00')\n"
+        "        time.sleep(0.1)\n"
+        "    print('closed' if s.recv(10) == b'' else 'open')\n"
+        "except OSError:\n"
+        "    print('closed')\n"
+    )
+    out = in_ns(sites.pair.a, sys.executable, "-c", code)
+    assert out.strip() == "closed"
+    time.sleep(0.5)
+    assert metric(metrics(sites.b.sock), "tunneld_rejected_frames_total") == before + 1
+
+
 # -- lock-out by one forged message ------------------------------------------------
 
 
