@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = "a1dbed3"  # main before issue 14
+BEFORE = "1c38dd6"  # main as merged into issue 14's branch: the handshake without it
 PORT = 51820
 TOPO = """version: 1
 sites:
@@ -300,7 +300,7 @@ def _load_before() -> Any:
 
 def bench_compute(n: int) -> dict[str, Any]:
     """Handshakes/s/core now and before issue 14, interleaved in rounds (same noise)."""
-    from tunneld import bench as tb
+    from bench import handshake as tb
     from tunneld import handshake
 
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from policyd.compiler import CompileOptions
 from policyd.conventions import API_PORT, RUN_DIR
 from policyd.daemon import Daemon, Settings
+from topology.version import package_version
 
 LOG_DIR = Path("/var/log/zonegate")
 STATE_DIR = Path("/var/lib/zonegate")
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
         description="Compile a topology into nftables on this gateway and keep it enforced; "
         "record flows; serve the grant API.",
     )
+    p.add_argument("--version", action="version", version=f"policyd {package_version()}")
     p.add_argument("--topology", required=True, help="topology file or directory")
     p.add_argument("--gateway", required=True, help="the site whose gateway this is")
     p.add_argument(

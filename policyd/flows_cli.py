@@ -1,6 +1,6 @@
 """`zonegate flows`: read, filter and follow the flow and audit log.
 
-The lead wires this into `topology/cli.py` with two calls:
+`zonegate/cli.py` wires this in with two calls:
 
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
     add_flows_arguments(p)

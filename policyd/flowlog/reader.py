@@ -12,22 +12,14 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from policyd.flowlog.records import parse_ts
 from policyd.flowlog.sinks import rotated_paths
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_ts(text: str) -> float:
-    """A record's `ts` (RFC 3339) as seconds since the epoch."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 def parse_since(text: str, now: float | None = None) -> float:

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from policyd.flowlog.attribution import Attributor, Place
@@ -66,6 +67,14 @@ def iso(ts: float) -> str:
         _last_second[0] = sec
         _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
     return f"{_last_second[1]}.{usec:06d}Z"
+
+
+def parse_ts(text: str) -> float:
+    """A record's `ts` (RFC 3339) as seconds since the epoch."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 def flow_uid(gateway: str, ct_id: int, cid: str) -> str:

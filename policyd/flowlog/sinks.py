@@ -18,7 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from policyd.flowlog.records import Record, loss_record
+from policyd.flowlog.records import Record, loss_record, parse_ts
 
 
 class Sink(Protocol):
@@ -142,8 +142,6 @@ class JsonLinesFile:
 
 def _first_record_time(path: Path) -> float:
     """When an existing log was started, from its first record; now if unreadable."""
-    from policyd.flowlog.reader import parse_ts
-
     try:
         with open(path, encoding="utf-8") as fh:
             first = json.loads(fh.readline())

@@ -17,7 +17,7 @@ from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile
 from tests.flowlog.plant import CLIENT_IDENTITY, CLIENT_UNKNOWN, PLC, TOPOLOGY, Plant
-from topology.cli import main as zonegate
+from zonegate.cli import main as zonegate
 
 SPEC: list[dict[str, object]] = [
     {

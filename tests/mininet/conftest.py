@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from topology.scenario import Scenario
+from zonegate.lab.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = ("brctl", "ip", "nft", "wg", "wireguard-go", "mnexec")

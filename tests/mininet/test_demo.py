@@ -1,4 +1,4 @@
-"""scripts/demo's story (topology.demo) runs to the end and leaves nothing behind."""
+"""scripts/demo's story (zonegate.lab.demo) runs to the end and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.root, pytest.mark.mininet]
 class TestDemo:
     def test_story_runs_with_real_traffic_and_tears_down(self, tmp_path: Path) -> None:
         require(*REQUIRED)
-        argv = [sys.executable, "-m", "topology.demo", "--grant-seconds", "6"]
+        argv = [sys.executable, "-m", "zonegate.lab.demo", "--grant-seconds", "6"]
         argv += ["--workdir", str(tmp_path)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         res = subprocess.run(
@@ -31,4 +31,7 @@ class TestDemo:
         assert "MISMATCH" not in table and table.count(" ok") >= 6
         assert "PSK AGE" in out  # tunneld status, with post-quantum PSK ages
         assert "grant_expired" in out  # the flow log recorded the expiry
+        evidence = out[out.index("== 10. IEC 62443 evidence") :]
+        assert "requirement checks over 5 zones" in evidence
+        assert "Approvals: 1" in evidence  # the lead's approval, read from the run's log
         assert "torn down: nothing left behind" in out

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import require
 from topology import load
-from topology.emulation import plan_network, running_plant
+from zonegate.lab.emulation import plan_network, running_plant
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
@@ -35,7 +35,7 @@ def test_plan_covers_every_site_zone_asset_and_user() -> None:
 
 
 def probe(host: object, address: str, service: str) -> bool:
-    cmd = f"{sys.executable} -m topology.probe {address} {service} --timeout 2"
+    cmd = f"{sys.executable} -m zonegate.lab.probe {address} {service} --timeout 2"
     out: str = host.cmd(cmd + "; echo rc=$?")  # type: ignore[attr-defined]
     return out.strip().endswith("rc=0")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.mininet.conftest import bring_up
-from topology.scenario import Scenario
-from topology.scenario_cases import outcome_table, summary
+from zonegate.lab.scenario import Scenario
+from zonegate.lab.scenario_cases import outcome_table, summary
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 

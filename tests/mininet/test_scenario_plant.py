@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.mininet.conftest import bring_up
-from topology.plant_daemons import in_host
-from topology.scenario import Scenario
-from topology.scenario_cases import SKIP_PINNED, outcome_table, summary
 from tunneld.keys import load_public
+from zonegate.lab.plant_daemons import in_host
+from zonegate.lab.scenario import Scenario
+from zonegate.lab.scenario_cases import SKIP_PINNED, outcome_table, summary
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 

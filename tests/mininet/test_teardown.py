@@ -1,6 +1,6 @@
 """Nothing outlives a scenario: after a normal end, an error inside, or Ctrl-C.
 
-Leftovers checked (topology.leftovers): Mininet host shells, any process in the
+Leftovers checked (zonegate.lab.leftovers): Mininet host shells, any process in the
 scenario's network namespaces (wireguard-go, tunneld, policyd, asset simulators),
 veth interfaces and bridges named with the run's prefix, named namespaces, a zonegate
 nft table or daemon socket in the root namespace.
@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import require
 from tests.mininet.conftest import REQUIRED, ROOT
-from topology.leftovers import capture, leftovers
-from topology.scenario import Scenario, random_prefix
+from zonegate.lab.leftovers import capture, leftovers
+from zonegate.lab.scenario import Scenario, random_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 PLANT = ROOT / "examples" / "plant"
@@ -46,7 +46,7 @@ class TestTeardown:
 
     def test_nothing_left_after_ctrl_c_in_the_middle_of_the_demo(self, tmp_path: Path) -> None:
         require(*REQUIRED)
-        argv = [sys.executable, "-m", "topology.demo", "--grant-seconds", "120"]
+        argv = [sys.executable, "-m", "zonegate.lab.demo", "--grant-seconds", "120"]
         argv += ["--workdir", str(tmp_path)]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         log = tmp_path / "demo.out"

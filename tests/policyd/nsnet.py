@@ -182,7 +182,7 @@ class Net:
             self.zone,
             PY,
             "-m",
-            "topology.assetsim",
+            "zonegate.lab.assetsim",
             "--modbus",
             "502",
             "--tcp",
@@ -204,8 +204,8 @@ class Net:
         assert seen and seen[-1].strip() == "ready", f"zone servers did not start: {seen}"
 
     def probe(self, who: str, dst: str, service: str) -> bool:
-        """Real traffic from an identity's address (topology.probe); True if it passed."""
-        argv = [PY, "-m", "topology.probe", dst, service, "--source", IDENTITIES[who]]
+        """Real traffic from an identity's address (zonegate.lab.probe); True if it passed."""
+        argv = [PY, "-m", "zonegate.lab.probe", dst, service, "--source", IDENTITIES[who]]
         out = self.ns(self.ident, *argv, "--timeout", "1.5", check=False)
         return out.returncode == 0
 

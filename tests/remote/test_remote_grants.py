@@ -32,7 +32,7 @@ def start_policyd(plant: PlantNet) -> Proc:
 
 
 def probe(plant: PlantNet, user: User, target: str, service: str) -> bool:
-    argv = [PY, "-m", "topology.probe", LAN_HOSTS[target], service, "--timeout", "1.5"]
+    argv = [PY, "-m", "zonegate.lab.probe", LAN_HOSTS[target], service, "--timeout", "1.5"]
     out = subprocess.run(["ip", "netns", "exec", user.ns, *argv], capture_output=True,
                          cwd=plant.base, check=False, timeout=30)  # fmt: skip
     return out.returncode == 0
@@ -40,16 +40,17 @@ def probe(plant: PlantNet, user: User, target: str, service: str) -> bool:
 
 def grant(plant: PlantNet, user: User, *args: str) -> tuple[int, Any]:
     """`zonegate grant` on the user's machine, through its tunnel: no --as anywhere."""
-    argv = [PY, "-m", "topology.cli", "grant", "--api", API, "--json", *args]
+    argv = [PY, "-m", "zonegate.cli", "grant", "--api", API, "--json", *args]
     out = subprocess.run(["ip", "netns", "exec", user.ns, *argv], capture_output=True, text=True,
                          check=False, timeout=30)  # fmt: skip
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
 
 
+@pytest.mark.sr("SR 1.13", "SR 1.13 RE1", "SR 2.1 RE1")
 def test_vendor_access_through_real_tunnels(plant: PlantNet) -> None:
     plant.start_gateway()
     plant.spawn_lan(
-        [PY, "-m", "topology.assetsim", "--modbus", "502", "--tcp", "5900"], "assets.log"
+        [PY, "-m", "zonegate.lab.assetsim", "--modbus", "502", "--tcp", "5900"], "assets.log"
     )
     policyd = start_policyd(plant)
     vendor, lead = plant.join("vendor-tech"), plant.join("shift-lead-1")

@@ -45,10 +45,17 @@ class Node:
         self.log = base / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, topology: Path, keys: Path, interval: float = INTERVAL) -> None:
+    def start(
+        self,
+        topology: Path,
+        keys: Path,
+        interval: float = INTERVAL,
+        kem_backend: str = "cryptography",
+    ) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         argv = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "tunneld.cli"]
         argv += ["--topology", str(topology), "--node", self.name, "--keys", str(keys)]
+        argv += ["--kem-backend", kem_backend]
         argv += ["--ifname", self.ifname, "--status-socket", str(self.sock)]
         argv += ["--rekey-interval", str(interval)]
         with self.log.open("ab") as log:
@@ -131,7 +138,8 @@ class Sites:
         self.a = Node(pair, pair.a, "site-a", base)
         self.b = Node(pair, pair.b, "site-b", base)
 
-    def topology(self, name: str, pin_b: Path | None = None) -> Path:
+    def topology(self, name: str, pin_b: Path | None = None, code_kem_b: str = "") -> Path:
+        """`code_kem_b`: site-b asks for that code-based third component on its tunnels."""
         d = self.base / f"topo-{name}"
         d.mkdir(exist_ok=True)
         text = TOPOLOGY.format(
@@ -140,6 +148,9 @@ class Sites:
             keys_a=self.keys["site-a"] / "identity.pub",
             keys_b=(pin_b or self.keys["site-b"]) / "identity.pub",
         )
+        if code_kem_b:
+            anchor = "overlay: 100.64.0.2}\n"
+            text = text.replace(anchor, anchor + f"    code_kem: {code_kem_b}\n")
         (d / "plant.yaml").write_text(text)
         return d
 

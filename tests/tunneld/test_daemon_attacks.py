@@ -363,9 +363,9 @@ def test_scrub_removes_a_leftover_interface_and_its_psk() -> None:
 
 
 def test_systemd_unit_scrubs_after_every_stop() -> None:
-    unit = (ROOT / "tunneld" / "systemd" / "zonegate-tunneld@.service").read_text()
+    unit = (ROOT / "deploy" / "systemd" / "zonegate-tunneld.service").read_text()
     start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     post = next(ln for ln in unit.splitlines() if ln.startswith("ExecStopPost="))
     ifname = start.split("--ifname", 1)[1].split()[0]
     assert post.endswith(f"tunneld scrub --ifname {ifname}")
-    assert "Restart=always" in unit and "KillMode=control-group" in unit
+    assert "Restart=on-failure" in unit and "KillMode=control-group" in unit

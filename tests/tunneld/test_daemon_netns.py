@@ -48,6 +48,7 @@ def test_tunnel_up_psk_rotates_and_traffic_flows(sites: Sites) -> None:
         assert load_public(sites.keys[site] / "identity.pub").fingerprint in text
 
 
+@pytest.mark.sr("SR 1.1")
 def test_wrong_identity_key_gets_no_psk_and_no_traffic(sites: Sites) -> None:
     impostor = sites.base / "keys" / "impostor"
     keygen(impostor)
@@ -71,6 +72,7 @@ def test_wrong_identity_key_gets_no_psk_and_no_traffic(sites: Sites) -> None:
     assert "not addressed to this node" in reasons or "bad MAC1" in reasons, reasons
 
 
+@pytest.mark.sr("SR 1.1", "SR 1.13")
 def test_tampered_handshake_packets_are_rejected(sites: Sites) -> None:
     both_up(sites)
     before = rotations(sites.b)
@@ -101,3 +103,34 @@ def test_restarting_one_side_recovers(sites: Sites) -> None:
     sites.b.start(sites.topology("shared"), sites.keys["site-b"])
     wait_for(lambda: rotations(sites.b) >= 1, 15, "PSK after restart", sites.a, sites.b)
     assert ping(sites.pair.a, "100.64.0.2"), sites.b.log_tail()
+
+
+def test_three_component_tunnel_across_backends(sites: Sites) -> None:
+    """X25519 + ML-KEM + HQC-256 pinned for the pair; site-a computes with pqcrypto,
+    site-b with cryptography (ML-KEM) + pqcrypto (HQC). RespHello is 16.7 kB: the
+    transport carries it; the tunnel comes up, rotates and carries traffic."""
+    topo = sites.topology("hqc", code_kem_b="hqc-256")
+    sites.a.start(topo, sites.keys["site-a"], kem_backend="pqcrypto")
+    sites.b.start(topo, sites.keys["site-b"], kem_backend="cryptography")
+    wait_for(lambda: rotations(sites.a) >= 2, 8 * INTERVAL, "two PSKs", sites.a, sites.b)
+    assert sites.a.peer()["kem"] == sites.b.peer()["kem"] == "ml-kem-768+hqc-256"
+    wait_for(lambda: sites.a.psk_digest() == sites.b.psk_digest(), 5, "same PSK", sites.a)
+    assert ping(sites.pair.a, "100.64.0.2"), sites.a.log_tail()
+
+
+def test_peer_without_the_third_component_gets_no_tunnel(sites: Sites) -> None:
+    """site-b pins HQC; site-a's (stale) topology does not: no PSK, no traffic, and b
+    says why. Nothing falls back to two components."""
+    sites.a.start(sites.topology("a"), sites.keys["site-a"])
+    sites.b.start(sites.topology("b", code_kem_b="hqc-128"), sites.keys["site-b"])
+    wait_for(
+        lambda: int(sites.b.peer()["failures"]) >= 2 if sites.b.status() else False,
+        20,
+        "rejections at b",
+        sites.a,
+        sites.b,
+    )
+    assert rotations(sites.a) == 0 and rotations(sites.b) == 0
+    assert "ephemeral KEM is not ml-kem-768+hqc-128" in str(sites.b.peer()), sites.b.peer()
+    assert sites.a.psk_digest() != sites.b.psk_digest()
+    assert not ping(sites.pair.a, "100.64.0.2", timeout=3.0)
