@@ -76,7 +76,8 @@ def test_grant_cli_round_trip(
     assert main(zg(sock, "list")) == 0
     out = capsys.readouterr().out
     assert "vendor-maintenance" in out and "active" in out and "pump firmware" in out
-    assert world.enforcer.calls == [("open", "vendor-tech", "vendor-maintenance", 3600)]
+    assert list(world.kernel.table) == [("vendor-maintenance", "100.64.2.10")]
+    assert world.kernel.table[("vendor-maintenance", "100.64.2.10")][0] == gid
 
 
 def test_grant_cli_says_when_policyd_is_unreachable(
