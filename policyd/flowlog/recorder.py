@@ -52,6 +52,7 @@ from policyd.flowlog.records import (
     loss_record,
 )
 from policyd.flowlog.sinks import LiveStream, Sink
+from policyd.flowlog.stream import ReportsLoss
 from topology.model import Topology
 
 CT_NEW, CT_DESTROY, NFLOG = "conntrack-new", "conntrack-destroy", "nflog"
@@ -112,6 +113,7 @@ class FlowRecorder:
                 self.config.session_idle,
                 self.config.session_max_bytes,
             )
+        self.sink_lost: dict[str, int] = {}  # per sink name: records a sink could not deliver
         self.overruns = 0
         self.resyncs = 0
         self.forgotten = 0
@@ -300,6 +302,10 @@ class FlowRecorder:
     def _poll_drops(self) -> None:
         for kind, sock in self._socks.items():
             self._account(kind, sock.new_drops())
+        for sink in self.sinks:
+            if isinstance(sink, ReportsLoss) and (lost := sink.take_lost()) > 0:
+                total = self.sink_lost[sink.name] = self.sink_lost.get(sink.name, 0) + lost
+                self._emit(loss_record(self.gateway, sink.name, lost, total))
 
     def _account(self, kind: str, lost: int) -> None:
         if lost <= 0:
@@ -402,6 +408,7 @@ class FlowRecorder:
             "lost": dict(self.lost),
             "lost_records": self.lost[CT_DESTROY] + self.lost[NFLOG],
             "lost_recording_packets": self.lost.get(RECORD, 0),
+            "sink_lost": dict(self.sink_lost),
             "sessions": self._sessions_status(),
             "overruns": self.overruns,
             "resyncs": self.resyncs,
