@@ -121,7 +121,7 @@ class Capture:
     def __init__(self, net: CollectorNet, bpf: str, path: Path) -> None:
         self.net, self.path = net, path
         self.proc = net.start(
-            "tcpdump", "-i", "lo", "-U", "-s", "0", "-w", str(path), bpf,
+            "tcpdump", "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(path), bpf,
             log=path.with_suffix(".log"),
         )  # fmt: skip
         wait_for(
@@ -142,7 +142,7 @@ class Capture:
         )
         assert proc.returncode == 0, f"tshark failed: {proc.stderr}"
         flows: list[dict[str, Any]] = []
-        for pkt in json.loads(proc.stdout or "[]"):
+        for pkt in json.loads(proc.stdout or "[]", object_pairs_hook=_keep_repeats):
             layers = pkt["_source"]["layers"]
             cflows = layers["cflow"] if isinstance(layers["cflow"], list) else [layers["cflow"]]
             for cflow in cflows:
@@ -150,6 +150,18 @@ class Capture:
                     if key.startswith("Set ") and "Data" not in key and "Template" not in key:
                         flows.extend(_flows_of_set(value))
         return flows
+
+
+def _keep_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """tshark's JSON repeats a key for repeated fields: keep them all, as a list."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            prev = out[key]
+            out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[key] = value
+    return out
 
 
 def _flows_of_set(set_tree: dict[str, Any]) -> list[dict[str, Any]]:
