@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import select
 import socket
 import ssl
 import struct
@@ -153,7 +154,8 @@ class StreamSender:
             with self._cond:
                 while not (self._closing or self._queue or (self._sock is None and self._window)):
                     self._cond.wait(1.0)
-                    self._acked()
+                    self._check()
+                self._check()
                 if self._closing and (
                     time.monotonic() > self._deadline
                     or not (self._queue or (self._sock is None and self._window))
@@ -214,6 +216,27 @@ class StreamSender:
         self._sock.sendall(data)
         with self._cond:
             self._acked()
+
+    def _check(self) -> None:
+        """Notice a connection the peer closed or reset, even while we have nothing to send,
+        so its unacknowledged frames are sent again on a new one; then trim the window."""
+        sock = self._sock
+        if sock is None:
+            return
+        if select.select([sock], [], [], 0)[0]:  # collectors never talk: EOF, RST or TLS
+            try:
+                sock.setblocking(False)
+                alive = bool(sock.recv(4096))  # b"": the peer closed
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                alive = True  # TLS housekeeping (e.g. session tickets), no data
+            except (OSError, ssl.SSLError) as exc:
+                self.last_error = f"connection {self.host}:{self.port}: {exc}"
+                alive = False
+            if not alive:
+                self._disconnect()
+                return
+            sock.settimeout(30.0)
+        self._acked()
 
     def _acked(self) -> None:
         """Move frames the peer's kernel acknowledged out of the resend window."""

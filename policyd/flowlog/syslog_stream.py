@@ -73,8 +73,9 @@ class SyslogStream(Syslog5424):
     def flush(self) -> None:
         pass  # the sender thread writes as soon as a frame is queued
 
-    def close(self) -> None:
-        self._stream.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued for up to `timeout` seconds; what is left is counted lost."""
+        self._stream.close(timeout)
 
     def stats(self) -> dict[str, Any]:
         return self._stream.stats()
