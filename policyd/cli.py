@@ -15,6 +15,7 @@ from pathlib import Path
 from policyd.compiler import CompileOptions
 from policyd.conventions import API_PORT, RUN_DIR
 from policyd.daemon import Daemon, Settings
+from policyd.flowlog import exports
 from topology.version import package_version
 
 LOG_DIR = Path("/var/log/zonegate")
@@ -52,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     flows.add_argument(
         "--flow-log", type=Path, help=f"JSON lines file (default {LOG_DIR}/flows-GATEWAY.jsonl)"
     )
-    flows.add_argument("--syslog", help="also send records to syslog: /dev/log or HOST:PORT")
+    exports.add_arguments(flows)
     flows.add_argument("--no-flow-log", action="store_true", help="record no flows")
     flows.add_argument(
         "--sessions",
@@ -80,7 +81,7 @@ def settings(args: argparse.Namespace) -> Settings:
         api_listen=None if args.no_api else args.api_listen,
         api_port=args.api_port,
         flow_log=None if args.no_flow_log else (args.flow_log or LOG_DIR / f"flows-{gw}.jsonl"),
-        syslog=args.syslog,
+        exports=exports.from_args(args),
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(Daemon(settings(args)).run())
     except KeyboardInterrupt:
         return 0
+    except exports.ExportError as exc:  # raised before any ruleset is touched
+        print(f"policyd: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ from policyd.api.app import serve
 from policyd.api.context import ControlState
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
+from policyd.flowlog.exports import ExportOptions, build_sinks
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
-from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
+from policyd.flowlog.sinks import JsonLinesFile, Sink
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle
@@ -78,7 +79,7 @@ class Settings:
     api_listen: str | None = None  # address for remote identities (through tunnels)
     api_port: int = 9780
     flow_log: Path | None = None  # None: no flow recorder
-    syslog: str | None = None
+    exports: ExportOptions = field(default_factory=ExportOptions)  # syslog, IPFIX
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
@@ -250,8 +251,7 @@ class Daemon:
         if self.s.flow_log is None:
             return
         sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
-        if self.s.syslog:
-            sinks.append(Syslog5424(self.s.syslog))
+        sinks += build_sinks(self.s.exports, self.s.gateway)
         config = RecorderConfig(sessions_dir=self.s.sessions)
         self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
         await self.recorder.start()
