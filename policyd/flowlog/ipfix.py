@@ -120,6 +120,22 @@ def _string(key: str) -> Encoder:
     return lambda d: varlen(str(d.get(key, "")))
 
 
+def _cached_string(key: str, size: int = 4096) -> Encoder:
+    """For values that repeat (zones, assets, conduits): encode each distinct one once."""
+    cache: dict[Any, bytes] = {}
+
+    def encode(d: dict[str, Any]) -> bytes:
+        value = d.get(key, "")
+        out = cache.get(value)
+        if out is None:
+            if len(cache) >= size:
+                cache.clear()
+            out = cache[value] = varlen(str(value))
+        return out
+
+    return encode
+
+
 def _u64(key: str) -> Encoder:
     return lambda d: _U64(int(d.get(key, 0)))
 
@@ -136,8 +152,17 @@ def _time(key: str, fallback: str = "ts") -> Encoder:
     return lambda d: _U64(epoch_ms(d.get(key) or d[fallback]))
 
 
+_roles_cache: dict[tuple[str, ...], bytes] = {}
+
+
 def _roles(d: dict[str, Any]) -> bytes:
-    return varlen(",".join(d.get("roles", ())))
+    roles = tuple(d.get("roles", ()))
+    out = _roles_cache.get(roles)
+    if out is None:
+        if len(_roles_cache) >= 4096:
+            _roles_cache.clear()
+        out = _roles_cache[roles] = varlen(",".join(roles))
+    return out
 
 
 def _proto(d: dict[str, Any]) -> bytes:
@@ -174,8 +199,14 @@ ENTERPRISE_ELEMENTS = {
 }
 
 
+UNIQUE_PER_FLOW = frozenset({"community_id", "uid"})
+
+
 def enterprise(key: str) -> Field:
-    enc = _roles if key == "roles" else _string(key)
+    if key == "roles":
+        enc = _roles
+    else:
+        enc = _string(key) if key in UNIQUE_PER_FLOW else _cached_string(key)
     return Field(key, ENTERPRISE_ELEMENTS[key], VARLEN, enc, enterprise=True)
 
 

@@ -179,7 +179,8 @@ class FlowRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         for kind in list(self._socks):
-            self._drain(kind)
+            while self._drain(kind) >= self.config.read_batch:
+                pass  # read everything queued: what is unread at close would be lost silently
         self._poll_drops()
         self._close_sockets()
         if self.sessions is not None:
@@ -234,16 +235,18 @@ class FlowRecorder:
 
     # -- reading ------------------------------------------------------------------
 
-    def _drain(self, kind: str) -> None:
+    def _drain(self, kind: str) -> int:
+        """Read up to `read_batch` datagrams, handle them, flush; returns how many."""
         sock = self._socks.get(kind)
         if sock is None:
-            return
+            return 0
         buf = self._buf
         handle: Callable[[bytearray, int], None] = {
             NFLOG: self._handle_nflog,
             RECORD: self._handle_record,
         }.get(kind, self._handle_ct)
-        for _ in range(self.config.read_batch):
+        count = 0
+        for count in range(1, self.config.read_batch + 1):
             try:
                 n = sock.recv_into(buf)
             except OSError as exc:
@@ -253,9 +256,11 @@ class FlowRecorder:
                 self.errors.append(f"{kind}: {exc}")
                 break
             if n == 0:
+                count -= 1
                 break
             handle(buf, n)
         self._flush()
+        return count
 
     def _handle_ct(self, buf: bytearray, n: int) -> None:
         attr = self.attr
