@@ -203,6 +203,7 @@ UNIQUE_PER_FLOW = frozenset({"community_id", "uid"})
 
 
 def enterprise(key: str) -> Field:
+    enc: Encoder
     if key == "roles":
         enc = _roles
     else:
