@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     flows.add_argument(
         "--flow-log", type=Path, help=f"JSON lines file (default {LOG_DIR}/flows-GATEWAY.jsonl)"
     )
+    flows.add_argument(
+        "--no-flow-starts",
+        action="store_true",
+        help="write flow end records only: the kernel then builds no NEW events (cheaper "
+        "under floods; IPFIX needs only ends)",
+    )
     exports.add_arguments(flows)
     flows.add_argument("--no-flow-log", action="store_true", help="record no flows")
     flows.add_argument(
@@ -81,6 +87,7 @@ def settings(args: argparse.Namespace) -> Settings:
         api_listen=None if args.no_api else args.api_listen,
         api_port=args.api_port,
         flow_log=None if args.no_flow_log else (args.flow_log or LOG_DIR / f"flows-{gw}.jsonl"),
+        flow_starts=not args.no_flow_starts,
         exports=exports.from_args(args),
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,

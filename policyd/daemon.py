@@ -79,6 +79,7 @@ class Settings:
     api_listen: str | None = None  # address for remote identities (through tunnels)
     api_port: int = 9780
     flow_log: Path | None = None  # None: no flow recorder
+    flow_starts: bool = True  # False: end records only, and the kernel sends no NEW events
     exports: ExportOptions = field(default_factory=ExportOptions)  # syslog, IPFIX
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
@@ -252,7 +253,7 @@ class Daemon:
             return
         sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
         sinks += build_sinks(self.s.exports, self.s.gateway)
-        config = RecorderConfig(sessions_dir=self.s.sessions)
+        config = RecorderConfig(sessions_dir=self.s.sessions, flow_starts=self.s.flow_starts)
         self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
         await self.recorder.start()
         log.info("recording flows to %s", self.s.flow_log)
