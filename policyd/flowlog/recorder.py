@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policyd.conventions import NFLOG_GROUP, NFLOG_RECORD_GROUP, RECORD_SNAPLEN
+from policyd.conventions import (
+    MARK_TAG,
+    MARK_TAG_MASK,
+    NFLOG_GROUP,
+    NFLOG_RECORD_GROUP,
+    RECORD_SNAPLEN,
+)
 from policyd.flowlog import conntrack, nflog, sessions
 from policyd.flowlog.attribution import Attributor
 from policyd.flowlog.netlink import (
@@ -69,6 +75,7 @@ class RecorderConfig:
     nflog_rcvbuf: int = 8 * 1024 * 1024
     nflog_group: int = NFLOG_GROUP
     flow_starts: bool = True  # a `flow` record at start as well as at end
+    kernel_mark_filter: bool = True  # the kernel drops events of entries zonegate did not mark
     deny_window: float = 10.0  # repeats of one denied 5-tuple within this are counted only
     tune_sysctls: bool = True  # turn on conntrack accounting and timestamps
     read_batch: int = 2048  # datagrams per wakeup before yielding to other tasks
@@ -144,9 +151,10 @@ class FlowRecorder:
                     write_sysctl(path, value)
             self.sysctls = {p.rsplit("/", 1)[1]: read_sysctl(p) for p in SYSCTLS}
             try:
-                self._socks[CT_DESTROY] = conntrack.open_event_socket(True, cfg.rcvbuf)
+                mark = (MARK_TAG, MARK_TAG_MASK) if cfg.kernel_mark_filter else None
+                self._socks[CT_DESTROY] = conntrack.open_event_socket(True, cfg.rcvbuf, mark)
                 if cfg.flow_starts:  # without start records NEW events are not needed
-                    self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf)
+                    self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf, mark)
                 self._socks[NFLOG] = nflog.open_nflog_socket(cfg.nflog_group, cfg.nflog_rcvbuf)
                 if self.sessions is not None:
                     self._socks[RECORD] = nflog.open_nflog_socket(

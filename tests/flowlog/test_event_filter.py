@@ -1,0 +1,55 @@
+"""The kernel filters conntrack events by mark before they are queued (a socket filter)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+
+from policyd.conventions import MARK_TAG, MARK_TAG_MASK
+from policyd.flowlog import conntrack
+from policyd.flowlog.netlink import in_netns
+from tests.flowlog.plant import require_tools, run
+
+pytestmark = pytest.mark.root
+
+
+def test_only_events_of_zonegate_marked_entries_reach_a_filtered_socket() -> None:
+    require_tools()
+    ns = "zf" + secrets.token_hex(2) + "-ct"
+    run("ip", "netns", "add", ns)
+    try:
+        with in_netns(ns):
+            plain = conntrack.open_event_socket(True, 1 << 20)
+            filtered = conntrack.open_event_socket(True, 1 << 20, (MARK_TAG, MARK_TAG_MASK))
+        marks = [0x5A000001, 0x00000007, 0, 0x5A00BEEF, 0x5B000001]
+        for i, mark in enumerate(marks):
+            run("conntrack", "-I", "-p", "udp", "-s", "100.64.1.1", "-d", "10.1.1.5",
+                "--sport", str(1000 + i), "--dport", "9", "--timeout", "60",
+                "-m", str(mark), ns=ns)  # fmt: skip
+        run("conntrack", "-F", ns=ns)
+        time.sleep(0.2)
+
+        def received(sock: conntrack.NfnlSocket) -> list[int]:
+            buf = bytearray(65536)
+            out = []
+            while n := sock.recv_into(buf):
+                out += [ev.mark for ev in conntrack.decode_datagram(buf, n)]
+            return sorted(out)
+
+        assert received(plain) == sorted(marks)
+        assert received(filtered) == [0x5A000001, 0x5A00BEEF]
+        assert filtered.new_drops() == 0  # filtered out is not "dropped"
+        plain.close()
+        filtered.close()
+    finally:
+        run("ip", "netns", "del", ns)
+
+
+def test_the_filter_program_is_loop_free_and_ends_in_returns() -> None:
+    prog = conntrack.mark_filter_program(MARK_TAG, MARK_TAG_MASK)
+    for i, (code, jt, jf, _) in enumerate(prog):
+        if code == conntrack.BPF_JEQ_K:
+            assert i + 1 + max(jt, jf) < len(prog)
+    assert [c for c, *_ in prog[-2:]] == [conntrack.BPF_RET_K] * 2
