@@ -192,7 +192,8 @@ table inet zonegate {{
     def start_ulogd(self, out: Path) -> subprocess.Popen[bytes]:
         """Debian's ulogd2 reading the gateway's conntrack DESTROY events into JSON lines."""
         conf = out.with_suffix(".conf")
-        conf.write_text(ULOGD_CONF.format(out=out, buf=32 * 1024 * 1024))
+        # ulogd sets the size only if it is below the maximum: allow it to grow once
+        conf.write_text(ULOGD_CONF.format(out=out, buf=32 << 20, bufmax=64 << 20))
         err = open(out.with_suffix(".err"), "wb")  # noqa: SIM115
         cmd = ["ip", "netns", "exec", self.g, "ulogd", "-c", str(conf)]
         proc = subprocess.Popen(cmd, stdout=err, stderr=err)
@@ -259,12 +260,14 @@ def run_rate(b: Bench, rate: float, duration: float, step: int) -> dict[str, Any
     st = json.loads(status.read_text())
     destroys = sum(1 for line in ctlog.read_bytes().splitlines() if b"[DESTROY]" in line)
     ulogd_records = len(ulog.read_bytes().splitlines()) if ulog.exists() else 0
+    ulogd_err = ulog.with_suffix(".err")
+    ulogd_warnings = ulogd_err.read_bytes().count(b"losing events") if ulogd_err.exists() else 0
     errlog = ctlog.with_suffix(".err")
     enobufs = errlog.read_bytes().count(b"ENOBUFS") if errlog.exists() else 0
     ended, lost = st["counts"]["flow_end"], st["lost"]["conntrack-destroy"]
     ipfix = next(v for k, v in st["sinks"].items() if k.startswith("ipfix:"))
     collected = nfdump_count(flowdir)
-    for p in (log, status, ctlog, errlog, ulog):
+    for p in (log, status, ctlog, errlog, ulog, ulogd_err):
         p.unlink(missing_ok=True)
     shutil.rmtree(flowdir, ignore_errors=True)
     return {
@@ -280,6 +283,7 @@ def run_rate(b: Bench, rate: float, duration: float, step: int) -> dict[str, Any
         "conntrack_E": destroys,
         "conntrack_E_enobufs": enobufs,
         "ulogd2": ulogd_records,
+        "ulogd2_losing_events_warnings": ulogd_warnings,
         "ratio_vs_conntrack_E": round(ended / destroys, 3) if destroys else None,
         "ratio_vs_ulogd2": round(ended / ulogd_records, 3) if ulogd_records else None,
         "recorder_cpu_s": round(cpu, 2),
@@ -325,10 +329,10 @@ plugin="/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_JSON.so"
 stack=ct1:NFCT,ip2str1:IP2STR,json1:JSON
 
 [ct1]
-event_mask=0x00000004
+event_mask=4
 hash_enable=0
 netlink_socket_buffer_size={buf}
-netlink_socket_buffer_maxsize={buf}
+netlink_socket_buffer_maxsize={bufmax}
 
 [json1]
 file="{out}"
