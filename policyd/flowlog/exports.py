@@ -81,6 +81,16 @@ def from_args(args: argparse.Namespace) -> ExportOptions:
 def build_sinks(opts: ExportOptions, gateway: str) -> list[Sink]:
     """The sinks the options ask for; ExportError names the first bad option."""
     sinks: list[Sink] = []
+    try:
+        _build(opts, gateway, sinks)
+    except ExportError:
+        for sink in sinks:  # e.g. a syslog sender thread already started
+            sink.close()
+        raise
+    return sinks
+
+
+def _build(opts: ExportOptions, gateway: str, sinks: list[Sink]) -> None:
     if opts.syslog_events is not None:
         unknown = sorted(set(opts.syslog_events) - set(EVENT_KINDS))
         if unknown:
@@ -120,4 +130,3 @@ def build_sinks(opts: ExportOptions, gateway: str) -> list[Sink]:
             sinks.append(IpfixExporter(opts.ipfix, domain=domain, pen=opts.ipfix_pen))
         except (ValueError, OSError) as exc:
             raise ExportError(f"--ipfix {opts.ipfix}: {exc}") from exc
-    return sinks

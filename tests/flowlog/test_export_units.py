@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,10 @@ def test_recorder_turns_a_sinks_loss_into_a_loss_record(plant_topology: Topology
     assert loss == [loss[0]] and loss[0]["source"] == ex.name and loss[0]["lost"] == 2
     assert rec.status()["sink_lost"] == {ex.name: 2}
     ex.close()
+
+
+def test_a_bad_option_after_a_good_one_leaves_no_sender_running() -> None:
+    opts = ExportOptions(syslog="tcp://127.0.0.1:9", ipfix="tls://h:1")
+    with pytest.raises(ExportError, match="--ipfix"):
+        build_sinks(opts, "site-a")
+    assert not [t for t in threading.enumerate() if t.name == "stream-127.0.0.1:9"]
