@@ -4,9 +4,9 @@ Three namespaces (client -- gateway -- sink) and a paced generator of one-packet
 flows, each from a new source address/port, forwarded by the gateway under a
 zonegate-shaped ruleset (`ct mark set` on accept). Per offered rate we run, on the
 same load at the same time: the recorder (JSON file + IPFIX export to Debian's
-`nfcapd`), `conntrack -E` and Debian's `ulogd2` (NFCT destroy events -> JSON), each
-with a 32 MiB buffer, and report flow ends recorded, loss counted, their sum against
-the truth (the accept rule's counter), flows `nfdump` read back, and each reader's
+`nfcapd`; end records only unless --starts), `conntrack -E` and Debian's `ulogd2`
+(NFCT destroy events -> JSON), each with a 32 MiB buffer, and report flow ends
+recorded, loss counted, their sum against the truth (the accept rule's counter), flows `nfdump` read back, and each reader's
 records per second and CPU per record. Then the gateway's forwarding rate (bulk TCP
 and a one-packet flood) with the recorder off, on, and on without start records.
 
@@ -236,13 +236,13 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
 
-def run_rate(b: Bench, rate: float, duration: float, step: int) -> dict[str, Any]:
+def run_rate(b: Bench, rate: float, duration: float, step: int, starts: bool) -> dict[str, Any]:
     sh("conntrack", "-F", ns=b.g, check=False)
     log, status, ctlog, ulog, flowdir = (
         b.workdir / f"{n}-{step}" for n in ("flows.jsonl", "status", "ct", "ulogd.json", "nf")
     )
     nfcapd, port = b.start_nfcapd(flowdir)
-    rec = b.start_recorder(log, status, ipfix_port=port)
+    rec = b.start_recorder(log, status, ipfix_port=port, starts=starts)
     cte = b.start_conntrack_e(ctlog)
     uld = b.start_ulogd(ulog)
     time.sleep(1.0)
@@ -369,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="5000,10000,20000,30000,40000", help="flows/s, comma list")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per rate")
     p.add_argument("--repeat", type=int, default=3, help="forwarding runs per mode")
+    p.add_argument(
+        "--starts",
+        action="store_true",
+        help="rate table with start records too (default: ends only, as a gateway "
+        "exporting to a SOC runs: --no-flow-starts)",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     args = p.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             b.setup()
             rows = [
-                {"target_per_s": int(r)} | run_rate(b, float(r), args.duration, i)
+                {"target_per_s": int(r)} | run_rate(b, float(r), args.duration, i, args.starts)
                 for i, r in enumerate(args.rates.split(","))
             ]
             # Interleave the modes and take medians: the machine's cores are shared and noisy.
@@ -400,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": os.uname().release,
         "cpus": os.cpu_count(),
         "load_before": load_before,
+        "rate_table_recorder": "start+end records" if args.starts else "end records only",
         "when": datetime.now(UTC).isoformat(),
         "rates": rows,
         "max_zero_loss_per_s": max(zero_loss) if zero_loss else 0,

@@ -174,12 +174,17 @@ def _flows_of_set(set_tree: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def enterprise_strings(flow: dict[str, Any]) -> list[str]:
-    """The values of a tshark-decoded flow's enterprise elements, in template order."""
+def enterprise_values(flow: dict[str, Any]) -> list[bytes]:
+    """The raw values of a tshark-decoded flow's enterprise elements, in template order
+    (tshark leaves out empty variable-length ones)."""
     values = flow.get("cflow.enterprise_private_entry", [])
     if isinstance(values, str):
         values = [values]
-    return [bytes.fromhex(v.replace(":", "")).decode() if v else "" for v in values]
+    return [bytes.fromhex(v.replace(":", "")) for v in values]
+
+
+def enterprise_strings(flow: dict[str, Any]) -> list[str]:
+    return [v.decode() for v in enterprise_values(flow)]
 
 
 # -- rsyslog with TLS ----------------------------------------------------------------

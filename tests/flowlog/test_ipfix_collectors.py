@@ -25,6 +25,7 @@ from tests.flowlog.collectors import (
     Capture,
     CollectorNet,
     enterprise_strings,
+    enterprise_values,
     nfdump_flows,
     require,
     start_nfcapd,
@@ -294,3 +295,67 @@ def test_enterprise_number_is_configurable(net: CollectorNet, tmp_path: Path) ->
     assert len(decoded) == 1
     raw = cap.path.read_bytes()
     assert (4242).to_bytes(4, "big") in raw and DOCUMENTATION_PEN.to_bytes(4, "big") not in raw
+
+
+MODBUS = {  # a `modbus` record as issue 12's OT transaction tier writes it
+    "ts": "2026-11-25T09:10:00.250000Z",
+    "event": "modbus",
+    "gateway": "site-a",
+    "community_id": "1:9l3v4E0qf2m5Yw5Qv9p8m8h7B3M=",
+    "id.orig_h": "100.64.1.1",
+    "id.orig_p": 40312,
+    "id.resp_h": "10.1.1.5",
+    "id.resp_p": 502,
+    "proto": "tcp",
+    "identity": "eng-1",
+    "conduit": "eng-plc",
+    "dst_asset": "site-a/plc-1",
+    "service": "modbus",
+    "tid": 12,
+    "unit": 1,
+    "func": "WRITE_SINGLE_REGISTER",
+    "fc": 6,
+    "table": "holding_registers",
+    "address": 110,
+    "quantity": 1,
+    "values": [3],
+    "verdict": "deny",
+    "exception": "ILLEGAL_DATA_ADDRESS",
+    "exception_code": 2,
+    "exception_by": "gateway",
+    "reason": "holding_registers address 110 is outside 100-109",
+}
+
+
+def test_modbus_transactions_have_their_own_template(net: CollectorNet, tmp_path: Path) -> None:
+    flowdir = tmp_path / "nf"
+    nfcapd = start_nfcapd(net, PORT, flowdir)
+    cap = Capture(net, f"udp port {PORT}", tmp_path / "modbus.pcap")
+    ipfix = exporter(net, f"127.0.0.1:{PORT}")
+    ipfix.write(Record(MODBUS))
+    ipfix.write(synthetic(1))
+    ipfix.close()
+    time.sleep(0.3)
+    cap.stop()
+    net.stop(nfcapd)
+    assert ipfix.exported == 2
+    (flow,) = [f for f in nfdump_flows(flowdir) if f["src_port"] == 40312]
+    assert (flow["src4_addr"], flow["dst4_addr"], flow["dst_port"]) == (
+        "100.64.1.1",
+        "10.1.1.5",
+        502,
+    )
+    decoded = {d["_template"]: d for d in cap.ipfix(f"udp.port=={PORT},cflow")}
+    assert set(decoded) == {256, 260}
+    values = enterprise_values(decoded[260])
+    expected = []
+    for f in TEMPLATES["modbus"][0].fields:
+        if f.enterprise:
+            raw = f.encode(MODBUS)
+            if f.length == 0xFFFF:
+                raw = raw[1:]  # a string under 255 bytes: one length byte
+                if not raw:
+                    continue  # tshark leaves out empty strings
+            expected.append(raw)
+    assert values == expected
+    assert b"WRITE_SINGLE_REGISTER" in values and (12).to_bytes(2, "big") in values
