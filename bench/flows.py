@@ -6,9 +6,10 @@ zonegate-shaped ruleset (`ct mark set` on accept). Per offered rate we run, on t
 same load at the same time: the recorder (JSON file + IPFIX export to Debian's
 `nfcapd`; end records only unless --starts), `conntrack -E` and Debian's `ulogd2`
 (NFCT destroy events -> JSON), each with a 32 MiB buffer, and report flow ends
-recorded, loss counted, their sum against the truth (the accept rule's counter), flows `nfdump` read back, and each reader's
-records per second and CPU per record. Then the gateway's forwarding rate (bulk TCP
-and a one-packet flood) with the recorder off, on, and on without start records.
+recorded, loss counted, their sum against the truth (the accept rule's counter),
+flows `nfdump` read back, and each reader's records per second and CPU per record.
+Then the gateway's forwarding rate (bulk TCP and a one-packet flood) with the
+recorder off, on, and on without start records.
 
 Never run in tests: numbers depend on the machine, and the machine is shared.
 """
