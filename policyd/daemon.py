@@ -36,6 +36,7 @@ from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle
 from policyd.render import canonical
 from topology.diagnostics import TopologyError
+from topology.files import topology_files
 from topology.model import Topology
 
 log = logging.getLogger("policyd")
@@ -43,7 +44,7 @@ log = logging.getLogger("policyd")
 
 def fingerprint(path: Path) -> str:
     """A hash of every topology file's name and content (what a reload would read)."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.y*ml"))
+    files = topology_files(path).files  # the loader's own rule, subdirectories included
     h = hashlib.sha256()
     for f in files:
         h.update(str(f).encode())

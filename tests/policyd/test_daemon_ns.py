@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -161,10 +162,16 @@ def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
     base = [str(topo), "--gateway", "plant-a", "--tunnel", net.tunnel]
     out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
     assert out.returncode == 1 and "+table inet zonegate" in out.stdout, out.stdout + out.stderr
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, "--json", check=False)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["schema"] == "zonegate.diff/1" and not doc["in_sync"]
+    assert "+table inet zonegate {" in doc["diff"] and doc["gateway"] == "plant-a"
     d = Policyd(net, topo)
     d.wait_for("applied ruleset")
     out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, "--json", check=False)
+    assert out.returncode == 0 and json.loads(out.stdout)["in_sync"] is True
     out = net.ns(net.gw, PY, "-c", code, "render", *base, "--json", check=False)
     assert out.returncode == 0 and '"nftables"' in out.stdout
     bad = subprocess.run(
