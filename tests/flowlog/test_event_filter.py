@@ -1,7 +1,8 @@
-"""The kernel filters conntrack events by mark before they are queued (a socket filter)."""
+"""Conntrack event sockets: the kernel filters by mark; the recorder reads all at stop."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -10,7 +11,9 @@ import pytest
 from policyd.conventions import MARK_TAG, MARK_TAG_MASK
 from policyd.flowlog import conntrack
 from policyd.flowlog.netlink import in_netns
+from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from tests.flowlog.plant import require_tools, run
+from topology.model import Topology
 
 pytestmark = pytest.mark.root
 
@@ -53,3 +56,34 @@ def test_the_filter_program_is_loop_free_and_ends_in_returns() -> None:
         if code == conntrack.BPF_JEQ_K:
             assert i + 1 + max(jt, jf) < len(prog)
     assert [c for c, *_ in prog[-2:]] == [conntrack.BPF_RET_K] * 2
+
+
+def test_stop_reads_every_queued_event_not_just_one_batch(plant_topology: Topology) -> None:
+    """Events queued when the recorder stops are read to the end: with a read batch of 4
+    and 10 flows ended at once, all 10 end records are written (one batch: 4)."""
+    require_tools()
+    ns = "zf" + secrets.token_hex(2) + "-ct"
+    run("ip", "netns", "add", ns)
+    try:
+
+        async def scenario() -> dict[str, int]:
+            rec = FlowRecorder(
+                plant_topology,
+                "site-a",
+                [],
+                RecorderConfig(netns=ns, read_batch=4, flow_starts=False),
+            )
+            await rec.start()
+            await asyncio.sleep(0.3)  # the start-up resync has run
+            for i in range(10):  # blocking calls: the loop reads nothing meanwhile
+                run("conntrack", "-I", "-p", "udp", "-s", "100.64.1.1", "-d", "10.1.1.5",
+                    "--sport", str(2000 + i), "--dport", "9", "--timeout", "60",
+                    "-m", str(0x5A000001), ns=ns)  # fmt: skip
+            run("conntrack", "-F", ns=ns)
+            await rec.stop()
+            return rec.counts
+
+        counts = asyncio.run(scenario())
+        assert counts["flow_end"] == 10
+    finally:
+        run("ip", "netns", "del", ns)
