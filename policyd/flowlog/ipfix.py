@@ -122,8 +122,11 @@ def _block(fields: tuple[Field, ...], size: int = 4096) -> Encoder:
     cache: dict[tuple[Any, ...], bytes] = {}
 
     def encode(d: dict[str, Any]) -> bytes:
-        key = tuple([_hashable(d.get(k)) for k in keys])
-        out = cache.get(key)
+        key = tuple(map(d.get, keys))
+        try:
+            out = cache.get(key)
+        except TypeError:  # a list value: not cacheable, encode as it is
+            return b"".join([e(d) for e in encoders])
         if out is None:
             if len(cache) >= size:
                 cache.clear()
@@ -131,10 +134,6 @@ def _block(fields: tuple[Field, ...], size: int = 4096) -> Encoder:
         return out
 
     return encode
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 # -- encoders -------------------------------------------------------------------
@@ -258,7 +257,7 @@ def enterprise(key: str) -> Field:
         enc = _roles
     else:
         enc = _string(key) if key in UNIQUE_PER_FLOW else _cached_string(key)
-    repeats = key not in UNIQUE_PER_FLOW
+    repeats = key not in UNIQUE_PER_FLOW and key != "roles"  # roles: a list, own cache
     return Field(key, ENTERPRISE_ELEMENTS[key], VARLEN, enc, enterprise=True, repeats=repeats)
 
 
