@@ -49,6 +49,27 @@ def parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--api-port", type=int, default=API_PORT, help=f"default {API_PORT}")
     api.add_argument("--no-api", action="store_true", help="serve no control API")
+    api.add_argument(
+        "--local-user",
+        action="append",
+        default=[],
+        metavar="USER=IDENTITY",
+        help="a unix user on the gateway who may act on the local socket as IDENTITY "
+        "(repeatable; root may act as any identity, nobody else unless mapped)",
+    )
+    api.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="an identity that may read /v1/status and /metrics (repeatable; root locally can)",
+    )
+    api.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=30.0,
+        help="seconds between grant reconciliations of kernel and book (default 30)",
+    )
     flows = p.add_argument_group("flow and audit log")
     flows.add_argument(
         "--flow-log", type=Path, help=f"JSON lines file (default {LOG_DIR}/flows-GATEWAY.jsonl)"
@@ -74,6 +95,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_users(pairs: list[str]) -> dict[int, frozenset[str]]:
+    """USER=IDENTITY pairs as uid -> identities; an unknown user is an error."""
+    import pwd
+
+    out: dict[int, set[str]] = {}
+    for pair in pairs:
+        user, sep, identity = pair.partition("=")
+        if not sep or not user or not identity:
+            raise SystemExit(f"policyd: --local-user {pair!r}: expected USER=IDENTITY")
+        try:
+            uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise SystemExit(f"policyd: --local-user {pair!r}: no unix user '{user}'") from None
+        out.setdefault(uid, set()).add(identity)
+    return {uid: frozenset(names) for uid, names in out.items()}
+
+
 def settings(args: argparse.Namespace) -> Settings:
     tunnels = tuple(args.tunnel or ("zg*",))
     gw = args.gateway
@@ -92,6 +130,9 @@ def settings(args: argparse.Namespace) -> Settings:
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
+        local_users=local_users(args.local_user),
+        operators=frozenset(args.operator),
+        reconcile_every=args.reconcile_every,
     )
 
 

@@ -87,7 +87,7 @@ def summary(rs: Ruleset) -> str:
                 who = ", ".join(filter(None, [who, f"{len(plan.zones)} source zone(s)"]))
         lines.append(f"  conduit {plan.name:<24} ct mark {plan.mark:#010x}  {who}")
     if rs.next_change:
-        lines.append(f"  recompiles at {rs.next_change.isoformat()} (schedule or validity)")
+        lines.append(f"  recompiles at {rfc3339(rs.next_change)} (schedule or validity)")
     return "\n".join(lines)
 
 

@@ -94,6 +94,10 @@ class Diagnostics:
     ) -> None:
         self.add("warning", location, message, hint, code)
 
+    def silence(self, location: Location) -> None:
+        """Later problems at `location` are follow-ons of one already reported."""
+        self._roots.add(location)
+
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity == "error"]

@@ -42,6 +42,17 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f"expected one of: {shown}"
 
 
+def as_text(node: YNode) -> str | None:
+    """A scalar as a string: strings as they are, and any other plain scalar as written
+    (where text is expected, a name like `2024`, `1e3`, `true` or `null` means itself);
+    None for an empty value, a list or a mapping."""
+    if not isinstance(node, YScalar):
+        return None
+    if isinstance(node.value, str):
+        return node.value
+    return node.raw or None
+
+
 class Reader:
     """Reads typed values out of located YAML nodes, reporting into one collector."""
 
@@ -76,8 +87,9 @@ class Reader:
     def string(self, node: YNode | None, what: str) -> str | None:
         if node is None:
             return None
-        if isinstance(node, YScalar) and isinstance(node.value, str) and node.value.strip():
-            return node.value.strip()
+        text = as_text(node)
+        if text is not None and text.strip():
+            return text.strip()
         self.error(node.location, f"{what} must be a non-empty string, found {describe(node)}")
         return None
 
@@ -121,8 +133,9 @@ class Reader:
         """A list of strings; a single string is accepted as a list of one."""
         if node is None:
             return []
-        if isinstance(node, YScalar) and isinstance(node.value, str):
-            return [(node.value, node.location)]
+        text = as_text(node)
+        if text is not None:
+            return [(text, node.location)]
         if not isinstance(node, YSeq):
             self.error(node.location, f"{what} must be a list of names, found {describe(node)}")
             return []

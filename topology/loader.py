@@ -22,7 +22,8 @@ from topology.model import (
 from topology.read_conduits import ConduitReader
 from topology.read_context import FORMAT_VERSION, NAMED_SECTIONS, SECTIONS, Entry
 from topology.read_places import PlacesReader
-from topology.yamlnodes import YScalar, YSeq, describe, parse_yaml
+from topology.schema import entry_keys
+from topology.yamlnodes import YNode, YScalar, YSeq, describe, parse_yaml
 
 
 def display_path(path: Path) -> str:
@@ -73,7 +74,12 @@ class Builder(PlacesReader, ConduitReader):
             block = self.r.mapping(top.get(section), f"'{section}'")
             if block is None:
                 continue
+            previous: tuple[str, YNode] | None = None
             for name, (loc, node) in block.entries.items():
+                if previous is not None and name in entry_keys(section):
+                    self._misindented(section, name, loc, *previous)
+                    continue
+                previous = (name, node)
                 seen = self.entries[section].get(name)
                 if seen is not None:
                     self.diags.error(
@@ -89,6 +95,21 @@ class Builder(PlacesReader, ConduitReader):
                 self.tests.extend((t, path.parent) for t in tests.items)
             else:
                 self.diags.error(tests.location, f"'tests' must be a list, found {describe(tests)}")
+
+    def _misindented(
+        self, section: str, key: str, loc: Location, owner: str, owner_node: YNode
+    ) -> None:
+        """`allow:` written at the level of conduit names: one indentation error, and the
+        entry above it is not also reported for missing that key."""
+        kind = section[:-1].replace("identitie", "identity")
+        self.diags.error(
+            loc,
+            f"indentation error: '{key}' is at the level of {kind} names, so it reads as a "
+            f"{kind} named '{key}'",
+            f"indent it under the {kind} above ('{owner}'), like its other keys",
+            root=True,
+        )
+        self.diags.silence(owner_node.location)
 
     def build(self) -> Topology:
         for e in self.entries["services"].values():

@@ -45,12 +45,15 @@ FIELDS = ("source", "source_kind", "via", "conduit", "target", "target_kind", "s
 
 
 def _sources(topo: Topology, c: Conduit) -> list[tuple[str, str, str, Identity | None]]:
+    """(name, kind, via, identity) for everyone the conduit admits (Sources.admits)."""
     out: list[tuple[str, str, str, Identity | None]] = []
-    for name in c.sources.identities:
-        out.append((name, "identity", "identity", topo.identities.get(name)))
-    for role in c.sources.roles:
-        for ident in topo.members(role):
-            out.append((ident.name, "identity", f"role {role}", ident))
+    for ident in sorted(topo.identities.values(), key=lambda i: i.name):
+        if c.sources.admits(ident):
+            role = next((r for r in ident.roles if r in c.sources.roles), None)
+            via = (
+                "identity" if ident.name in c.sources.identities or role is None else f"role {role}"
+            )
+            out.append((ident.name, "identity", via, ident))
     for zone in c.sources.zones:
         out.append((zone, "zone", "zone", None))
     return out

@@ -11,6 +11,7 @@ overlaps and the risk rule stay with `zonegate check`.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -319,6 +320,13 @@ def topology_schema() -> Schema:
         },
         "$defs": definitions(),
     }
+
+
+@functools.cache
+def entry_keys(section: str) -> frozenset[str]:
+    """The keys an entry of a named section may have (e.g. a conduit's `allow`)."""
+    entry = topology_schema()["properties"][section]["additionalProperties"]
+    return frozenset(entry.get("properties", {}))
 
 
 def schema_text() -> str:

@@ -44,6 +44,7 @@ class YNode:
 @dataclass
 class YScalar(YNode):
     value: object  # str, int, float, bool or None (YAML 1.2 core schema)
+    raw: str = ""  # the text as written, for plain scalars: a name `2024` stays "2024"
 
     def describe(self) -> str:
         return type_name(self.value)
@@ -142,6 +143,10 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str, path: str, diags: Diagno
             )
             return
     if _is_indentation(problem, lines, where.line):
+        culprit = _odd_line_out(lines, where.line)
+        if culprit != where.line:
+            text_line = lines[culprit - 1]
+            where = Location(path, culprit, _indent(text_line) + 1)
         diags.error(
             where,
             f"indentation error: line {where.line} does not line up with the lines around it",
@@ -188,6 +193,23 @@ def _is_indentation(problem: str, lines: list[str], number: int) -> bool:
     return _indent(lines[number - 1]) > _indent(prev) and not prev.rstrip().endswith(":")
 
 
+def _odd_line_out(lines: list[str], number: int) -> int:
+    """The line to fix: the reported one, or the line above it when that one alone is
+    less indented than its neighbours (a key dedented out of its block)."""
+    content = [
+        i
+        for i in range(1, number + 1)
+        if lines[i - 1].strip() and not lines[i - 1].lstrip().startswith("#")
+    ]
+    if len(content) < 3 or content[-1] != number:
+        return number
+    before, prev = content[-3], content[-2]
+    here = _indent(lines[number - 1])
+    if _indent(lines[before - 1]) == here > _indent(lines[prev - 1]):
+        return prev
+    return number
+
+
 def _scalar(node: yaml.ScalarNode, loc: Location, diags: Diagnostics) -> object:
     text: str = node.value
     if node.style is not None:
@@ -232,7 +254,8 @@ def _octal(text: str) -> str:
 def _convert(node: yaml.Node, path: str, loader: yaml.SafeLoader, diags: Diagnostics) -> YNode:
     loc = _loc(path, node.start_mark)
     if isinstance(node, yaml.ScalarNode):
-        return YScalar(loc, _scalar(node, loc, diags))
+        raw = node.value if node.style is None else ""
+        return YScalar(loc, _scalar(node, loc, diags), raw)
     if isinstance(node, yaml.SequenceNode):
         return YSeq(loc, [_convert(item, path, loader, diags) for item in node.value])
     if isinstance(node, yaml.MappingNode):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from policyd import commands, flows_cli, grant_client
+from policyd import audit_cli, commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
@@ -28,7 +28,7 @@ from topology.schema import schema_text
 from topology.table import format_table
 from topology.version import package_version
 from tunneld import profile
-from zonegate import graphviz, output
+from zonegate import graphviz, iec62443, output
 
 Command = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -219,6 +219,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
+    if args.iec62443:
+        return iec62443.report_command(args, topo)
+    extra = [f"--{k}" for k in ("tests", "logs", "kernel", "levels", "format") if getattr(args, k)]
+    if extra:
+        return _usage_error(args, f"{', '.join(extra)} only with --iec62443")
     if args.gateway and args.gateway not in topo.sites:
         return _usage_error(args, f"no site '{args.gateway}'")
     sites = [args.gateway] if args.gateway else sorted(topo.sites)
@@ -375,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--service modbus/write\n"
         "  zonegate reach examples/plant --to plant-a/plc-1\n"
         "  zonegate diagram examples/plant --format svg > plant.svg\n"
+        "  zonegate report --iec62443 examples/plant --tests build/test-results.xml\n"
         "exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors\n"
         "file format: docs/topology.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -414,10 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("report", help="what each gateway enforces")
+    p = sub.add_parser(
+        "report", help="what each gateway enforces; with --iec62443 the evidence report"
+    )
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--gateway", help="only this site's gateway")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    iec62443.add_arguments(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reach", help="who can reach an asset or zone, or what an identity can")
@@ -463,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
     flows_cli.add_flows_arguments(p)
     p.set_defaults(func=flows_cli.flows_command)
+
+    p = sub.add_parser("audit", help="check the audit log: verify its hash chain")
+    audit_cli.add_audit_arguments(p)
+    p.set_defaults(func=audit_cli.audit_command)
     return parser
 
 

@@ -88,6 +88,7 @@ def synthetic(n: int, base: int = 0) -> Record:
     )
 
 
+@pytest.mark.sr("SR 2.8 RE1", "SR 6.1 RE1")
 def test_nfdump_and_tshark_read_back_every_flow_the_recorder_exports(
     plant: Plant, plant_topology: Topology, net: CollectorNet, tmp_path: Path
 ) -> None:

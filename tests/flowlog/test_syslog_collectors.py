@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from policyd.flowlog.auditchain import AuditChain, verify
 from policyd.flowlog.netlink import in_netns
 from policyd.flowlog.records import AuditEvent, Record, audit_record
 from policyd.flowlog.syslog_stream import SyslogStream, octet_counted
@@ -59,24 +60,32 @@ def audits(n: int, start: int = 0) -> list[Record]:
     ]
 
 
-def test_every_audit_record_reaches_rsyslog_over_tls_byte_for_byte(
+@pytest.mark.sr("SR 2.8 RE1", "SR 3.9", "SR 6.1 RE1")
+def test_every_audit_record_reaches_rsyslog_over_tls_byte_for_byte_chain_intact(
     net: CollectorNet, tmp_path: Path
 ) -> None:
     pki = make_pki(tmp_path, SERVER_NAME)
     _, out = start_rsyslogd(net, PORT, tmp_path, pki)
     s = sink(net, f"tls://127.0.0.1:{PORT}", cafile=str(pki["ca"]), server_name=SERVER_NAME)
     records = audits(500)
+    chain = AuditChain()
     for r in records:
+        chain.seal(r.data)  # as the recorder seals every audit record (issue 13)
         s.write(r)
     wait_for(lambda: len(received_lines(out)) >= 500, what="500 messages at rsyslogd")
     s.close()
     got = received_lines(out)
     assert [msg for _, _, _, msg in got] == [r.line for r in records]  # unchanged, in order
+    at_siem = tmp_path / "at-siem.jsonl"
+    at_siem.write_text("".join(msg + "\n" for *_, msg in got), encoding="utf-8")
+    verdict = verify([at_siem])  # `zonegate audit verify` on what the SIEM received
+    assert verdict.ok and verdict.records == 500 and verdict.last == 500, verdict.problems
     assert {(app, msgid) for app, msgid, _, _ in got} == {("zonegate", "audit")}
     assert [pri for _, _, pri, _ in got[:3]] == ["132", "133", "133"]  # local0.warning/notice
     assert s.stats()["sent"] == 500 and s.take_lost() == 0
 
 
+@pytest.mark.sr("SR 3.9")
 def test_server_certificate_from_another_ca_or_for_another_name_is_refused(
     net: CollectorNet, tmp_path: Path
 ) -> None:
@@ -100,6 +109,7 @@ def test_server_certificate_from_another_ca_or_for_another_name_is_refused(
     assert received_lines(out) == []
 
 
+@pytest.mark.sr("SR 2.8 RE1")
 def test_reconnects_with_backoff_after_rsyslog_restarts_and_loses_nothing(
     net: CollectorNet, tmp_path: Path
 ) -> None:

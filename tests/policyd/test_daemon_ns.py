@@ -68,6 +68,7 @@ class Policyd:
         return "".join(self.lines)
 
 
+@pytest.mark.sr("SR 5.2 RE3", "SR 7.6")
 def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     good = topology_yaml()
@@ -121,6 +122,7 @@ def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
     assert not net.modbus("guest", PLC1, "read")
 
 
+@pytest.mark.sr("SR 5.2 RE3")
 def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())
@@ -140,6 +142,7 @@ def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
     assert net.modbus("engineer-1", PLC1, "write")  # no table: the path is open again
 
 
+@pytest.mark.sr("SR 5.2 RE3")
 def test_broken_file_at_start_changes_nothing(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text("version: 1\nsites: [\n")
@@ -149,6 +152,7 @@ def test_broken_file_at_start_changes_nothing(net: Net, tmp_path: Path) -> None:
     assert net.table_text() == ""
 
 
+@pytest.mark.sr("SR 7.6 RE1")
 def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())

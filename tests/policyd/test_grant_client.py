@@ -76,7 +76,8 @@ def test_grant_cli_round_trip(
     assert main(zg(sock, "list")) == 0
     out = capsys.readouterr().out
     assert "vendor-maintenance" in out and "active" in out and "pump firmware" in out
-    assert world.enforcer.calls == [("open", "vendor-tech", "vendor-maintenance", 3600)]
+    assert list(world.kernel.table) == [("vendor-maintenance", "100.64.2.10")]
+    assert world.kernel.table[("vendor-maintenance", "100.64.2.10")][0] == gid
 
 
 def test_grant_cli_says_when_policyd_is_unreachable(
@@ -84,3 +85,11 @@ def test_grant_cli_says_when_policyd_is_unreachable(
 ) -> None:
     assert main(zg(tmp_path / "none.sock", "list")) == 1
     assert "cannot reach policyd" in capsys.readouterr().err
+
+
+def test_grant_cli_unreachable_under_json_is_a_json_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["grant", "--socket", str(tmp_path / "none.sock"), "--json", "list"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "zonegate.error/1" and "cannot reach policyd" in doc["error"]

@@ -81,6 +81,14 @@ MISTAKES = [
         "ZG-E001",
         "[ssh, vnc",
     ),
+    Mistake(
+        "key-at-name-level",
+        "conduits/conduits.yaml",
+        "    allow: [{modbus: [read, write]}]",
+        "  allow: [{modbus: [read, write]}]",
+        "ZG-E003",
+        "allow: [{modbus: [read, write]}]",
+    ),
     # Root causes: one error, not one per reference.
     Mistake(
         "site-without-gateway",

@@ -22,7 +22,7 @@ import pytest
 
 from tests.topology.conftest import BASE
 from tests.topology.test_errors import CASES
-from topology import load
+from topology import TopologyError, load
 from topology.diagnostics import Diagnostics, Location
 from topology.fields import Reader
 from topology.schema import schema_text, topology_schema
@@ -291,3 +291,21 @@ def test_zonegate_schema_prints_it_without_jsonschema_installed() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (ROOT / "docs" / "topology.schema.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("    allow: [https]\n", "    allow: [https]\n    accept_risk: ''\n"),
+        ("    allow: [https]\n", "    allow: [https]\n    record: yes\n"),
+        ("    gateway: {underlay", "    tz: ''\n    gateway: {underlay"),
+        ("    allow: [https]\n", "    allow: []\n"),
+    ],
+    ids=["empty-risk-reason", "yaml11-boolean", "empty-tz", "empty-allow"],
+)
+def test_the_schema_rejects_newer_mistakes_too(tmp_path: Path, old: str, new: str) -> None:
+    text = BASE.replace(old, new, 1)
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(TopologyError):
+        load(tmp_path / "t.yaml")
+    assert schema_errors(text)

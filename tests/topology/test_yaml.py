@@ -7,10 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.topology.conftest import BASE
 from topology import TopologyError, load
 from topology.diagnostics import Diagnostic
+from topology.fields import NAME_RE
+from topology.yamlnodes import LEADING_ZERO_RE
 
 Write = Callable[..., Path]
 
@@ -150,3 +154,67 @@ def test_a_date_is_an_error_when_sites_disagree_on_the_time_zone(write_topology:
     diags = problems(write_topology(text))
     (d,) = [d for d in diags if d.severity == "error"]
     assert d.code == "ZG-E028" and "different time zones" in d.message and "T23:59:59" in d.hint
+
+
+NAMES = st.from_regex(NAME_RE, fullmatch=True).filter(lambda n: not LEADING_ZERO_RE.match(n))
+TRAPS = st.sampled_from(
+    [
+        "no",
+        "yes",
+        "on",
+        "off",
+        "y",
+        "n",
+        "true",
+        "null",
+        "1e3",
+        "2024",
+        "0x1f",
+        "0o17",
+        "1_000",
+        "2026-01-01",
+        "inf",
+        "nan",
+    ]
+).filter(NAME_RE.match)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(zone=st.one_of(TRAPS, NAMES), asset=st.one_of(TRAPS, NAMES), role=st.one_of(TRAPS, NAMES))
+def test_every_valid_name_is_read_as_written_as_key_and_as_reference(
+    tmp_path_factory: pytest.TempPathFactory, zone: str, asset: str, role: str
+) -> None:
+    """A name that passes the name rule means itself wherever it is written, unquoted:
+    YAML 1.1 would turn `no` into False, `0o17` into 15 and `12:30` into 750."""
+    text = (
+        BASE.replace("office: {cidr", f"{zone}: {{cidr")
+        .replace("zone: office", f"zone: {zone}")
+        .replace("site-a/office", f"site-a/{zone}")
+        .replace("plc-1", asset)
+        .replace("  auditor: {}\n", f"  {role}: {{}}\n")
+        .replace("[lead, auditor]", f"[lead, {role}]")
+    )
+    if role in ("engineer", "lead") or asset == "pc-1":
+        return  # collides with a name BASE already uses
+    path = tmp_path_factory.mktemp("names") / "t.yaml"
+    path.write_text(text)
+    topo = load(path).topology
+    assert zone in topo.sites["site-a"].zones
+    assert asset in topo.sites["site-a"].assets
+    assert role in topo.roles and role in topo.conduits["lead-office"].sources.roles
+    assert topo.conduits["eng-read"].target.name == asset
+
+
+def test_a_key_dedented_to_the_level_of_names_is_one_indentation_error(
+    write_topology: Write,
+) -> None:
+    # Valid YAML: `allow` becomes a conduit of its own, and eng-read lacks `allow`.
+    text = BASE.replace("    allow: [{modbus: read}, ssh]\n", "  allow: [{modbus: read}, ssh]\n")
+    diags = problems(write_topology(text))
+    assert len(diags) == 1, "\n".join(map(str, diags))
+    (d,) = diags
+    assert d.code == "ZG-E003" and "'allow' is at the level of conduit names" in d.message
+    assert d.location is not None
+    assert d.location.line == text.splitlines().index("  allow: [{modbus: read}, ssh]") + 1

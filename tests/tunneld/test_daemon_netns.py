@@ -186,6 +186,7 @@ def test_tunnel_up_psk_rotates_and_traffic_flows(sites: Sites) -> None:
     assert "site-b" in text and "initiator" in text
 
 
+@pytest.mark.sr("SR 1.1")
 def test_wrong_identity_key_gets_no_psk_and_no_traffic(sites: Sites) -> None:
     impostor = sites.base / "keys" / "impostor"
     keygen(impostor)
@@ -223,6 +224,7 @@ def send_raw(ns: str, host: str, frames: list[bytes]) -> None:
     )
 
 
+@pytest.mark.sr("SR 1.1", "SR 1.13")
 def test_tampered_handshake_packets_are_rejected(sites: Sites) -> None:
     both_up(sites)
     before = rotations(sites.b)

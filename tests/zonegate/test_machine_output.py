@@ -288,6 +288,7 @@ def test_the_documented_keys_are_the_keys(tmp_path: Path, capsys: Capture) -> No
         ],
         "zonegate.report/1": ["report", str(EXAMPLE), "--json"],
         "zonegate.reach/1": ["reach", str(EXAMPLE), "--from", "engineer-1", "--format", "json"],
+        "zonegate.iec62443/1": ["report", "--iec62443", str(EXAMPLE), "--format", "json"],
         "zonegate.error/1": ["report", str(EXAMPLE), "--gateway", "x", "--json"],
     }
     # zonegate.diff/1 needs a network namespace: tests/policyd/test_daemon_ns.py runs it.
@@ -296,3 +297,12 @@ def test_the_documented_keys_are_the_keys(tmp_path: Path, capsys: Capture) -> No
         main(argv)
         data = json.loads(capsys.readouterr().out)
         assert data["schema"] == name and list(data) == docs[name], name
+
+
+def test_junit_reports_a_topology_that_does_not_load(tmp_path: Path, capsys: Capture) -> None:
+    assert main(["check", str(broken_copy(tmp_path)), "--format", "junit"]) == 1
+    root = ET.fromstring(capsys.readouterr().out.split("?>", 1)[1])
+    (load_case,) = [c for c in root.iter("testcase") if c.get("classname") == "topology"]
+    failure = load_case.find("failure")
+    assert failure is not None and "unknown role 'vendor-acne'" in (failure.text or "")
+    assert "[ZG-E031]" in (failure.text or "")
