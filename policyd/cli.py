@@ -15,6 +15,7 @@ from pathlib import Path
 from policyd.compiler import CompileOptions
 from policyd.conventions import API_PORT, LOG_DIR, RUN_DIR, STATE_DIR
 from policyd.daemon import Daemon, Settings
+from policyd.flowlog import exports
 from topology.version import package_version
 
 
@@ -70,7 +71,13 @@ def parser() -> argparse.ArgumentParser:
     flows.add_argument(
         "--flow-log", type=Path, help=f"JSON lines file (default {LOG_DIR}/flows-GATEWAY.jsonl)"
     )
-    flows.add_argument("--syslog", help="also send records to syslog: /dev/log or HOST:PORT")
+    flows.add_argument(
+        "--no-flow-starts",
+        action="store_true",
+        help="write flow end records only: the kernel then builds no NEW events (cheaper "
+        "under floods; IPFIX needs only ends)",
+    )
+    exports.add_arguments(flows)
     flows.add_argument("--no-flow-log", action="store_true", help="record no flows")
     flows.add_argument(
         "--sessions",
@@ -115,7 +122,8 @@ def settings(args: argparse.Namespace) -> Settings:
         api_listen=None if args.no_api else args.api_listen,
         api_port=args.api_port,
         flow_log=None if args.no_flow_log else (args.flow_log or LOG_DIR / f"flows-{gw}.jsonl"),
-        syslog=args.syslog,
+        flow_starts=not args.no_flow_starts,
+        exports=exports.from_args(args),
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
@@ -141,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(Daemon(settings(args)).run())
     except KeyboardInterrupt:
         return 0
+    except exports.ExportError as exc:  # raised before any ruleset is touched
+        print(f"policyd: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_rule
 from policyd.console.events import Broadcaster
 from policyd.enforcer import KernelGrants, arrived_via_tunnel
 from policyd.flowlog.auditchain import AuditChain
+from policyd.flowlog.exports import ExportOptions, build_sinks
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
-from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
+from policyd.flowlog.sinks import JsonLinesFile, Sink
 from policyd.grant_service import GrantService
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
@@ -86,7 +87,8 @@ class Settings:
     api_listen: str | None = None  # address for remote identities (through tunnels)
     api_port: int = 9780
     flow_log: Path | None = None  # None: no flow recorder
-    syslog: str | None = None
+    flow_starts: bool = True  # False: end records only, and the kernel sends no NEW events
+    exports: ExportOptions = field(default_factory=ExportOptions)  # syslog, IPFIX
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
@@ -238,9 +240,8 @@ class Daemon:
         if self.s.flow_log is None:
             return
         sinks: list[Sink] = [JsonLinesFile(self.s.flow_log, gateway=self.s.gateway)]
-        if self.s.syslog:
-            sinks.append(Syslog5424(self.s.syslog))
-        config = RecorderConfig(sessions_dir=self.s.sessions)
+        sinks += build_sinks(self.s.exports, self.s.gateway)
+        config = RecorderConfig(sessions_dir=self.s.sessions, flow_starts=self.s.flow_starts)
         chain = AuditChain.resume(self.s.flow_log)
         self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config, chain)
         await self.recorder.start()

@@ -14,10 +14,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from policyd.flowlog import exports
 from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
-from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
+from policyd.flowlog.sinks import JsonLinesFile, Sink
 from topology import TopologyError, load
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="JSON-lines file to write (rotated)")
     p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--max-age", type=float, default=86400.0, help="seconds")
-    p.add_argument("--syslog", help="HOST:PORT (UDP) or /dev/log")
+    exports.add_arguments(p)
     p.add_argument("--netns", help="read this network namespace's conntrack and NFLOG")
     p.add_argument("--rcvbuf", type=int, default=RecorderConfig.rcvbuf, help="bytes")
     p.add_argument("--no-starts", action="store_true", help="no flow start records")
@@ -44,8 +45,7 @@ async def _run(args: argparse.Namespace) -> dict[str, object]:
         log = JsonLinesFile(args.log, max_bytes=args.max_bytes, max_age=args.max_age)
         sinks.append(log)
         chain = AuditChain.resume(log.path)  # the audit chain continues this log's
-    if args.syslog:
-        sinks.append(Syslog5424(args.syslog))
+    sinks += exports.build_sinks(exports.from_args(args), args.gateway)
     config = RecorderConfig(netns=args.netns, rcvbuf=args.rcvbuf, flow_starts=not args.no_starts)
     recorder = FlowRecorder(topo, args.gateway, sinks, config, chain)
     loop = asyncio.get_running_loop()
@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for d in exc.diagnostics:
             print(d, file=sys.stderr)
         return 1
+    except exports.ExportError as exc:
+        print(f"python -m policyd.flowlog: {exc}", file=sys.stderr)
+        return 2
     text = json.dumps(status, indent=2)
     if args.status:
         with open(args.status, "w") as fh:

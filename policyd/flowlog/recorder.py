@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policyd.conventions import NFLOG_GROUP, NFLOG_RECORD_GROUP, RECORD_SNAPLEN
+from policyd.conventions import (
+    MARK_TAG,
+    MARK_TAG_MASK,
+    NFLOG_GROUP,
+    NFLOG_RECORD_GROUP,
+    RECORD_SNAPLEN,
+)
 from policyd.flowlog import conntrack, nflog, sessions
 from policyd.flowlog.attribution import Attributor
 from policyd.flowlog.auditchain import AuditChain
@@ -53,6 +59,7 @@ from policyd.flowlog.records import (
     loss_record,
 )
 from policyd.flowlog.sinks import LiveStream, Sink
+from policyd.flowlog.stream import ReportsLoss
 from topology.model import Topology
 
 CT_NEW, CT_DESTROY, NFLOG = "conntrack-new", "conntrack-destroy", "nflog"
@@ -69,6 +76,7 @@ class RecorderConfig:
     nflog_rcvbuf: int = 8 * 1024 * 1024
     nflog_group: int = NFLOG_GROUP
     flow_starts: bool = True  # a `flow` record at start as well as at end
+    kernel_mark_filter: bool = True  # the kernel drops events of entries zonegate did not mark
     deny_window: float = 10.0  # repeats of one denied 5-tuple within this are counted only
     tune_sysctls: bool = True  # turn on conntrack accounting and timestamps
     read_batch: int = 2048  # datagrams per wakeup before yielding to other tasks
@@ -125,6 +133,7 @@ class FlowRecorder:
                 self.config.session_idle,
                 self.config.session_max_bytes,
             )
+        self.sink_lost: dict[str, int] = {}  # per sink name: records a sink could not deliver
         self.overruns = 0
         self.resyncs = 0
         self.forgotten = 0
@@ -156,9 +165,10 @@ class FlowRecorder:
                     write_sysctl(path, value)
             self.sysctls = {p.rsplit("/", 1)[1]: read_sysctl(p) for p in SYSCTLS}
             try:
-                self._socks[CT_DESTROY] = conntrack.open_event_socket(True, cfg.rcvbuf)
+                mark = (MARK_TAG, MARK_TAG_MASK) if cfg.kernel_mark_filter else None
+                self._socks[CT_DESTROY] = conntrack.open_event_socket(True, cfg.rcvbuf, mark)
                 if cfg.flow_starts:  # without start records NEW events are not needed
-                    self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf)
+                    self._socks[CT_NEW] = conntrack.open_event_socket(False, cfg.rcvbuf, mark)
                 self._socks[NFLOG] = nflog.open_nflog_socket(cfg.nflog_group, cfg.nflog_rcvbuf)
                 if self.sessions is not None:
                     self._socks[RECORD] = nflog.open_nflog_socket(
@@ -191,7 +201,8 @@ class FlowRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         for kind in list(self._socks):
-            self._drain(kind)
+            while self._drain(kind) >= self.config.read_batch:
+                pass  # read everything queued: what is unread at close would be lost silently
         self._poll_drops()
         self._close_sockets()
         if self.sessions is not None:
@@ -251,16 +262,18 @@ class FlowRecorder:
 
     # -- reading ------------------------------------------------------------------
 
-    def _drain(self, kind: str) -> None:
+    def _drain(self, kind: str) -> int:
+        """Read up to `read_batch` datagrams, handle them, flush; returns how many."""
         sock = self._socks.get(kind)
         if sock is None:
-            return
+            return 0
         buf = self._buf
         handle: Callable[[bytearray, int], None] = {
             NFLOG: self._handle_nflog,
             RECORD: self._handle_record,
         }.get(kind, self._handle_ct)
-        for _ in range(self.config.read_batch):
+        count = 0
+        for count in range(1, self.config.read_batch + 1):
             try:
                 n = sock.recv_into(buf)
             except OSError as exc:
@@ -270,9 +283,11 @@ class FlowRecorder:
                 self.errors.append(f"{kind}: {exc}")
                 break
             if n == 0:
+                count -= 1
                 break
             handle(buf, n)
         self._flush()
+        return count
 
     def _handle_ct(self, buf: bytearray, n: int) -> None:
         attr = self.attr
@@ -330,6 +345,10 @@ class FlowRecorder:
     def _poll_drops(self) -> None:
         for kind, sock in self._socks.items():
             self._account(kind, sock.new_drops())
+        for sink in self.sinks:
+            if isinstance(sink, ReportsLoss) and (lost := sink.take_lost()) > 0:
+                total = self.sink_lost[sink.name] = self.sink_lost.get(sink.name, 0) + lost
+                self._emit(loss_record(self.gateway, sink.name, lost, total))
 
     def _account(self, kind: str, lost: int) -> None:
         if lost <= 0:
@@ -437,6 +456,7 @@ class FlowRecorder:
             "lost": dict(self.lost),
             "lost_records": self.lost[CT_DESTROY] + self.lost[NFLOG],
             "lost_recording_packets": self.lost.get(RECORD, 0),
+            "sink_lost": dict(self.sink_lost),
             "sessions": self._sessions_status(),
             "overruns": self.overruns,
             "resyncs": self.resyncs,
