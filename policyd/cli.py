@@ -15,6 +15,7 @@ from pathlib import Path
 from policyd.compiler import CompileOptions
 from policyd.conventions import API_PORT, RUN_DIR
 from policyd.daemon import Daemon, Settings
+from policyd.ot.tier import DEFAULT_OUTSTANDING, DEFAULT_PORT
 from topology.version import package_version
 
 LOG_DIR = Path("/var/log/zonegate")
@@ -63,6 +64,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, default=STATE_DIR, help=f"grant state (default {STATE_DIR})"
     )
+    ot = p.add_argument_group("OT transaction tier (Modbus/TCP conduits)")
+    ot.add_argument(
+        "--ot-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"its TPROXY port (default {DEFAULT_PORT})",
+    )
+    ot.add_argument(
+        "--ot-outstanding",
+        type=int,
+        default=DEFAULT_OUTSTANDING,
+        help=f"requests per connection waiting for a device (default {DEFAULT_OUTSTANDING})",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -73,7 +87,11 @@ def settings(args: argparse.Namespace) -> Settings:
     return Settings(
         topology=Path(args.topology),
         gateway=gw,
-        options=CompileOptions(tunnels=tunnels, api_port=None if args.no_api else args.api_port),
+        options=CompileOptions(
+            tunnels=tunnels,
+            api_port=None if args.no_api else args.api_port,
+            ot_port=args.ot_port,
+        ),
         poll=args.poll,
         flush_on_exit=args.flush_on_exit,
         api_socket=None if args.no_api else (args.api_socket or RUN_DIR / f"policyd-{gw}.sock"),
@@ -84,6 +102,7 @@ def settings(args: argparse.Namespace) -> Settings:
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
+        ot_outstanding=args.ot_outstanding,
     )
 
 

@@ -33,6 +33,8 @@ from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle
+from policyd.ot import routing
+from policyd.ot.tier import DEFAULT_OUTSTANDING, OtTier
 from policyd.render import canonical
 from topology.diagnostics import TopologyError
 from topology.model import Topology
@@ -82,6 +84,7 @@ class Settings:
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
+    ot_outstanding: int = DEFAULT_OUTSTANDING  # requests per connection waiting for a device
 
 
 class Daemon:
@@ -98,6 +101,7 @@ class Daemon:
         self.book: GrantBook | None = None
         self.store: GrantStore | None = None
         self.applied_at: datetime | None = None
+        self.ot: OtTier | None = None
 
     # -- policy -----------------------------------------------------------------------
 
@@ -165,6 +169,8 @@ class Daemon:
         assert self.topology is not None
         if self.recorder is not None:
             self.recorder.update_topology(self.topology)
+        if self.ot is not None:
+            self.ot.update_topology(self.topology)
         if self.book is not None:
             self.book.topology = self.topology
             for grant in self.book.drop_orphans(datetime.now(UTC)):
@@ -233,6 +239,7 @@ class Daemon:
                 "next_change": rs.next_change.isoformat() if rs and rs.next_change else None,
             },
             "flows": self.recorder.status() if self.recorder else None,
+            "ot": self.ot.stats.as_dict() if self.ot else None,
         }
 
     def metrics(self) -> dict[str, float]:
@@ -258,6 +265,26 @@ class Daemon:
         log.info("recording flows to %s", self.s.flow_log)
         if self.s.sessions is not None:
             log.info("recording sessions of record: true conduits to %s", self.s.sessions)
+
+    async def _start_ot(self) -> bool:
+        """The OT transaction tier, before the ruleset that steers flows to it."""
+        port = self.s.options.ot_port
+        if port is None:
+            return True
+        assert self.topology is not None
+        emit = self.recorder.emit_transaction if self.recorder else lambda _r: None
+        self.ot = OtTier(
+            self.topology, self.s.gateway, emit, port=port, max_outstanding=self.s.ot_outstanding
+        )
+        try:
+            routing.install()
+            await self.ot.start()
+        except (OSError, routing.RoutingError) as e:
+            log.error("OT tier cannot start: %s", e)
+            self.audit(AuditEvent("policy_rejected", "failure", f"OT tier: {e}", [str(e)]))
+            self.ot = None
+            return False
+        return True
 
     async def _start_api(self) -> list[Any]:
         assert self.topology is not None
@@ -302,6 +329,8 @@ class Daemon:
         if rs is not None:
             await self._start_recorder()
             self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
+        if rs is not None and not await self._start_ot():
+            rs = None
         if rs is None or not self.enforce(rs):
             log.error("no policy applied; the running ruleset (if any) is unchanged")
             if self.recorder is not None:
@@ -321,6 +350,8 @@ class Daemon:
             else:
                 log.info("exiting: ruleset left in place (fail closed)")
                 self.audit(AuditEvent("daemon_stop", message="ruleset left in place"))
+            if self.ot is not None:
+                await self.ot.stop()
             if self.recorder is not None:
                 await self.recorder.stop()
         return 0

@@ -23,6 +23,7 @@ from topology.model import (
     TargetKind,
 )
 from topology.read_context import Entry, ReadContext
+from topology.read_modbus import read_scope
 from topology.refs import parse_service_spec
 from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
 
@@ -153,6 +154,8 @@ class ConduitReader(ReadContext):
                 return None
         elif isinstance(item, YMap) and len(item.entries) == 1:
             name, (_, cnode) = next(iter(item.entries.items()))
+            if isinstance(cnode, YMap):
+                return self._scoped_ref(name, cnode)
             wanted = self.r.string_list(cnode, f"{name} classes")
         else:
             self.diags.error(
@@ -182,6 +185,18 @@ class ConduitReader(ReadContext):
                 return None
             classes.append(cls)
         return ServiceRef(name, tuple(dict.fromkeys(classes)))
+
+    def _scoped_ref(self, name: str, node: YMap) -> ServiceRef | None:
+        """`{modbus: {units: ..., read: ..., write: ...}}`: the transaction tier's form."""
+        if name != "modbus":
+            self.diags.error(
+                node.location,
+                f"only modbus takes units and address ranges, not '{name}'",
+                f"write '{{{name}: [classes]}}'",
+            )
+            return None
+        scope = read_scope(self.r, node)
+        return None if scope is None else ServiceRef(name, scope.classes, scope)
 
     def _schedule(self, node: YNode | None) -> Schedule | None:
         m = self.r.mapping(node, "schedule")
