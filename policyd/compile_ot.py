@@ -123,9 +123,9 @@ def ot_objects(targets: list[tuple[int, int, int]], port: int, log_rate: int) ->
             ],
             "packets of the OT tier's sockets",
         ),
-        nj.rule(pre, [tcp, to_tier, _set_mark(STEER_MARK), tproxy, nj.accept()], "to the OT tier"),
-        nj.rule(pre, [tcp, to_tier, *down], "OT tier down: fail closed"),
-        nj.rule(pre, [tcp, to_tier, nj.drop()]),
+        nj.rule(pre, [to_tier, _set_mark(STEER_MARK), tproxy, nj.accept()], "to the OT tier"),
+        nj.rule(pre, [to_tier, *down], "OT tier down: fail closed"),
+        nj.rule(pre, [to_tier, nj.drop()]),
         nj.chain("ot_input"),
         nj.rule(
             "ot_input",
