@@ -67,7 +67,27 @@ def weave(
         for i, o in enumerate(objects)
         if "chain" in o and o["chain"]["name"] == "input" and "hook" in o["chain"]
     )
-    return [*objects[:at], *ot.objects, objects[at], ot.input_rule, *objects[at + 1 :]]
+    woven = [*objects[:at], *ot.objects, objects[at], ot.input_rule, *objects[at + 1 :]]
+    return _functions_on_device_side(woven)
+
+
+def _functions_on_device_side(objects: list[Json]) -> list[Json]:
+    """Steered client packets skip the kernel's function-code match in `established`:
+    the tier answers a forbidden request with an exception (a silent drop would leave
+    the client retransmitting), and `ot_output` applies the same match to what the tier
+    sends the device. Fails loudly if the compiler's layout no longer has that rule."""
+    functions = {"vmap": {"key": nj.ct("mark"), "data": "@functions"}}
+    out, found = [], False
+    for o in objects:
+        rule = o.get("rule")
+        if rule and rule["chain"] == "established" and functions in rule["expr"]:
+            skip = nj.match(nj.meta("mark"), STEER_MARK, "!=")
+            o = {"rule": rule | {"expr": [skip, *rule["expr"]]}}
+            found = True
+        out.append(o)
+    if not found:
+        raise ValueError("compile_ot: no `ct mark vmap @functions` rule in `established`")
+    return out
 
 
 def _base(name: str, hook: str, prio: int) -> Json:

@@ -91,7 +91,9 @@ def modbus_record(
             rec["read_quantity"] = second.quantity
     rec["verdict"] = verdict
     if exception is not None:
-        rec["exception"] = EXCEPTION_NAMES.get(exception, f"exception_{exception}").upper()
+        rec["exception"] = (
+            EXCEPTION_NAMES.get(exception, f"exception {exception}").upper().replace(" ", "_")
+        )
         rec["exception_code"] = exception
         rec["exception_by"] = by or "gateway"
     if reason:
