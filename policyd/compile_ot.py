@@ -67,27 +67,39 @@ def weave(
         for i, o in enumerate(objects)
         if "chain" in o and o["chain"]["name"] == "input" and "hook" in o["chain"]
     )
-    woven = [*objects[:at], *ot.objects, objects[at], ot.input_rule, *objects[at + 1 :]]
-    return _functions_on_device_side(woven)
+    spoof = [
+        nj.rule("ot_input", o["rule"]["expr"], o["rule"].get("comment"))
+        for o in objects
+        if "rule" in o
+        and o["rule"]["chain"] == "forward"
+        and o["rule"]["expr"][-1] == nj.jump("deny_spoof")
+    ]
+    cut = ot.objects.index(nj.chain("ot_input")) + 1  # zone binding first, as in `forward`
+    woven = [
+        *objects[:at],
+        *ot.objects[:cut],
+        *spoof,
+        *ot.objects[cut:],
+        objects[at],
+        ot.input_rule,
+        *objects[at + 1 :],
+    ]
+    return [_function_match_on_device_side(o) for o in woven]
 
 
-def _functions_on_device_side(objects: list[Json]) -> list[Json]:
-    """Steered client packets skip the kernel's function-code match in `established`:
-    the tier answers a forbidden request with an exception (a silent drop would leave
-    the client retransmitting), and `ot_output` applies the same match to what the tier
-    sends the device. Fails loudly if the compiler's layout no longer has that rule."""
-    functions = {"vmap": {"key": nj.ct("mark"), "data": "@functions"}}
-    out, found = [], False
-    for o in objects:
-        rule = o.get("rule")
-        if rule and rule["chain"] == "established" and functions in rule["expr"]:
-            skip = nj.match(nj.meta("mark"), STEER_MARK, "!=")
-            o = {"rule": rule | {"expr": [skip, *rule["expr"]]}}
-            found = True
-        out.append(o)
-    if not found:
-        raise ValueError("compile_ot: no `ct mark vmap @functions` rule in `established`")
-    return out
+def _function_match_on_device_side(o: Json) -> Json:
+    """Steered client packets skip the kernel's function-code match (`fc_*` chains):
+    the tier answers a forbidden request with an exception, where a silent drop would
+    leave the client retransmitting; `ot_output` runs the same chains on what the tier
+    sends the device (socket mark = conduit mark), so the match still guards the PLC."""
+    rule = o.get("rule")
+    if not rule or not rule["chain"].startswith("fc_"):
+        return o
+    lefts = [m["match"]["left"] for m in rule["expr"] if "match" in m]
+    if not any(left.get("payload", {}).get("base") == "ih" for left in lefts):
+        return o
+    skip = nj.match(nj.meta("mark"), STEER_MARK, "!=")
+    return {"rule": rule | {"expr": [skip, *rule["expr"]]}}
 
 
 def _base(name: str, hook: str, prio: int) -> Json:
