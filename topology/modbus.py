@@ -91,6 +91,16 @@ class ModbusRequest:
         return None
 
 
+def describe_request(req: ModbusRequest) -> str:
+    parts = [f"unit {req.unit}", FUNCTION_NAMES.get(req.function, f"function {req.function}")]
+    for a in req.accesses:
+        span = str(a.address) if a.quantity == 1 else f"{a.address}-{a.last}"
+        parts.append(f"{a.table} {span}")
+        if a.kind == "write" and a.values:
+            parts.append("values " + ",".join(str(v) for v in a.values[:16]))
+    return " ".join(parts)
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -193,3 +203,26 @@ def decide(scopes: Sequence[ModbusScope], req: ModbusRequest) -> Decision:
 
 def conduit_scopes(allow: Sequence[ServiceRef], service: str = "modbus") -> tuple[ModbusScope, ...]:
     return tuple(scope_of(ref) for ref in allow if ref.service == service)
+
+
+_READ_FC = {"coils": 1, "discrete_inputs": 2, "holding_registers": 3, "input_registers": 4}
+
+
+def request_for(
+    function_class: str | None,
+    table: str = "holding_registers",
+    unit: int = 1,
+    address: int = 0,
+    count: int | None = None,
+    values: Sequence[int] = (),
+) -> ModbusRequest:
+    """The request a client would send for a class (`zonegate explain --address ...`)."""
+    if function_class == "diagnostics":
+        return ModbusRequest(unit, 8)
+    if function_class == "write":
+        vals = tuple(values) or (0,)
+        single, multiple = (5, 15) if table == "coils" else (6, 16)
+        fc = single if len(vals) == 1 else multiple
+        return ModbusRequest(unit, fc, (Access("write", table, address, len(vals), vals),))
+    qty = count or 1
+    return ModbusRequest(unit, _READ_FC[table], (Access("read", table, address, qty),))

@@ -16,7 +16,8 @@ from policyd import commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
-from topology.model import Topology
+from topology.modbus import ModbusRequest, describe_request, request_for
+from topology.model import MODBUS_TABLES, Topology
 from topology.policy_tests import TestResult, run_tests
 from topology.report import gateway_rows, topology_counts
 from topology.table import format_table
@@ -116,18 +117,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
-    flow = Flow(args.source, args.target, args.service, args.at, ALL_GRANTS if args.granted else ())
+    grants = ALL_GRANTS if args.granted else ()
+    flow = Flow(args.source, args.target, args.service, args.at, grants, _modbus_request(args))
     try:
         verdict = evaluate(topo, flow)
     except FlowError as exc:
         print(f"zonegate explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps({"flow": vars(flow) | {"at": _iso(args.at)}, **verdict.as_dict()}))
+        shown = vars(flow) | {"at": _iso(args.at)}
+        shown["modbus"] = dataclasses.asdict(flow.modbus) if flow.modbus else None
+        print(json.dumps({"flow": shown, **verdict.as_dict()}))
         return EXIT_OK
     conduit = topo.conduits.get(verdict.conduit or "")
     where = f" ({conduit.location})" if conduit and conduit.location else ""
     print(f"flow:       {args.source} -> {args.target} {args.service}" + _when(args.at))
+    if flow.modbus is not None:
+        print(f"request:    {describe_request(flow.modbus)}")
     print(f"verdict:    {verdict.word}")
     print(f"conduit:    {verdict.conduit or 'default deny'}{where}")
     print(f"reason:     {verdict.reason}")
@@ -136,6 +142,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.compiled:
         return _explain_compiled(topo, flow, args.at)
     return EXIT_OK
+
+
+def _ranged(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _modbus_request(args: argparse.Namespace) -> ModbusRequest | None:
+    """The Modbus request of `explain --unit/--table/--address/--count/--value`, if given."""
+    given = (args.unit, args.table, args.address, args.count, args.value)
+    if all(v is None for v in given):
+        return None
+    function_class = args.service.partition("/")[2] or "read"
+    return request_for(
+        function_class,
+        args.table or "holding_registers",
+        1 if args.unit is None else args.unit,
+        args.address or 0,
+        args.count,
+        args.value or (),
+    )
 
 
 def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
@@ -233,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--at", type=_parse_time, help="evaluate at this time (ISO 8601)")
     p.add_argument("--granted", action="store_true", help="as if a grant were active")
+    mb = p.add_argument_group("a Modbus request (checked against units, ranges and values)")
+    mb.add_argument("--unit", type=_ranged(0, 255), help="unit id (default 1)")
+    mb.add_argument("--table", choices=MODBUS_TABLES, help="default holding_registers")
+    mb.add_argument("--address", type=_ranged(0, 65535), help="first address (default 0)")
+    mb.add_argument("--count", type=_ranged(1, 2000), help="addresses read (default 1)")
+    mb.add_argument(
+        "--value", type=_ranged(0, 65535), action="append", help="a written value (repeatable)"
+    )
     p.add_argument(
         "--compiled",
         action="store_true",

@@ -176,3 +176,57 @@ def test_explain_compiled_agrees_with_the_model_on_every_declared_test(
         out = capsys.readouterr().out
         assert f"compiled:   {t['expect']} by the nftables rules of" in out, out
         assert "agrees with the model" in out
+
+
+RANGES = """version: 1
+sites:
+  plant-a:
+    gateway: {underlay: 192.0.2.10, port: 51820, overlay: 100.64.0.1}
+    zones:
+      control: {cidr: 10.10.1.0/24, security_level: 2}
+    assets:
+      plc-1: {zone: control, address: 10.10.1.5}
+roles:
+  vendor: {}
+identities:
+  vendor-1: {kind: user, roles: [vendor], overlay: 100.64.2.10}
+conduits:
+  vendor-setpoints:
+    from: {roles: [vendor]}
+    to: {asset: plant-a/plc-1}
+    allow:
+      - modbus:
+          units: [1]
+          read: {holding_registers: [0-199]}
+          write: {holding_registers: [{addresses: 100-109, values: 0-500}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "verdict", "says"),
+    [
+        (["--address", "109", "--value", "500"], "allow", ""),
+        (["--address", "110", "--value", "3"], "deny", "exception 02 (illegal data address)"),
+        (["--address", "100", "--value", "501"], "deny", "exception 03 (illegal data value)"),
+        (["--address", "100", "--unit", "2"], "deny", "exception 0A (gateway path unavailable)"),
+    ],
+)
+def test_explain_takes_a_modbus_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], verdict: str, says: str
+) -> None:
+    topo = tmp_path / "t.yaml"
+    topo.write_text(RANGES)
+    args = ["explain", str(topo), "--from", "vendor-1", "--to", "plant-a/plc-1"]
+    assert main([*args, "--service", "modbus/write", *extra]) == 0
+    out = capsys.readouterr().out
+    assert f"verdict:    {verdict}" in out and says in out, out
+    assert "request:    unit" in out
+
+
+def test_report_shows_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topo = tmp_path / "t.yaml"
+    topo.write_text(RANGES)
+    assert main(["report", str(topo)]) == 0
+    assert "write holding_registers 100-109 values 0-500" in capsys.readouterr().out
+    assert main(["diagram", str(topo)]) == 0
+    assert "units 1; read holding_registers 0-199" in capsys.readouterr().out
