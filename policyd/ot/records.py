@@ -31,6 +31,7 @@ class ConnInfo:
     resp_p: int
     identity: str | None
     conduit: str | None
+    dst_asset: str | None = None
 
     @property
     def community_id(self) -> str:
@@ -72,6 +73,8 @@ def modbus_record(
         rec["identity"] = conn.identity
     if conn.conduit is not None:
         rec["conduit"] = conn.conduit
+    if conn.dst_asset is not None:
+        rec["dst_asset"] = conn.dst_asset
     rec["tid"] = tid
     rec["unit"] = unit
     rec["func"] = func_name(fc)

@@ -161,7 +161,10 @@ class OtTier:
             _reset(writer)
             return
         ident = self.attr.source(peer[0]).identity
-        info = ConnInfo(self.gateway, peer[0], peer[1], local[0], local[1], ident, rules.name)
+        asset = self.attr.target(local[0]).asset
+        info = ConnInfo(
+            self.gateway, peer[0], peer[1], local[0], local[1], ident, rules.name, asset
+        )
         conn = _Conn(info, info.community_id, mark, writer, asyncio.Semaphore(self.max_outstanding))
         self.conns.add(conn)
         self.stats.open += 1

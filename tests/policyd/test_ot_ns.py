@@ -19,6 +19,7 @@ import pytest
 
 from tests.policyd.nsnet import IDENTITIES, PLC1, PLC2, PY, Net, require_tools
 from tests.policyd.test_daemon_ns import Policyd
+from zonegate.cli import main as cli_main
 from zonegate.lab.modbus_device import (
     diagnostics,
     read,
@@ -271,7 +272,7 @@ def test_outstanding_requests_are_bounded(plant: Plant) -> None:
     assert len(plant.since(pos)) == 200
 
 
-def test_transaction_records_and_one_flow(plant: Plant) -> None:
+def test_transaction_records_and_one_flow(plant: Plant, capsys: pytest.CaptureFixture[str]) -> None:
     got = plant.send("engineer-1", PLC1, read(61, address=3) + write_register(62, 4, 8), expect=2)
     assert len(got["replies"]) == 2
     records = plant.records()
@@ -293,6 +294,11 @@ def test_transaction_records_and_one_flow(plant: Plant) -> None:
     ]
     assert len(flows) == 1, flows  # the client's flow, not the tier's device-side one
     assert flows[0]["identity"] == "engineer-1" and flows[0]["conduit"] == "engineers-read"
+    log = str(plant.policyd.flow_log)
+    assert cli_main(["flows", "--log", log, "--service", "modbus", "--verdict", "deny"]) == 0
+    out = capsys.readouterr().out
+    assert "write_single_register" in out and "ILLEGAL_FUNCTION (gateway)" in out, out
+    assert "read_holding_registers" not in out
 
 
 def test_no_conduit_means_no_connection(plant: Plant) -> None:
