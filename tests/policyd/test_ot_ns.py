@@ -295,7 +295,8 @@ def test_transaction_records_and_one_flow(plant: Plant, capsys: pytest.CaptureFi
     assert len(flows) == 1, flows  # the client's flow, not the tier's device-side one
     assert flows[0]["identity"] == "engineer-1" and flows[0]["conduit"] == "engineers-read"
     log = str(plant.policyd.flow_log)
-    assert cli_main(["flows", "--log", log, "--service", "modbus", "--verdict", "deny"]) == 0
+    args = ["flows", "--log", log, "--service", "modbus", "--verdict", "deny"]
+    assert cli_main([*args, "--identity", "engineer-1"]) == 0
     out = capsys.readouterr().out
     assert "write_single_register" in out and "ILLEGAL_FUNCTION (gateway)" in out, out
     assert "read_holding_registers" not in out
