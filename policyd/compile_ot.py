@@ -36,6 +36,8 @@ Json = nj.Json
 STEER_MARK = 0x5B000000  # "steered to the OT tier"; conduit marks have 0x5A on top
 ROUTE_TABLE = 7502  # policy routing table that delivers steered packets locally
 PRIO_MANGLE = -150
+PRIO_RAW = -300  # before conntrack (-200): where `ct zone set` must happen
+CLIENT_ZONE = 1  # conntrack zone of the client side of steered flows
 OT_SERVICES = ("modbus",)
 
 
@@ -107,6 +109,10 @@ def _base(name: str, hook: str, prio: int) -> Json:
     return {"chain": body | {"policy": "accept"}}
 
 
+def _ct_zone() -> Json:
+    return {"mangle": {"key": nj.ct("zone"), "value": CLIENT_ZONE}}
+
+
 def _mark_is(value: int) -> Json:
     return nj.match(nj.meta("mark"), value)
 
@@ -139,11 +145,21 @@ def ot_objects(targets: list[tuple[int, int, int]], port: int, log_rate: int) ->
     elems = [{"concat": [nj.address_range(lo, hi), p]} for lo, hi, p in targets]
     tcp = nj.match(nj.meta("l4proto"), "tcp")
     to_tier = nj.match(key, "@ot_targets")
+    source = {"concat": [nj.payload("ip", "saddr"), nj.payload("tcp", "sport")]}
+    from_tier = nj.match(source, "@ot_targets")
     tproxy = {"tproxy": {"family": "ip", "addr": "127.0.0.1", "port": port}}
     down = [nj.limit(log_rate, log_rate), nj.nflog(NFLOG_DENY_PREFIX + "ot-down", NFLOG_GROUP)]
     pre = "ot_prerouting"
     objects: list[Json] = [
         nj.named_set("ot_targets", ["ipv4_addr", "inet_service"], ["interval"], elems),
+        # The client side in a conntrack zone of its own: the tier reaches the device
+        # from the client's address, to the same address and port, so the two legs'
+        # tuples can be equal (the device side's source port is the kernel's choice);
+        # in one zone such a pair collides and the later connection is dropped.
+        _base("ot_raw_prerouting", "prerouting", PRIO_RAW),
+        nj.rule("ot_raw_prerouting", [to_tier, _ct_zone()], "client side of the OT tier"),
+        _base("ot_raw_output", "output", PRIO_RAW),
+        nj.rule("ot_raw_output", [from_tier, _ct_zone()], "client side of the OT tier"),
         _base(pre, "prerouting", PRIO_MANGLE),
         nj.rule(
             pre,

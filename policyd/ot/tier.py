@@ -131,7 +131,7 @@ class OtTier:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.bind((self.bind, self.port))
-        sock.listen(1024)
+        sock.listen(4096)
         sock.setblocking(False)
         self.server = await asyncio.start_server(self._serve, sock=sock, limit=READ_SIZE)
         log.info("OT tier (Modbus/TCP) listening on %s:%d", self.bind, self.port)

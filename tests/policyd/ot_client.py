@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--source", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--port", type=int, default=502)
+    p.add_argument("--sport", type=int, default=0, help="source port (default: any)")
     p.add_argument("--gap", type=float, default=0.0)
     p.add_argument("--expect", type=int, default=1)
     p.add_argument("--timeout", type=float, default=3.0)
@@ -28,7 +29,7 @@ def main() -> None:
     a = p.parse_args()
     out: dict[str, object] = {"connected": False, "replies": [], "reset": False, "eof": False}
     try:
-        s = socket.create_connection((a.dst, a.port), a.timeout, source_address=(a.source, 0))
+        s = socket.create_connection((a.dst, a.port), a.timeout, source_address=(a.source, a.sport))
     except OSError as exc:
         out["error"] = str(exc)
         print(json.dumps(out))

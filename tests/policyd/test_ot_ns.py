@@ -106,8 +106,10 @@ class Plant:
         expect: int = 1,
         gap: float = 0.0,
         timeout: float = 3.0,
+        sport: int = 0,
     ) -> dict[str, Any]:
         argv = [PY, "-m", "tests.policyd.ot_client", "--source", IDENTITIES[who], "--dst", dst]
+        argv += ["--sport", str(sport)]
         argv += ["--expect", str(expect), "--gap", str(gap), "--timeout", str(timeout)]
         out = self.net.ns(self.net.ident, *argv, *(c.hex() for c in chunks), timeout=60)
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -300,6 +302,25 @@ def test_transaction_records_and_one_flow(plant: Plant, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "write_single_register" in out and "ILLEGAL_FUNCTION (gateway)" in out, out
     assert "read_holding_registers" not in out
+
+
+def test_device_side_may_reuse_the_client_port(plant: Plant) -> None:
+    """The tier's connection to the device can get the client's own 4-tuple (same
+    addresses, same port); the client side lives in its own conntrack zone, so the two
+    do not collide. Forced here: the gateway has one ephemeral port, the client uses it."""
+    net = plant.net
+    old = net.ns(net.gw, "sysctl", "-n", "net.ipv4.ip_local_port_range").stdout.split()
+    try:
+        for tid, port in ((91, 40001), (92, 40002)):
+            net.ns(net.gw, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={port} {port}")
+            pos = plant.mark()
+            got = plant.send("engineer-1", PLC1, read(tid), sport=port)
+            assert replies(got) == {tid: "03020000"}, got
+            assert [(e["peer"], e["port"]) for e in plant.since(pos)] == [
+                (IDENTITIES["engineer-1"], port)
+            ]
+    finally:
+        net.ns(net.gw, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={old[0]} {old[1]}")
 
 
 def test_no_conduit_means_no_connection(plant: Plant) -> None:
