@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--gap", type=float, default=0.0)
     p.add_argument("--expect", type=int, default=1)
     p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--again", type=float, help="after the answers, wait this long, send again")
     p.add_argument("chunks", nargs="+")
     a = p.parse_args()
     out: dict[str, object] = {"connected": False, "replies": [], "reset": False, "eof": False}
@@ -36,30 +37,37 @@ def main() -> None:
         return
     out["connected"] = True
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    data = b""
+    data = bytearray()
     try:
-        for chunk in a.chunks:
-            s.sendall(bytes.fromhex(chunk))
-            if a.gap:
-                time.sleep(a.gap)
-        deadline = time.monotonic() + a.timeout
-        while len(split_replies(data)) < a.expect and time.monotonic() < deadline:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                got = s.recv(65536)
-            except TimeoutError:
-                break
-            if not got:
-                out["eof"] = True
-                break
-            data += got
-    except ConnectionResetError:
+        rounds = 1 if a.again is None else 2
+        for n in range(rounds):
+            if n:
+                time.sleep(a.again)
+            _exchange(s, a, data, a.expect * (n + 1))
+    except (ConnectionResetError, BrokenPipeError):
         out["reset"] = True
-    except BrokenPipeError:
-        out["reset"] = True
-    out["replies"] = [[tid, unit, pdu.hex()] for tid, unit, pdu in split_replies(data)]
+    except EOFError:
+        out["eof"] = True
+    out["replies"] = [[tid, unit, pdu.hex()] for tid, unit, pdu in split_replies(bytes(data))]
     s.close()
     print(json.dumps(out))
+
+
+def _exchange(s: socket.socket, a: argparse.Namespace, data: bytearray, expect: int) -> None:
+    for chunk in a.chunks:
+        s.sendall(bytes.fromhex(chunk))
+        if a.gap:
+            time.sleep(a.gap)
+    deadline = time.monotonic() + a.timeout
+    while len(split_replies(bytes(data))) < expect and time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got = s.recv(65536)
+        except TimeoutError:
+            break
+        if not got:
+            raise EOFError
+        data += got
 
 
 if __name__ == "__main__":

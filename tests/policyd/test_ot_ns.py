@@ -305,22 +305,27 @@ def test_transaction_records_and_one_flow(plant: Plant, capsys: pytest.CaptureFi
 
 
 def test_device_side_may_reuse_the_client_port(plant: Plant) -> None:
-    """The tier's connection to the device can get the client's own 4-tuple (same
-    addresses, same port); the client side lives in its own conntrack zone, so the two
-    do not collide. Forced here: the gateway has one ephemeral port, the client uses it."""
+    """The tier's connection to the device can get a client's own 4-tuple (same
+    addresses, same port): the client side lives in its own conntrack zone, so the two
+    do not collide. Forced here: the gateway has two ephemeral ports, a long-lived client
+    A makes the tier use it, then client B connects from exactly that port."""
     net = plant.net
     old = net.ns(net.gw, "sysctl", "-n", "net.ipv4.ip_local_port_range").stdout.split()
+    net.ns(net.gw, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40005 40006")
     try:
-        for tid, port in ((91, 40001), (92, 40002)):
-            net.ns(net.gw, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={port} {port}")
-            pos = plant.mark()
-            got = plant.send("engineer-1", PLC1, read(tid), sport=port)
-            assert replies(got) == {tid: "03020000"}, got
-            assert [(e["peer"], e["port"]) for e in plant.since(pos)] == [
-                (IDENTITIES["engineer-1"], port)
-            ]
+        argv = [PY, "-m", "tests.policyd.ot_client", "--source", IDENTITIES["engineer-1"]]
+        argv += ["--dst", PLC1, "--sport", "50005", "--again", "2", read(93).hex()]
+        pos = plant.mark()
+        a = net.spawn(net.ident, *argv)
+        time.sleep(1.0)
+        (seen,) = [e for e in plant.since(pos) if e["tid"] == 93]
+        b = plant.send("engineer-1", PLC1, read(94), sport=seen["port"])
+        out, _ = a.communicate(timeout=30)
     finally:
         net.ns(net.gw, "sysctl", "-qw", f"net.ipv4.ip_local_port_range={old[0]} {old[1]}")
+    assert replies(b) == {94: "03020000"}, b
+    first = json.loads(out.strip().splitlines()[-1])
+    assert [tid for tid, _, _ in first["replies"]] == [93, 93], first
 
 
 def test_no_conduit_means_no_connection(plant: Plant) -> None:
