@@ -286,6 +286,7 @@ def latency(b: Bench, seconds: float) -> dict[str, Any]:
     for label in ("kernel_only", "tier", "kernel_only", "tier"):
         if label == "tier":
             proc = b.start_policyd()
+            time.sleep(2.0)  # past start-up work (the recorder's conntrack resync)
         else:
             b.apply_without_tier()
         lat = b.client("latency", 1, 1000.0, seconds)["lat"]
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/bench modbus", description=__doc__)
     p.add_argument("--seconds", type=float, default=5.0, help="per latency/throughput run")
     p.add_argument("--connections", type=int, default=100)
-    p.add_argument("--window", type=int, default=4, help="reads in flight per connection")
+    p.add_argument("--windows", default="1,16", help="reads in flight per connection, one run each")
     p.add_argument(
         "--idle",
         type=int,
@@ -367,19 +368,35 @@ def main(argv: list[str] | None = None) -> int:
         "RLIMIT_NOFILE hard limit above 2x this)",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--only", choices=["latency", "throughput", "memory"], help="one part, no file")
     args = p.parse_args(argv)
     _nofile()
     with tempfile.TemporaryDirectory(prefix="zm-bench-") as tmp:
         b = Bench(Path(tmp))
         try:
             b.setup()
+            if args.only:
+                part = {
+                    "latency": lambda: latency(b, args.seconds),
+                    "throughput": lambda: [
+                        throughput(b, args.seconds, args.connections, int(w))
+                        for w in args.windows.split(",")
+                    ],
+                    "memory": lambda: memory(b, args.idle),
+                }[args.only]()
+                print(json.dumps(part, indent=2))
+                return 0
             lat = latency(b, args.seconds)
-            thr = throughput(b, args.seconds, args.connections, args.window)
+            thr = [
+                throughput(b, args.seconds, args.connections, int(w))
+                for w in args.windows.split(",")
+            ]
             mem = memory(b, args.idle)
         finally:
             b.close()
     result = {
         "machine": os.uname().release,
+        "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
         "when": datetime.now(UTC).isoformat(),
         "latency": lat,
@@ -398,14 +415,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(r: dict[str, Any]) -> str:
-    lat, thr, mem = r["latency"], r["throughput"], r["memory"]
+    lat, mem = r["latency"], r["memory"]
+    thr_lines = [
+        f"throughput, {t['connections']} connections x {t['in_flight_per_connection']} in "
+        f"flight: {t['per_s_wall']}/s wall, {t['per_core_s']}/s per core of tier CPU "
+        f"({t['tier_cpu_share']} cores used)"
+        for t in r["throughput"]
+    ]
     return "\n".join(
         [
             f"added latency at 1000/s: p50 {lat['added_p50_ms']} ms, p99 {lat['added_p99_ms']} ms "
             f"(kernel only p99 {lat['kernel_only_ms']['p99']:.3f}, "
             f"tier p99 {lat['tier_ms']['p99']:.3f})",
-            f"throughput, {thr['connections']} connections: {thr['per_s_wall']}/s wall, "
-            f"{thr['per_core_s']}/s per core of tier CPU ({thr['tier_cpu_share']} cores used)",
+            *thr_lines,
             f"memory: {mem['held']} idle connections held, {mem['per_connection_kib']} KiB each "
             f"({mem['answered_after_holding']} answered afterwards)",
         ]
