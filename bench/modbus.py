@@ -174,6 +174,7 @@ class Bench:
         self.tag = tag
         self.procs: list[subprocess.Popen[str]] = []
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.prefix: list[str] = []  # e.g. chrt -f 10: how policyd is started
 
     def setup(self) -> None:
         for ns in (self.c, self.g, self.d):
@@ -220,7 +221,7 @@ class Bench:
         return p
 
     def start_policyd(self) -> subprocess.Popen[str]:
-        argv = [PY, "-m", "policyd.cli", "--topology", str(self.dir / "topo.yaml")]
+        argv = [*self.prefix, PY, "-m", "policyd.cli", "--topology", str(self.dir / "topo.yaml")]
         argv += ["--gateway", "bench", "--tunnel", self.tunnel, "--no-api", "--no-sessions"]
         argv += ["--flow-log", str(self.dir / "flows.jsonl"), "--state-dir", str(self.dir)]
         log = self.dir / f"policyd-{len(self.procs)}.log"
@@ -368,22 +369,27 @@ def main(argv: list[str] | None = None) -> int:
         "RLIMIT_NOFILE hard limit above 2x this)",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument(
+        "--rt", action="store_true", help="run policyd with SCHED_FIFO priority 10 (chrt -f 10)"
+    )
     p.add_argument("--only", choices=["latency", "throughput", "memory"], help="one part, no file")
     args = p.parse_args(argv)
     _nofile()
     with tempfile.TemporaryDirectory(prefix="zm-bench-") as tmp:
         b = Bench(Path(tmp))
+        if args.rt:
+            b.prefix = ["chrt", "-f", "10"]
         try:
             b.setup()
             if args.only:
-                part = {
-                    "latency": lambda: latency(b, args.seconds),
-                    "throughput": lambda: [
-                        throughput(b, args.seconds, args.connections, int(w))
-                        for w in args.windows.split(",")
-                    ],
-                    "memory": lambda: memory(b, args.idle),
-                }[args.only]()
+                part: object
+                if args.only == "latency":
+                    part = latency(b, args.seconds)
+                elif args.only == "throughput":
+                    windows = [int(w) for w in args.windows.split(",")]
+                    part = [throughput(b, args.seconds, args.connections, w) for w in windows]
+                else:
+                    part = memory(b, args.idle)
                 print(json.dumps(part, indent=2))
                 return 0
             lat = latency(b, args.seconds)
