@@ -61,7 +61,8 @@ def weave(
     `port` None: no tier on this gateway, nothing is steered."""
     if port is None:
         return objects
-    ot = ot_objects(steered(topology, conduits, gateway), port, log_rate)
+    recording = any("map" in o and o["map"]["name"] == "recorded" for o in objects)
+    ot = ot_objects(steered(topology, conduits, gateway), port, log_rate, recording)
     if ot.input_rule is None:
         return objects
     at = next(
@@ -126,19 +127,32 @@ def steered(
     conduits: Iterable[tuple[Conduit, tuple[int, int]]],
     gateway: str,
 ) -> list[tuple[int, int, int]]:
-    """(lo, hi, port) for each ingress conduit's Modbus service."""
-    out: set[tuple[int, int, int]] = set()
+    """Disjoint (lo, hi, port) covering every ingress conduit's Modbus destinations
+    (an interval set refuses overlapping elements: a zone and an asset in it merge)."""
+    spans: dict[int, list[tuple[int, int]]] = {}
     for c, (lo, hi) in conduits:
         if c.target.site != gateway:
             continue
         for ref in c.allow:
             svc = topology.services.get(ref.service) or BUILTIN_SERVICES.get(ref.service)
             if ref.service in OT_SERVICES and svc is not None and svc.transport == "tcp":
-                out.update((lo, hi, port) for port in svc.ports)
+                for port in svc.ports:
+                    spans.setdefault(port, []).append((lo, hi))
+    out: list[tuple[int, int, int]] = []
+    for port, items in spans.items():
+        merged: list[list[int]] = []
+        for lo, hi in sorted(items):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out.extend((lo, hi, port) for lo, hi in merged)
     return sorted(out)
 
 
-def ot_objects(targets: list[tuple[int, int, int]], port: int, log_rate: int) -> OtSteering:
+def ot_objects(
+    targets: list[tuple[int, int, int]], port: int, log_rate: int, recording: bool = False
+) -> OtSteering:
     if not targets:
         return OtSteering((), None, 0)
     key = {"concat": [nj.payload("ip", "daddr"), nj.payload("tcp", "dport")]}
@@ -232,6 +246,17 @@ def ot_objects(targets: list[tuple[int, int, int]], port: int, log_rate: int) ->
             "the tier's socket learns the admitting conduit",
         ),
         _base("ot_output", "output", 0),
+        *(
+            [
+                nj.rule(
+                    "ot_output",
+                    [from_tier, {"vmap": {"key": nj.ct("mark"), "data": "@recorded"}}],
+                    "session recording: the tier's answers to the client",
+                )
+            ]
+            if recording
+            else []
+        ),
         nj.rule(
             "ot_output",
             [{"vmap": {"key": nj.meta("mark"), "data": "@functions"}}],

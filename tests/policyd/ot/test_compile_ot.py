@@ -31,6 +31,15 @@ def test_modbus_targets_of_this_gateway_only(plant: Topology) -> None:
     text = json.dumps(targets["elem"])
     assert "10.10.1.0" in text and "502" in text  # the control zone (engineers) and plc-1
     assert "10.20.1" not in text  # plant-b's PLC is steered by plant-b's gateway
+    # the zone and plc-1 inside it are one element: an interval set refuses overlaps
+    assert targets["elem"] == [{"concat": [{"prefix": {"addr": "10.10.1.0", "len": 24}}, 502]}], (
+        targets["elem"]
+    )
+
+
+def test_recorded_conduits_record_the_tiers_answers(plant: Topology) -> None:
+    out = json.dumps(rules(objects(plant), "ot_output"))
+    assert '"data": "@recorded"' in out and "ip" in out
 
 
 def test_input_starts_with_the_jump_and_admission_is_dispatch(plant: Topology) -> None:
