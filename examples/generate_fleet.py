@@ -23,7 +23,6 @@ def sites() -> dict[str, object]:
             "zones": {
                 "control": {"cidr": f"10.{octet}.1.0/24", "security_level": 3},
                 "ops": {"cidr": f"10.{octet}.5.0/24", "security_level": 2},
-                "office": {"cidr": f"10.{octet}.9.0/24", "security_level": 1},
             },
             "assets": {
                 **{

@@ -37,6 +37,7 @@ from policyd.ot import routing
 from policyd.ot.tier import DEFAULT_OUTSTANDING, OtTier
 from policyd.render import canonical
 from topology.diagnostics import TopologyError
+from topology.files import topology_files
 from topology.model import Topology
 
 log = logging.getLogger("policyd")
@@ -44,7 +45,7 @@ log = logging.getLogger("policyd")
 
 def fingerprint(path: Path) -> str:
     """A hash of every topology file's name and content (what a reload would read)."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.y*ml"))
+    files = topology_files(path).files  # the loader's own rule, subdirectories included
     h = hashlib.sha256()
     for f in files:
         h.update(str(f).encode())

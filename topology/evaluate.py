@@ -13,6 +13,7 @@ from datetime import datetime
 from ipaddress import IPv4Address
 from typing import Literal
 
+from topology.instants import rfc3339
 from topology.modbus import EXCEPTION_NAMES, ModbusRequest, conduit_scopes, decide
 from topology.model import Conduit, Identity, Target, TargetKind, Topology, Zone, format_duration
 from topology.refs import ServiceSpec, parse_service_spec
@@ -105,9 +106,7 @@ def _resolve_place(topo: Topology, ref: str, source: bool) -> Endpoint:
 def _source_matches(topo: Topology, conduit: Conduit, src: Endpoint) -> bool:
     s = conduit.sources
     if src.identity is not None:
-        if src.identity.name in s.identities:
-            return True
-        if any(role in s.roles for role in src.identity.roles):
+        if s.admits(src.identity):
             return True
         if src.identity.kind == "site":
             return False
@@ -143,7 +142,9 @@ def evaluate(topo: Topology, flow: Flow) -> Verdict:
         raise FlowError(spec[0] + (f" ({spec[1]})" if spec[1] else ""))
 
     if src.identity is not None and flow.at is not None and not src.identity.valid_at(flow.at):
-        return Verdict(False, None, f"identity {src.identity.name} is not valid at {flow.at}")
+        return Verdict(
+            False, None, f"identity {src.identity.name} is not valid at {rfc3339(flow.at)}"
+        )
 
     candidates = [
         c
@@ -215,7 +216,7 @@ def evaluate(topo: Topology, flow: Flow) -> Verdict:
 def _validity(ident: Identity) -> str:
     parts = []
     if ident.valid_from is not None:
-        parts.append(f"from {ident.valid_from:%Y-%m-%d %H:%M %Z}")
+        parts.append(f"from {rfc3339(ident.valid_from)}")
     if ident.valid_until is not None:
-        parts.append(f"until {ident.valid_until:%Y-%m-%d %H:%M %Z}")
+        parts.append(f"until {rfc3339(ident.valid_until)}")
     return f"identity valid {' '.join(parts)}" if parts else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
@@ -32,6 +32,11 @@ V = TypeVar("V")
 def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
     """A read-only view, so a validated model cannot be changed by accident."""
     return MappingProxyType(dict(items or {}))
+
+
+# The optional code-based third component of tunnels (a site's or a conduit's
+# `code_kem`; tunneld adds HQC ephemeral keys to X25519 and ML-KEM, weakest first).
+CODE_KEMS = ("hqc-128", "hqc-192", "hqc-256")
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,10 @@ class Site:
     assets: Mapping[str, Asset]
     kem: str = "ml-kem-768"
     location: Location | None = None
+    tz: str = "UTC"  # IANA time zone: a date alone in valid_from/valid_until is a day here
+    # A code-based KEM (hqc-128/192/256) every tunnel of this site must add to X25519 and
+    # ML-KEM; a pair of sites uses the stronger of the two sides' (None: two components).
+    code_kem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,13 @@ class Approval:
     by_identities: tuple[str, ...]
     max_duration: timedelta
 
+    def names(self, identity: Identity) -> bool:
+        """Whether the identity is one this approval names (by name or role); the
+        requester-is-never-approver rule is the grant book's, on top of this."""
+        return identity.name in self.by_identities or any(
+            r in self.by_roles for r in identity.roles
+        )
+
     def describe(self) -> str:
         who = ", ".join([*self.by_roles, *self.by_identities])
         return f"approval by {who}, at most {format_duration(self.max_duration)}"
@@ -306,6 +322,14 @@ class Sources:
     identities: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     zones: tuple[str, ...] = ()  # "site/zone"
+
+    def admits(self, identity: Identity) -> bool:
+        """Whether this `from` names the identity, directly or by one of its roles.
+
+        The one admission rule: the evaluator, grants, tunnel planning, profiles and the
+        compiler's role index all ask it (or build on it), so they cannot disagree.
+        """
+        return identity.name in self.identities or any(r in self.roles for r in identity.roles)
 
 
 class TargetKind(Enum):
@@ -339,6 +363,11 @@ class Conduit:
     record: bool = False
     description: str = ""
     location: Location | None = None
+    accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
+    # A code-based KEM (hqc-128/192/256) the tunnels carrying this conduit must add to
+    # X25519 and ML-KEM: the site pair of a zone-to-zone conduit, or each admitted user's
+    # tunnel into the target site (None: as the sites say).
+    code_kem: str | None = None
 
     @property
     def mark(self) -> int:
@@ -354,8 +383,15 @@ class Conduit:
         return self.approval is not None or self.emergency is not None
 
 
+# ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
+# hash of the conduit name.
+MARK_TAG = 0x5A000000
+MARK_TAG_MASK = 0xFF000000
+
+
 def conduit_mark(name: str) -> int:
-    return 0x5A000000 | (zlib.crc32(name.encode()) & 0x00FFFFFF)
+    """The conduit's id in the kernel (ct mark): stable across reloads and gateways."""
+    return MARK_TAG | (zlib.crc32(name.encode()) & ~MARK_TAG_MASK & 0xFFFFFFFF)
 
 
 Expect = Literal["allow", "deny"]
@@ -374,7 +410,7 @@ class PolicyTest:
     location: Location | None = None
 
     def describe(self) -> str:
-        when = f" at {self.at.isoformat()}" if self.at else ""
+        when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
         return f"{self.source} -> {self.target} {self.service}{when}{grant}"
 

@@ -7,6 +7,7 @@ from typing import cast
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Asset,
     FunctionClass,
     Gateway,
@@ -81,7 +82,8 @@ class PlacesReader(ReadContext):
         )
 
     def _build_site(self, e: Entry) -> None:
-        node = self._named_map(e, "site", ("gateway", "zones", "assets", "kem", "description"))
+        allowed = ("gateway", "zones", "assets", "kem", "code_kem", "description", "tz")
+        node = self._named_map(e, "site", allowed)
         if node is None:
             return
         what = f"site '{e.name}'"
@@ -98,6 +100,13 @@ class PlacesReader(ReadContext):
         kem = self.r.string(node.get("kem"), "kem") or "ml-kem-768"
         if kem not in KEMS:
             self.diags.error(node.key_location("kem"), f"unknown kem '{kem}'", suggest(kem, KEMS))
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
         zones = {}
         for zname, (zloc, znode) in self._children(node, "zones", what).items():
             zone = self._build_zone(e.name, zname, zloc, znode)
@@ -110,8 +119,18 @@ class PlacesReader(ReadContext):
                 assets[aname] = asset
         if gateway is None:
             return
+        tz = self._time_zone(node)
+        if tz is None:
+            return
         self.sites[e.name] = Site(
-            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location
+            e.name,
+            gateway,
+            frozen_map(zones),
+            frozen_map(assets),
+            kem,
+            e.location,
+            code_kem=code_kem if code_kem in CODE_KEMS else None,
+            tz=tz,
         )
 
     def _build_zone(self, site: str, name: str, loc: Location, node: YNode) -> Zone | None:
@@ -147,6 +166,8 @@ class PlacesReader(ReadContext):
                 services.append(svc)
             else:
                 self.diags.error(sloc, f"unknown service '{svc}'", suggest(svc, self.services))
+        if zone in (self._declared(site, "zones") or {}) and zone not in zones:
+            return None  # the zone has an error of its own
         if zone is not None and zone not in zones:
             self.diags.error(
                 m.key_location("zone"),
@@ -239,8 +260,11 @@ class PlacesReader(ReadContext):
                     "run 'tunneld keygen DIR' where the identity lives and commit DIR/*.pub",
                 )
             keys = str(key_path)
-        valid_from = self.r.moment(node.get("valid_from"), "valid_from")
-        valid_until = self.r.moment(node.get("valid_until"), "valid_until")
+        day_tz = self._day_tz(site)
+        valid_from = self.r.moment(node.get("valid_from"), "valid_from", day_tz)
+        if valid_from is None and node.get("valid_from") is not None:
+            day_tz = day_tz or "UTC"  # an ambiguous day is reported once per identity
+        valid_until = self.r.moment(node.get("valid_until"), "valid_until", day_tz, True)
         if valid_from and valid_until and valid_from >= valid_until:
             self.diags.error(
                 node.key_location("valid_until"),

@@ -106,17 +106,34 @@ def _target_zone(topo: Topology, conduit: Conduit) -> Zone | None:
     return topo.zone(asset.zone_ref) if asset else None
 
 
-def _risk(topo: Topology, conduit: Conduit, diags: Diagnostics) -> None:
+def risky_zone(topo: Topology, conduit: Conduit) -> Zone | None:
+    """The SL 3-4 zone a conduit reaches without a compensating control, if any."""
     zone = _target_zone(topo, conduit)
     if zone is None or zone.security_level < RISKY_LEVEL:
-        return
+        return None
     if conduit.approval or conduit.schedule or conduit.record or conduit.emergency:
+        return None
+    return zone
+
+
+def _risk(topo: Topology, conduit: Conduit, diags: Diagnostics) -> None:
+    zone = risky_zone(topo, conduit)
+    if conduit.accept_risk:
+        if zone is None:
+            diags.warning(
+                conduit.location,
+                f"conduit {conduit.name} accepts a risk it does not have",
+                "remove accept_risk: the conduit has a compensating control or reaches SL 1-2",
+            )
+        return
+    if zone is None:
         return
     diags.warning(
         conduit.location,
         f"conduit {conduit.name} reaches zone {zone.ref} (security level "
         f"{zone.security_level}) without approval, schedule or recording",
-        "IEC 62443 asks for a compensating control on conduits into SL 3-4 zones",
+        "IEC 62443 asks for a compensating control on conduits into SL 3-4 zones; "
+        "add one, or accept the risk for this conduit: accept_risk: REASON",
     )
 
 

@@ -49,7 +49,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
     p.add_argument("--status-socket", type=Path, help="default /run/zonegate/tunneld-NODE.sock")
     p.add_argument("--wg-backend", choices=("auto", "kernel", "wireguard-go"), default="auto")
-    p.add_argument("--kem-backend", choices=("cryptography", "liboqs"), default="cryptography")
+    p.add_argument(
+        "--kem-backend",
+        choices=kem.BACKEND_NAMES,
+        default="cryptography",
+        help="who computes ML-KEM (HQC comes from pqcrypto or liboqs); see: tunneld backends",
+    )
     p.add_argument(
         "--rekey-interval",
         type=float,
@@ -60,10 +65,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
-    from tunneld.daemon import Daemon, Options
+    args = (_join_parser() if join else _daemon_parser()).parse_args(argv)
+    try:
+        from tunneld.daemon import Daemon, Options
+    except ModuleNotFoundError as exc:  # a laptop install without the gateway extra
+        print(
+            f"tunneld: the daemon needs {exc.name}: pip install 'zonegate[gateway]' "
+            "(docs/deploy.md)",
+            file=sys.stderr,
+        )
+        return 2
     from tunneld.timers import Timers
 
-    args = (_join_parser() if join else _daemon_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -97,7 +110,7 @@ def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
 def _keygen(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tunneld keygen", description="create an identity's keys")
     p.add_argument("dir", type=Path)
-    p.add_argument("--kem", default="ml-kem-768", choices=sorted(kem.PARAMS))
+    p.add_argument("--kem", default="ml-kem-768", choices=kem.IDENTITY_KEMS)
     args = p.parse_args(argv)
     try:
         pub = keygen(args.dir, args.kem)
@@ -134,9 +147,21 @@ def _status(argv: Sequence[str]) -> int:
 
 
 def _backends(argv: Sequence[str]) -> int:
+    """Each backend: present or why not, and for each of its algorithms what was proved
+    just now (C2SP known answer, round trip). Exit 1 if a present backend fails a check."""
+    argparse.ArgumentParser(
+        prog="tunneld backends",
+        description="list the KEM backends present here and prove what each computes",
+    ).parse_args(argv)
+    failed = False
     for a in kem.availability():
         print(f"{a.name:<14}{'available' if a.available else 'unavailable':<13}{a.reason}")
-    return 0
+        if not a.available:
+            continue
+        for alg, verdict in kem.prove(kem.get_backend(a.name)).items():
+            failed |= verdict.startswith("FAILED")
+            print(f"  {alg:<14}{verdict}")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 from policyd.conventions import API_PORT
 from topology.model import Identity, TargetKind, Topology
 from tunneld.keys import KeyFileError, PublicBundle, load_public, parse_public
-from tunneld.plan import NodePlan, PeerPlan, PlanError, names, site_bundle, stronger
+from tunneld.plan import NodePlan, PeerPlan, PlanError, site_bundle, user_suite
 
 FORMAT = "zonegate-profile"
 VERSION = 1
@@ -105,7 +105,7 @@ def reachable(topo: Topology, ident: Identity) -> dict[str, tuple[IPv4Network, .
     do not matter here: policyd enforces them; a route only makes a grant usable."""
     nets: dict[str, list[IPv4Network]] = {}
     for c in topo.conduits.values():
-        if not names(c.sources, ident):
+        if not c.sources.admits(ident):
             continue
         if c.target.kind is TargetKind.ZONE:
             zone = topo.zone(c.target.ref)
@@ -176,7 +176,7 @@ def issue(
                 site=site_name,
                 endpoint=f"{site.gateway.underlay}:{site.gateway.port}",
                 overlay=site.gateway.overlay,
-                kem=stronger(site.kem, user_bundle.kem),
+                kem=user_suite(topo, site, ident, user_bundle.kem),
                 bundle=gw_bundle,
                 routes=tuple(ipaddress.collapse_addresses([overlay, *nets])),
                 api=f"http://{site.gateway.overlay}:{API_PORT}",
