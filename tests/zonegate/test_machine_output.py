@@ -235,7 +235,8 @@ def test_reach_to_an_asset_lists_people_zones_services_and_terms(capsys: Capture
         ("vendor-tech", "vendor-maintenance"),
     }
     vendor = next(r for r in rows if r["source"] == "vendor-tech")
-    assert vendor["via"] == "role vendor-acme" and vendor["services"] == ["modbus/read+write"]
+    assert vendor["via"] == "role vendor-acme"
+    assert vendor["services"] == ["modbus (read all; write holding_registers 0-9)"]
     assert "approval by shift-lead, at most 4h" in vendor["terms"]
     # valid_until: 2027-06-29 is that whole day (UTC here: the example's sites set no tz).
     assert "valid until 2027-06-30T00:00:00Z" in vendor["terms"]

@@ -162,9 +162,12 @@ class Scenario:
     def probe_argv(self, address: str, service: str) -> list[str]:
         return [sys.executable, "-m", "zonegate.lab.probe", address, service]
 
-    def probe(self, source: str, address: str, service: str) -> tuple[bool, str]:
-        """Real traffic from a host; (passed, detail)."""
-        argv = [*self.probe_argv(address, service), "--timeout", str(self.probe_timeout)]
+    def probe(
+        self, source: str, address: str, service: str, extra: tuple[str, ...] = ()
+    ) -> tuple[bool, str]:
+        """Real traffic from a host; (passed, detail). `extra`: probe options
+        (e.g. --register 50 --value 7)."""
+        argv = [*self.probe_argv(address, service), "--timeout", str(self.probe_timeout), *extra]
         rc, out = in_host(self.host(source), argv, timeout=self.probe_timeout * 4 + 10)
         return rc == 0, _detail(out)
 
