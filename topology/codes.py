@@ -102,7 +102,8 @@ CODES: tuple[Code, ...] = (
         r"|address \d+-\d+ is outside|^values \d+-\d+ is outside|is not a number or a range"
         r"|must be a number or a range|ends before it starts|^units is empty|lists no addresses"
         r"|names no table|^unknown Modbus table|are read-only in Modbus"
-        r"|^value bounds apply|must be 'all' or a mapping of tables|^on_deny must be",
+        r"|^value bounds apply|must be 'all' or a mapping of tables|^on_deny must be"
+        r"|^only modbus tests take",
         "Modbus units, address ranges and value bounds (the long form of `modbus` in `allow`)",
     ),
     Code(

@@ -398,6 +398,25 @@ Expect = Literal["allow", "deny"]
 
 
 @dataclass(frozen=True)
+class ModbusProbe:
+    """The Modbus request a declared test makes (`modbus:` in a test)."""
+
+    unit: int = 1
+    table: str = "holding_registers"
+    address: int = 0
+    count: int | None = None
+    values: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        text = f"unit {self.unit} {self.table} {self.address}"
+        if self.count:
+            text += f"+{self.count}"
+        if self.values:
+            text += " values " + ",".join(str(v) for v in self.values)
+        return text
+
+
+@dataclass(frozen=True)
 class PolicyTest:
     """A declared expectation, run by `zonegate check` and as real traffic in Mininet."""
 
@@ -408,11 +427,13 @@ class PolicyTest:
     at: datetime | None = None
     granted: bool = False  # evaluate as if an approved grant / emergency were active
     location: Location | None = None
+    modbus: ModbusProbe | None = None  # a Modbus request checked against units and ranges
 
     def describe(self) -> str:
         when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
-        return f"{self.source} -> {self.target} {self.service}{when}{grant}"
+        req = f" [{self.modbus.describe()}]" if self.modbus else ""
+        return f"{self.source} -> {self.target} {self.service}{req}{when}{grant}"
 
 
 @dataclass(frozen=True)

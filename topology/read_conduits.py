@@ -24,7 +24,7 @@ from topology.model import (
     TargetKind,
 )
 from topology.read_context import Entry, ReadContext
-from topology.read_modbus import read_scope
+from topology.read_modbus import read_probe, read_scope
 from topology.refs import parse_service_spec
 from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
 
@@ -298,7 +298,7 @@ class ConduitReader(ReadContext):
         m = self.r.mapping(node, "a test")
         if m is None:
             return None
-        self.r.keys(m, ("from", "to", "service", "expect", "at", "granted"), "a test")
+        self.r.keys(m, ("from", "to", "service", "expect", "at", "granted", "modbus"), "a test")
         source = self.r.string(self.r.required(m, "from", "a test"), "from")
         target = self.r.string(self.r.required(m, "to", "a test"), "to")
         service = self.r.string(self.r.required(m, "service", "a test"), "service")
@@ -320,9 +320,20 @@ class ConduitReader(ReadContext):
                 m.key_location("expect"), f"expect must be allow or deny, not '{expect}'"
             )
             ok = False
+        probe = None
+        if m.get("modbus") is not None:
+            probe = read_probe(self.r, m.get("modbus"))
+            ok = ok and probe is not None
+            if service is not None and service.partition("/")[0] != "modbus":
+                self.diags.error(
+                    m.key_location("modbus"), f"only modbus tests take 'modbus', not '{service}'"
+                )
+                ok = False
         if not (ok and source and target and service and expect):
             return None
-        return PolicyTest(source, target, service, cast(Expect, expect), at, granted, m.location)
+        return PolicyTest(
+            source, target, service, cast(Expect, expect), at, granted, m.location, probe
+        )
 
     def _endpoint(self, ref: str, loc: Location, is_source: bool) -> bool:
         if is_source and ref in self.entries["identities"]:

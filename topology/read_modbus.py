@@ -16,7 +16,14 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from topology.fields import Reader, suggest
-from topology.model import ALL_TABLES, MODBUS_TABLES, AddressRange, ModbusScope, TableRanges
+from topology.model import (
+    ALL_TABLES,
+    MODBUS_TABLES,
+    AddressRange,
+    ModbusProbe,
+    ModbusScope,
+    TableRanges,
+)
 from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
 
 SCOPE_KEYS = ("units", "read", "write", "diagnostics", "on_deny")
@@ -154,3 +161,37 @@ def read_scope(r: Reader, node: YMap) -> ModbusScope | None:
         diagnostics=diagnostics,
         on_deny="reset" if on_deny == "reset" else "exception",
     )
+
+
+def read_probe(r: Reader, node: YNode | None) -> ModbusProbe | None:
+    """A declared test's request: `modbus: {unit: 1, table: coils, address: 5, values: [1]}`."""
+    m = r.mapping(node, "a test's modbus request")
+    if m is None:
+        return None
+    r.keys(m, ("unit", "table", "address", "count", "values"), "a test's modbus request")
+    unit = r.integer(m.get("unit"), "unit", 0, 255)
+    address = r.integer(m.get("address"), "address", 0, 0xFFFF)
+    count = r.integer(m.get("count"), "count", 1, 2000)
+    table = r.string(m.get("table"), "table") or "holding_registers"
+    ok = all(
+        m.get(k) is None or v is not None
+        for k, v in (("unit", unit), ("address", address), ("count", count))
+    )
+    if table not in MODBUS_TABLES:
+        r.error(
+            m.key_location("table"),
+            f"unknown Modbus table '{table}'",
+            suggest(table, MODBUS_TABLES),
+        )
+        ok = False
+    values: list[int] = []
+    vnode = m.get("values")
+    for item in _items(vnode) if vnode is not None else []:
+        v = r.integer(item, "value", 0, 0xFFFF)
+        if v is None:
+            ok = False
+        else:
+            values.append(v)
+    if not ok:
+        return None
+    return ModbusProbe(unit if unit is not None else 1, table, address or 0, count, tuple(values))

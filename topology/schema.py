@@ -329,6 +329,20 @@ def policy_test() -> Schema:
             "expect": {"enum": ["allow", "deny"]},
             "at": ref("moment"),
             "granted": {"type": "boolean", "description": "as if a grant were active"},
+            "modbus": obj(
+                "the Modbus request the test makes (checked against units and ranges)",
+                {
+                    "unit": integer("unit id", 0, 255),
+                    "table": {
+                        "enum": ["coils", "discrete_inputs", "input_registers", "holding_registers"]
+                    },
+                    "address": integer("first address", 0, 65535),
+                    "count": integer("addresses read", 1, 2000),
+                    "values": one_or_many(
+                        {"type": "integer", "minimum": 0, "maximum": 65535}, "written values"
+                    ),
+                },
+            ),
         },
         ("from", "to", "service", "expect"),
     )

@@ -175,3 +175,24 @@ def test_containment_is_every_address_inside(
     assert got.allowed is inside
     if not inside:
         assert got.exception == ILLEGAL_DATA_ADDRESS
+
+
+def test_a_declared_test_carries_a_modbus_request(write_topology: Callable[[str], Path]) -> None:
+    text = BASE.replace(SHORT, LONG.replace("on_deny: reset", "on_deny: exception"))
+    text += (
+        "  - {from: eng-1, to: site-a/plc-1, service: modbus/write, expect: allow,"
+        " modbus: {address: 12, values: [5]}}\n"
+        "  - {from: eng-1, to: site-a/plc-1, service: modbus/write, expect: deny,"
+        " modbus: {address: 25, values: [1001]}}\n"
+    )
+    from topology.policy_tests import run_tests
+
+    topo = load(write_topology(text)).topology
+    results = run_tests(topo)
+    assert all(r.passed for r in results), [r.as_dict() for r in results if not r.passed]
+    assert "exception 03" in results[-1].verdict.reason
+    bad = text.replace("service: modbus/write, expect: deny,", "service: ssh, expect: deny,")
+    diags = errors_of(write_topology(bad))
+    assert any(
+        "only modbus tests take 'modbus'" in d.message and d.code == "ZG-E068" for d in diags
+    )

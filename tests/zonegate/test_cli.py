@@ -20,7 +20,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 def test_check_example_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--strict"]) == 0
     out = capsys.readouterr().out
-    assert "21/21 policy tests pass" in out
+    assert "23/23 policy tests pass" in out
 
 
 def test_check_broken_copy_names_the_role_and_place(
@@ -54,14 +54,14 @@ def test_check_failing_policy_test_prints_its_place(
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "rdp" in ln)
     assert f"tests.yaml:{line}:" in captured.err
     assert "expected allow, got deny" in captured.err
-    assert "20/21 policy tests pass" in captured.out
+    assert "22/23 policy tests pass" in captured.out
 
 
 @pytest.mark.sr("SR 7.6 RE1")
 def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] is True and len(data["tests"]) == 21
+    assert data["ok"] is True and len(data["tests"]) == 23
     assert all(t["passed"] for t in data["tests"])
 
 
@@ -86,6 +86,11 @@ def test_explain_every_declared_test_of_the_example(capsys: pytest.CaptureFixtur
             args += ["--at", t["at"]]
         if t["granted"]:
             args.append("--granted")
+        if t.get("modbus"):
+            m = t["modbus"]
+            args += ["--unit", str(m["unit"]), "--table", m["table"]]
+            args += ["--address", str(m["address"])]
+            args += [a for v in m["values"] for a in ("--value", str(v))]
         assert main(args) == 0
         data = json.loads(capsys.readouterr().out)
         assert (data["verdict"], data["conduit"]) == (t["expect"], t["conduit"])
@@ -175,6 +180,11 @@ def test_explain_compiled_agrees_with_the_model_on_every_declared_test(
         args += ["--service", t["service"], "--compiled", "--at", t["at"] or pinned]
         if t["granted"]:
             args.append("--granted")
+        if t.get("modbus"):
+            m = t["modbus"]
+            args += ["--unit", str(m["unit"]), "--table", m["table"]]
+            args += ["--address", str(m["address"])]
+            args += [a for v in m["values"] for a in ("--value", str(v))]
         assert main(args) == 0, capsys.readouterr().out
         out = capsys.readouterr().out
         assert f"compiled:   {t['expect']} by the nftables rules of" in out, out

@@ -217,7 +217,7 @@ def test_junit_has_one_case_per_declared_test(tmp_path: Path, capsys: Capture) -
     root = ET.fromstring(capsys.readouterr().out.split("?>", 1)[1])
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     tests = suites["policy tests"]
-    assert tests.get("tests") == "21" and tests.get("failures") == "1"
+    assert tests.get("tests") == "23" and tests.get("failures") == "1"
     failures = [c for c in tests.iter("testcase") if c.find("failure") is not None]
     assert len(failures) == 1 and "rdp" in str(failures[0].get("name"))
     assert failures[0].get("file", "").endswith("tests.yaml")

@@ -35,6 +35,7 @@ class Register:
     address: int = 1
     value: int = 42
     unit: int = 1
+    table: str = "holding_registers"
 
 
 def probe(
@@ -94,12 +95,20 @@ def _modbus(
     try:
         if not client.connect():
             return ProbeResult(False, f"modbus: cannot connect to {address}:{port}")
-        if function_class == "write":
-            reply = client.write_register(reg.address, reg.value, device_id=reg.unit)
+        unit, at = reg.unit, reg.address
+        if function_class == "write" and reg.table == "coils":
+            reply = client.write_coil(at, bool(reg.value), device_id=unit)
+        elif function_class == "write":
+            reply = client.write_register(at, reg.value, device_id=unit)
         elif function_class == "diagnostics":
-            reply = client.diag_query_data(b"\x12\x34", device_id=reg.unit)
+            reply = client.diag_query_data(b"\x12\x34", device_id=unit)
         else:
-            reply = client.read_holding_registers(reg.address, count=1, device_id=reg.unit)
+            read = {
+                "coils": client.read_coils,
+                "discrete_inputs": client.read_discrete_inputs,
+                "input_registers": client.read_input_registers,
+            }.get(reg.table, client.read_holding_registers)
+            reply = read(at, count=1, device_id=unit)
         if reply.isError():
             code = getattr(reply, "exception_code", None)
             name = EXCEPTION_NAMES.get(code, "error reply") if isinstance(code, int) else ""
@@ -121,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--register", type=int, default=1, help="Modbus register (default 1)")
     parser.add_argument("--value", type=int, default=42, help="value a write sends (default 42)")
     parser.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
+    parser.add_argument("--table", default="holding_registers", help="Modbus table")
     args = parser.parse_args(argv)
     spec = parse_service_spec(args.service, BUILTIN_SERVICES)
     if isinstance(spec, tuple):
         print(f"probe: {spec[0]}", file=sys.stderr)
         return 2
-    register = Register(args.register, args.value, args.unit)
+    register = Register(args.register, args.value, args.unit, args.table)
     result = probe(spec, args.address, args.timeout, args.source, register)
     print(json.dumps(asdict(result)))
     return 0 if result.passed else 1
