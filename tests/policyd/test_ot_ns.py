@@ -8,6 +8,7 @@ receives, so "the write did not land" is read from the device, not assumed.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -326,6 +327,25 @@ def test_device_side_may_reuse_the_client_port(plant: Plant) -> None:
     assert replies(b) == {94: "03020000"}, b
     first = json.loads(out.strip().splitlines()[-1])
     assert [tid for tid, _, _ in first["replies"]] == [93, 93], first
+
+
+def test_a_reload_applies_to_open_connections_at_their_next_request(plant: Plant) -> None:
+    """Each request is checked against the policy in force when it arrives."""
+    argv = [PY, "-m", "tests.policyd.ot_client", "--source", IDENTITIES["lead-1"]]
+    argv += ["--dst", PLC2, "--again", "3", "--timeout", "3", write_register(95, 15, 1).hex()]
+    client = plant.net.spawn(plant.net.ident, *argv)
+    time.sleep(1.0)
+    done = "applied ruleset|membership synced"  # ranges only: the kernel rules are the same
+    count = sum(1 for line in plant.policyd.lines if re.search(done, line))
+    plant.topo.write_text(TOPOLOGY.replace("[10-19, {addresses", "[{addresses"))
+    try:
+        plant.policyd.wait_for(done, count=count + 1)
+        out, _ = client.communicate(timeout=30)
+    finally:
+        plant.topo.write_text(TOPOLOGY)
+        plant.policyd.wait_for(done, count=count + 2)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert [pdu for _, _, pdu in got["replies"]] == ["06000f0001", "8602"], got
 
 
 def test_no_conduit_means_no_connection(plant: Plant) -> None:
