@@ -67,7 +67,7 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E030", r"is defined twice", "the same name defined in two places"),
     Code(
         "ZG-E031",
-        r"^unknown (?:role|identity|site|service|zone|asset)|has unknown role"
+        r"^unknown (?:role|identity|site|service|zone|asset|webhook)|has unknown role"
         r"|has no (?:zone|asset)|must be SITE/|is neither a role nor an identity"
         r"|site identity for unknown site",
         "a reference to a name that does not exist",
@@ -96,8 +96,9 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E053", r"key file '.*' does not exist", "`keys:` points nowhere"),
     Code("ZG-E054", r"is never valid", "an empty validity window"),
     # Conduits and services.
+    Code("ZG-E080", r"^webhook '", "a webhook needs one of url or url_file, and a known format"),
     Code(
-        "ZG-E068",
+        "ZG-E090",
         r"^only modbus takes|modbus allow entry allows nothing|^unit \d+-\d+ is outside"
         r"|address \d+-\d+ is outside|^values \d+-\d+ is outside|is not a number or a range"
         r"|must be a number or a range|ends before it starts|^units is empty|lists no addresses"
@@ -128,6 +129,8 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E065", r"schedule that is never open", "a schedule whose start equals its end"),
     Code("ZG-E066", r"hash to the same flow mark", "two conduit names with one flow mark"),
     Code("ZG-E067", r"accept_risk", "`accept_risk` needs a reason"),
+    Code("ZG-E068", r"distinct approvers", "dual approval that can never complete"),
+    Code("ZG-E069", r"^unknown second factor", "`second_factor` is `totp`"),
     # Tests.
     Code("ZG-E070", r"^expect must be", "a test's expectation is allow or deny"),
     Code("ZG-E999", r"", "an error without a code yet (please report it)"),

@@ -194,5 +194,5 @@ def test_a_declared_test_carries_a_modbus_request(write_topology: Callable[[str]
     bad = text.replace("service: modbus/write, expect: deny,", "service: ssh, expect: deny,")
     diags = errors_of(write_topology(bad))
     assert any(
-        "only modbus tests take 'modbus'" in d.message and d.code == "ZG-E068" for d in diags
+        "only modbus tests take 'modbus'" in d.message and d.code == "ZG-E090" for d in diags
     )
