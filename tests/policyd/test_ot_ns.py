@@ -158,6 +158,7 @@ def test_plc_sees_the_client_address_and_reads_pass(plant: Plant) -> None:
     ]
 
 
+@pytest.mark.sr("SR 5.2")
 def test_write_smuggled_behind_a_read_in_one_segment(plant: Plant) -> None:
     pos = plant.mark()
     got = plant.send("engineer-1", PLC1, read(11) + write_register(12, 5, 999), expect=2)
@@ -166,6 +167,7 @@ def test_write_smuggled_behind_a_read_in_one_segment(plant: Plant) -> None:
     assert writes(plant.journal) == []
 
 
+@pytest.mark.sr("SR 5.2")
 def test_write_sent_byte_by_byte(plant: Plant) -> None:
     pos = plant.mark()
     adu = write_register(21, 5, 777) + read(22)
@@ -177,6 +179,7 @@ def test_write_sent_byte_by_byte(plant: Plant) -> None:
     assert writes(plant.journal) == []
 
 
+@pytest.mark.sr("SR 2.1")
 @pytest.mark.parametrize(
     ("adu", "answer"),
     [
@@ -356,6 +359,7 @@ def test_no_conduit_means_no_connection(plant: Plant) -> None:
     assert got["replies"] == [] and plant.since(pos) == []
 
 
+@pytest.mark.sr("SR 5.2")
 def test_tier_killed_closes_modbus_conduits(plant: Plant) -> None:
     """Last in this module: kills policyd (and with it the tier)."""
     assert replies(plant.send("engineer-1", PLC1, read(81))) == {81: "03020000"}
