@@ -16,6 +16,7 @@ from policyd.compiler import CompileOptions
 from policyd.conventions import API_PORT, LOG_DIR, RUN_DIR, STATE_DIR
 from policyd.daemon import Daemon, Settings
 from policyd.flowlog import exports
+from policyd.ot.tier import DEFAULT_OUTSTANDING, DEFAULT_PORT
 from topology.version import package_version
 
 
@@ -88,6 +89,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, default=STATE_DIR, help=f"grant state (default {STATE_DIR})"
     )
+    ot = p.add_argument_group("OT transaction tier (Modbus/TCP conduits)")
+    ot.add_argument(
+        "--ot-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"its TPROXY port (default {DEFAULT_PORT})",
+    )
+    ot.add_argument(
+        "--ot-outstanding",
+        type=int,
+        default=DEFAULT_OUTSTANDING,
+        help=f"requests per connection waiting for a device (default {DEFAULT_OUTSTANDING})",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -115,7 +129,11 @@ def settings(args: argparse.Namespace) -> Settings:
     return Settings(
         topology=Path(args.topology),
         gateway=gw,
-        options=CompileOptions(tunnels=tunnels, api_port=None if args.no_api else args.api_port),
+        options=CompileOptions(
+            tunnels=tunnels,
+            api_port=None if args.no_api else args.api_port,
+            ot_port=args.ot_port,
+        ),
         poll=args.poll,
         flush_on_exit=args.flush_on_exit,
         api_socket=None if args.no_api else (args.api_socket or RUN_DIR / f"policyd-{gw}.sock"),
@@ -127,6 +145,7 @@ def settings(args: argparse.Namespace) -> Settings:
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
+        ot_outstanding=args.ot_outstanding,
         local_users=local_users(args.local_user),
         operators=frozenset(args.operator),
         reconcile_every=args.reconcile_every,

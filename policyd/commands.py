@@ -19,6 +19,7 @@ from typing import Any
 import topology
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.conventions import API_PORT
+from policyd.ot.tier import DEFAULT_PORT
 from policyd.render import render_text
 from topology.diagnostics import TopologyError
 from topology.instants import rfc3339
@@ -41,6 +42,9 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-api", action="store_true", help="as for policyd --no-api")
     parser.add_argument(
+        "--ot-port", type=int, default=DEFAULT_PORT, help="as for policyd --ot-port"
+    )
+    parser.add_argument(
         "--summary", action="store_true", help="render: counts and conduits, not the rules"
     )
     parser.add_argument(
@@ -59,7 +63,9 @@ def _compile(args: argparse.Namespace) -> Ruleset | None:
         at = datetime.fromisoformat(args.at)
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
     opts = CompileOptions(
-        tunnels=tuple(args.tunnel or ("zg*",)), api_port=None if args.no_api else args.api_port
+        tunnels=tuple(args.tunnel or ("zg*",)),
+        api_port=None if args.no_api else args.api_port,
+        ot_port=args.ot_port,
     )
     try:
         return compile_ruleset(topo, args.gateway, now=at, options=opts)

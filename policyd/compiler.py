@@ -36,6 +36,7 @@ from itertools import pairwise
 from typing import Any
 
 from policyd import nftjson as nj
+from policyd.compile_ot import weave
 from policyd.conventions import (
     NFLOG_DENY_PREFIX,
     NFLOG_GROUP,
@@ -67,6 +68,7 @@ class CompileOptions:
     api_port: int | None = None  # control API on the overlay address, if any
     log_rate: int = 20  # NFLOG copies of denied packets per second (per deny rule)
     log_burst: int = 50
+    ot_port: int | None = None  # the OT transaction tier's port; None: no tier, no steering
 
 
 @dataclass(frozen=True)
@@ -428,6 +430,8 @@ def compile_ruleset(
         )
     )
     objects.extend(_hook_chains(comp, opts, recording=bool(rec_elems)))
+    targets = [(c, comp.target_range(c)) for c in enforced]
+    objects = weave(objects, topology, gateway, targets, opts.ot_port, opts.log_rate)
     return Ruleset(
         gateway=gateway,
         objects=tuple(objects),

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from policyd.compiler import CompileOptions, Ruleset, compile_ruleset
 from policyd.ruleset_eval import Packet, Result, RulesetEvaluator, payload_with_code
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, resolve_source, resolve_target
+from topology.modbus import ModbusRequest, conduit_scopes, decide
 from topology.model import Topology
 from topology.refs import parse_service_spec
 
@@ -101,4 +102,17 @@ def compiled_verdict(
             res = ev.connection(pkt, at)
             verdict.hops.append((gateway, pkt, res))
             verdict.allowed = verdict.allowed and res.accepted
+    if flow.modbus is not None and spec.service == "modbus" and verdict.allowed:
+        verdict.allowed = _tier_allows(topo, verdict, flow.modbus)
     return verdict
+
+
+def _tier_allows(topo: Topology, verdict: CompiledVerdict, request: ModbusRequest) -> bool:
+    """The OT tier's check of one request against the conduit the kernel admitted it by
+    (the last hop's ct mark), as policyd/ot/tier.py makes it."""
+    marks = [res.ct_mark for _, _, res in verdict.hops if res.ct_mark]
+    by_mark = {c.mark: c for c in topo.conduits.values()}
+    conduit = by_mark.get(marks[-1]) if marks else None
+    if conduit is None:
+        return False
+    return decide(conduit_scopes(conduit.allow), request).allowed

@@ -40,6 +40,8 @@ from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle
 from policyd.notify import NOTIFY_EVENTS, Notifier, destinations
+from policyd.ot import routing
+from policyd.ot.tier import DEFAULT_OUTSTANDING, OtTier
 from policyd.render import canonical
 from policyd.totp import TotpStore
 from topology.diagnostics import TopologyError
@@ -92,6 +94,7 @@ class Settings:
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
+    ot_outstanding: int = DEFAULT_OUTSTANDING  # requests per connection waiting for a device
     local_users: dict[int, frozenset[str]] = field(default_factory=dict)  # uid -> identities
     operators: frozenset[str] = frozenset()  # identities that may read status and metrics
     reconcile_every: float = 30.0  # seconds between kernel/book reconciliations
@@ -114,6 +117,7 @@ class Daemon:
         self.notifier = Notifier(on_failure=self._notify_failed)
         self.topology_moved = False  # the grant service has not seen the new topology yet
         self.applied_at: datetime | None = None
+        self.ot: OtTier | None = None
 
     # -- policy -----------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class Daemon:
         assert self.topology is not None
         if self.recorder is not None:
             self.recorder.update_topology(self.topology)
+        if self.ot is not None:
+            self.ot.update_topology(self.topology)
         self.topology_moved = True  # the loop hands it to the grant service (async)
 
     def reload(self, why: str) -> None:
@@ -229,6 +235,7 @@ class Daemon:
                 "next_change": rs.next_change.isoformat() if rs and rs.next_change else None,
             },
             "flows": self.recorder.status() if self.recorder else None,
+            "ot": self.ot.stats.as_dict() if self.ot else None,
             "api": self.guard.stats(),
         }
 
@@ -248,6 +255,26 @@ class Daemon:
         log.info("recording flows to %s", self.s.flow_log)
         if self.s.sessions is not None:
             log.info("recording sessions of record: true conduits to %s", self.s.sessions)
+
+    async def _start_ot(self) -> bool:
+        """The OT transaction tier, before the ruleset that steers flows to it."""
+        port = self.s.options.ot_port
+        if port is None:
+            return True
+        assert self.topology is not None
+        emit = self.recorder.emit_transaction if self.recorder else lambda _r: None
+        self.ot = OtTier(
+            self.topology, self.s.gateway, emit, port=port, max_outstanding=self.s.ot_outstanding
+        )
+        try:
+            routing.install()
+            await self.ot.start()
+        except (OSError, routing.RoutingError) as e:
+            log.error("OT tier cannot start: %s", e)
+            self.audit(AuditEvent("policy_rejected", "failure", f"OT tier: {e}", [str(e)]))
+            self.ot = None
+            return False
+        return True
 
     async def _start_api(self) -> list[Any]:
         assert self.topology is not None
@@ -305,6 +332,8 @@ class Daemon:
         if rs is not None:
             await self._start_recorder()
             self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
+        if rs is not None and not await self._start_ot():
+            rs = None
         if rs is None or not self.enforce(rs):
             log.error("no policy applied; the running ruleset (if any) is unchanged")
             if self.recorder is not None:
@@ -325,6 +354,8 @@ class Daemon:
             else:
                 log.info("exiting: ruleset left in place (fail closed)")
                 self.audit(AuditEvent("daemon_stop", message="ruleset left in place"))
+            if self.ot is not None:
+                await self.ot.stop()
             if self.recorder is not None:
                 await self.recorder.stop()
         return 0

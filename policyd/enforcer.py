@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import AsyncConntrack, AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from policyd import kernel
 from policyd.conventions import TABLE_FAMILY, TABLE_NAME
@@ -43,9 +44,11 @@ async def end_sessions(source: IPv4Address, mark: int) -> int:
         ]
         for entry in doomed:
             try:
-                await ct.delete(entry)
+                # With its zone: steered Modbus flows live in the OT tier's zone
+                # (policyd/compile_ot.py); without it the kernel looks in zone 0.
+                await ct.entry("del", tuple_orig=entry.tuple_orig, zone=entry.zone)
                 deleted += 1
-            except OSError as exc:  # gone meanwhile (ENOENT) is fine
+            except (OSError, NetlinkError) as exc:  # gone meanwhile (ENOENT) is fine
                 log.debug("conntrack delete: %s", exc)
     finally:
         ct.close()

@@ -61,11 +61,14 @@ def add_flows_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conduit", help="only records attributed to this conduit")
     parser.add_argument("--asset", help="only flows from or to this asset (SITE/ASSET or ASSET)")
     parser.add_argument("--verdict", choices=["allow", "deny"], help="only allowed or denied")
+    parser.add_argument(
+        "--service", help="only this service (modbus: its flows and each transaction)"
+    )
     parser.add_argument("--since", help="only records since a time (ISO 8601) or age (10m, 2h)")
     parser.add_argument(
         "--event",
         action="append",
-        choices=["flow", "deny", "audit", "loss"],
+        choices=["flow", "deny", "audit", "loss", "modbus"],
         help="only these record kinds (repeatable; default all)",
     )
     parser.add_argument("--starts", action="store_true", help="also show flow start records")
@@ -86,6 +89,7 @@ def flows_command(args: argparse.Namespace) -> int:
         verdict=args.verdict,
         since=since,
         events=frozenset(args.event) if args.event else None,
+        service=args.service,
     )
     path = Path(args.log) if args.log else default_log()
     if not args.follow and not path.exists() and not list(path.parent.glob(path.name + ".*")):
@@ -149,6 +153,8 @@ def row(rec: dict[str, Any]) -> str:
     if kind == "loss":
         reason = f"lost {rec.get('lost')} ({rec.get('lost_total')} in all)"
         return _line([ts, "LOSS", "-", str(rec.get("source", "")), "", "", "", "", "", "", reason])
+    if kind == "modbus":
+        return _modbus_row(ts, rec)
     if kind == "flow" and rec.get("flow_state") == "start":
         kind = "start"
     elif kind == "flow":
@@ -180,5 +186,33 @@ def row(rec: dict[str, Any]) -> str:
             bytes_,
             dur,
             reason,
+        ]
+    )
+
+
+def _modbus_row(ts: str, rec: dict[str, Any]) -> str:
+    """A transaction: the function in the service column, what it touched and the answer."""
+    func = str(rec.get("func", "")).lower()
+    what = [str(rec.get("verdict", "")), func, f"unit {rec.get('unit')}"]
+    if "table" in rec:
+        what.append(f"{rec['table']} {rec.get('address')}+{rec.get('quantity')}")
+    if "values" in rec:
+        what.append("values " + ",".join(str(v) for v in rec["values"]))
+    if "exception" in rec:
+        what.append(f"-> {rec['exception']} ({rec.get('exception_by', 'gateway')})")
+    latency = f"{rec['latency_ms']:.1f}ms" if "latency_ms" in rec else ""
+    return _line(
+        [
+            ts,
+            "modbus",
+            str(rec.get("identity") or "-"),
+            str(rec.get("id.orig_h", "-")),
+            _place(rec, "dst"),
+            "modbus",
+            str(rec.get("conduit") or "-"),
+            "",
+            "",
+            latency,
+            " ".join(what),
         ]
     )

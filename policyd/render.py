@@ -42,6 +42,8 @@ def expr(e: Any, quote: bool = False) -> str:
         return key if key in ("iifname", "oifname") else f"meta {key}"
     if "ct" in e:
         return f"ct {e['ct']['key']}"
+    if "socket" in e:
+        return f"socket {e['socket']['key']}"
     if "set" in e:
         return "{ " + ", ".join(_element(x, quote) for x in e["set"]) + " }"
     if "range" in e:
@@ -116,6 +118,9 @@ def statement(s: Json) -> str:
         return text
     if "counter" in s:
         return "counter"
+    if "tproxy" in s:
+        tp = s["tproxy"]
+        return f"tproxy {tp['family']} to {tp.get('addr', '')}:{tp['port']}"
     return verdict(s)
 
 

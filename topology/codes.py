@@ -98,6 +98,16 @@ CODES: tuple[Code, ...] = (
     # Conduits and services.
     Code("ZG-E080", r"^webhook '", "a webhook needs one of url or url_file, and a known format"),
     Code(
+        "ZG-E090",
+        r"^only modbus takes|modbus allow entry allows nothing|^unit \d+-\d+ is outside"
+        r"|address \d+-\d+ is outside|^values \d+-\d+ is outside|is not a number or a range"
+        r"|must be a number or a range|ends before it starts|^units is empty|lists no addresses"
+        r"|names no table|^unknown Modbus table|are read-only in Modbus"
+        r"|^value bounds apply|must be 'all' or a mapping of tables|^on_deny must be"
+        r"|^only modbus tests take",
+        "Modbus units, address ranges and value bounds (the long form of `modbus` in `allow`)",
+    ),
+    Code(
         "ZG-E060",
         r"'from' names nobody|allows nothing|needs exactly one of",
         "an incomplete conduit",

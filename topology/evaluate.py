@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 from typing import Literal
 
 from topology.instants import rfc3339
+from topology.modbus import EXCEPTION_NAMES, ModbusRequest, conduit_scopes, decide
 from topology.model import Conduit, Identity, Target, TargetKind, Topology, Zone, format_duration
 from topology.refs import ServiceSpec, parse_service_spec
 
@@ -38,6 +39,7 @@ class Flow:
     service: str  # "ssh", "modbus/write", "tcp/502"
     at: datetime | None = None  # None: time-dependent rules become stated conditions
     grants: Collection[str] | Literal["all"] = ()  # conduits with an active grant
+    modbus: ModbusRequest | None = None  # a Modbus request to check against the ranges
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,18 @@ def evaluate(topo: Topology, flow: Flow) -> Verdict:
     refusals: list[tuple[Conduit, str]] = []
     for c in candidates:
         conditions: list[str] = []
+        if flow.modbus is not None and spec.service == "modbus":
+            answer = decide(conduit_scopes(c.allow), flow.modbus)
+            if not answer.allowed:
+                code = answer.exception or 0
+                refusals.append(
+                    (
+                        c,
+                        f"answers Modbus exception {code:02X} "
+                        f"({EXCEPTION_NAMES.get(code, 'exception')}): {answer.reason}",
+                    )
+                )
+                continue
         if c.schedule is not None:
             if flow.at is None:
                 conditions.append(f"schedule {c.schedule.describe()}")

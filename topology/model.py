@@ -65,14 +65,91 @@ class Service:
     location: Location | None = None
 
 
+MODBUS_TABLES = ("coils", "discrete_inputs", "input_registers", "holding_registers")
+OnDeny = Literal["exception", "reset"]
+
+
+@dataclass(frozen=True)
+class AddressRange:
+    """Addresses `first`..`last` of one Modbus table; for writes, optional value bounds."""
+
+    first: int
+    last: int
+    values: tuple[int, int] | None = None  # lowest, highest value a write may carry
+
+    def __str__(self) -> str:
+        span = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        if self.values is None:
+            return span
+        return f"{span} values {self.values[0]}-{self.values[1]}"
+
+
+TableRanges = Mapping[str, tuple[AddressRange, ...]]
+
+
+@dataclass(frozen=True)
+class ModbusScope:
+    """The long form of `{modbus: ...}`: which units, tables, addresses and values.
+
+    `read`/`write` None means that kind of access is not allowed at all; an empty
+    mapping never occurs (the reader turns `read: all` into `ALL_TABLES`).
+    A request passes when its unit is listed (or `units` is empty = any unit) and every
+    address it touches lies inside a listed range of its table (containment).
+    """
+
+    units: tuple[tuple[int, int], ...] = ()  # inclusive ranges; empty: any unit
+    read: TableRanges | None = None
+    write: TableRanges | None = None
+    diagnostics: bool = False
+    on_deny: OnDeny = "exception"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The function classes the kernel's first-filter match must let through."""
+        out = []
+        if self.read is not None:
+            out.append("read")
+        if self.write is not None:
+            out.append("write")
+        if self.diagnostics:
+            out.append("diagnostics")
+        return tuple(out)
+
+    def describe(self) -> str:
+        parts = []
+        if self.units:
+            parts.append(
+                "units " + ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in self.units)
+            )
+        for kind, tables in (("read", self.read), ("write", self.write)):
+            if tables is None:
+                continue
+            if tables is ALL_TABLES:
+                parts.append(f"{kind} all")
+                continue
+            for table, ranges in tables.items():
+                parts.append(f"{kind} {table} {', '.join(str(r) for r in ranges)}")
+        if self.diagnostics:
+            parts.append("diagnostics")
+        if self.on_deny == "reset":
+            parts.append("reset on deny")
+        return "; ".join(parts)
+
+
+ALL_TABLES: TableRanges = MappingProxyType({t: (AddressRange(0, 0xFFFF),) for t in MODBUS_TABLES})
+
+
 @dataclass(frozen=True)
 class ServiceRef:
     """One entry of a conduit's `allow`: a service, narrowed to some classes or not."""
 
     service: str
     classes: tuple[str, ...] = ()  # empty: every function of the service
+    modbus: ModbusScope | None = None  # the long form; classes then follow from it
 
     def __str__(self) -> str:
+        if self.modbus is not None:
+            return f"{self.service} ({self.modbus.describe()})"
         if not self.classes:
             return self.service
         return f"{self.service}/{'+'.join(self.classes)}"
@@ -354,6 +431,25 @@ Expect = Literal["allow", "deny"]
 
 
 @dataclass(frozen=True)
+class ModbusProbe:
+    """The Modbus request a declared test makes (`modbus:` in a test)."""
+
+    unit: int = 1
+    table: str = "holding_registers"
+    address: int = 0
+    count: int | None = None
+    values: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        text = f"unit {self.unit} {self.table} {self.address}"
+        if self.count:
+            text += f"+{self.count}"
+        if self.values:
+            text += " values " + ",".join(str(v) for v in self.values)
+        return text
+
+
+@dataclass(frozen=True)
 class PolicyTest:
     """A declared expectation, run by `zonegate check` and as real traffic in Mininet."""
 
@@ -364,11 +460,13 @@ class PolicyTest:
     at: datetime | None = None
     granted: bool = False  # evaluate as if an approved grant / emergency were active
     location: Location | None = None
+    modbus: ModbusProbe | None = None  # a Modbus request checked against units and ranges
 
     def describe(self) -> str:
         when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
-        return f"{self.source} -> {self.target} {self.service}{when}{grant}"
+        req = f" [{self.modbus.describe()}]" if self.modbus else ""
+        return f"{self.source} -> {self.target} {self.service}{req}{when}{grant}"
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from topology.evaluate import ALL_GRANTS, Flow, Verdict, evaluate
 from topology.instants import rfc3339
+from topology.modbus import request_for
 from topology.model import PolicyTest, Topology
 
 
@@ -28,6 +30,7 @@ class TestResult:
             "service": self.test.service,
             "at": rfc3339(self.test.at) if self.test.at else None,
             "granted": self.test.granted,
+            "modbus": dataclasses.asdict(self.test.modbus) if self.test.modbus else None,
             "expect": self.test.expect,
             "passed": self.passed,
             "location": str(loc) if loc else None,
@@ -36,12 +39,18 @@ class TestResult:
 
 
 def flow_of(test: PolicyTest) -> Flow:
+    req = None
+    if test.modbus is not None:
+        m = test.modbus
+        fc_class = test.service.partition("/")[2] or "read"
+        req = request_for(fc_class, m.table, m.unit, m.address, m.count, m.values)
     return Flow(
         test.source,
         test.target,
         test.service,
         at=test.at,
         grants=ALL_GRANTS if test.granted else (),
+        modbus=req,
     )
 
 

@@ -26,6 +26,7 @@ from topology.model import (
     Webhook,
 )
 from topology.read_context import Entry, ReadContext
+from topology.read_modbus import read_probe, read_scope
 from topology.refs import parse_service_spec
 from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
 
@@ -174,6 +175,8 @@ class ConduitReader(ReadContext):
                 return None
         elif isinstance(item, YMap) and len(item.entries) == 1:
             name, (_, cnode) = next(iter(item.entries.items()))
+            if isinstance(cnode, YMap):
+                return self._scoped_ref(name, cnode)
             wanted = self.r.string_list(cnode, f"{name} classes")
         else:
             self.diags.error(
@@ -203,6 +206,18 @@ class ConduitReader(ReadContext):
                 return None
             classes.append(cls)
         return ServiceRef(name, tuple(dict.fromkeys(classes)))
+
+    def _scoped_ref(self, name: str, node: YMap) -> ServiceRef | None:
+        """`{modbus: {units: ..., read: ..., write: ...}}`: the transaction tier's form."""
+        if name != "modbus":
+            self.diags.error(
+                node.location,
+                f"only modbus takes units and address ranges, not '{name}'",
+                f"write '{{{name}: [classes]}}'",
+            )
+            return None
+        scope = read_scope(self.r, node)
+        return None if scope is None else ServiceRef(name, scope.classes, scope)
 
     def _schedule(self, node: YNode | None) -> Schedule | None:
         m = self.r.mapping(node, "schedule")
@@ -332,7 +347,7 @@ class ConduitReader(ReadContext):
         m = self.r.mapping(node, "a test")
         if m is None:
             return None
-        self.r.keys(m, ("from", "to", "service", "expect", "at", "granted"), "a test")
+        self.r.keys(m, ("from", "to", "service", "expect", "at", "granted", "modbus"), "a test")
         source = self.r.string(self.r.required(m, "from", "a test"), "from")
         target = self.r.string(self.r.required(m, "to", "a test"), "to")
         service = self.r.string(self.r.required(m, "service", "a test"), "service")
@@ -354,9 +369,20 @@ class ConduitReader(ReadContext):
                 m.key_location("expect"), f"expect must be allow or deny, not '{expect}'"
             )
             ok = False
+        probe = None
+        if m.get("modbus") is not None:
+            probe = read_probe(self.r, m.get("modbus"))
+            ok = ok and probe is not None
+            if service is not None and service.partition("/")[0] != "modbus":
+                self.diags.error(
+                    m.key_location("modbus"), f"only modbus tests take 'modbus', not '{service}'"
+                )
+                ok = False
         if not (ok and source and target and service and expect):
             return None
-        return PolicyTest(source, target, service, cast(Expect, expect), at, granted, m.location)
+        return PolicyTest(
+            source, target, service, cast(Expect, expect), at, granted, m.location, probe
+        )
 
     def _endpoint(self, ref: str, loc: Location, is_source: bool) -> bool:
         if is_source and ref in self.entries["identities"]:

@@ -205,6 +205,44 @@ def service() -> Schema:
     return out
 
 
+def modbus_scope() -> Schema:
+    """The long form of a Modbus allow entry (topology/read_modbus.py)."""
+    span = {
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": 65535},
+            {"type": "string", "pattern": r"^\s*\d+\s*-\s*\d+\s*$"},
+        ],
+        "description": "N or N-M",
+    }
+    ranges = {"anyOf": [{"const": "all"}, one_or_many(span, "address ranges")]}
+    bounded = obj(
+        "addresses with value bounds", {"addresses": span, "values": span}, ("addresses",)
+    )
+    entry = {"anyOf": [span, bounded]}
+    write_ranges = {  # the list first: the schema tests resolve paths through the first match
+        "anyOf": [{"const": "all"}, {"type": "array", "items": entry}, entry],
+        "description": "'all', or address ranges (with value bounds)",
+    }
+    read_tables = obj(
+        "tables -> address ranges",
+        {t: ranges for t in ("coils", "discrete_inputs", "input_registers", "holding_registers")},
+    )
+    write_tables = obj(
+        "writable tables -> address ranges (optionally with value bounds)",
+        {t: write_ranges for t in ("coils", "holding_registers")},
+    )
+    return obj(
+        "units, read/write ranges per table, diagnostics, on_deny",
+        {
+            "units": one_or_many(span, "unit ids, N or N-M (0-255)"),
+            "read": {"anyOf": [{"const": "all"}, read_tables]},
+            "write": {"anyOf": [{"const": "all"}, write_tables]},
+            "diagnostics": {"type": "boolean"},
+            "on_deny": {"enum": ["exception", "reset"]},
+        },
+    )
+
+
 def conduit() -> Schema:
     sources = obj(
         "who may use the conduit: identities, roles and/or zones (SITE/ZONE)",
@@ -230,11 +268,12 @@ def conduit() -> Schema:
                 "maxProperties": 1,
                 "additionalProperties": ref("names"),
             },
+            obj("modbus with units, address ranges and value bounds", {"modbus": modbus_scope()}),
         ]
     }
     allow = {
         "description": "services; a service with function classes may be narrowed",
-        "anyOf": [allow_entry, {"type": "array", "items": allow_entry, "minItems": 1}],
+        "anyOf": [{"type": "array", "items": allow_entry, "minItems": 1}, allow_entry],
     }
     day = "(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*"
     span = rf"{day}(?:\s*-\s*{day})?"
@@ -314,6 +353,20 @@ def policy_test() -> Schema:
             "expect": {"enum": ["allow", "deny"]},
             "at": ref("moment"),
             "granted": {"type": "boolean", "description": "as if a grant were active"},
+            "modbus": obj(
+                "the Modbus request the test makes (checked against units and ranges)",
+                {
+                    "unit": integer("unit id", 0, 255),
+                    "table": {
+                        "enum": ["coils", "discrete_inputs", "input_registers", "holding_registers"]
+                    },
+                    "address": integer("first address", 0, 65535),
+                    "count": integer("addresses read", 1, 2000),
+                    "values": one_or_many(
+                        {"type": "integer", "minimum": 0, "maximum": 65535}, "written values"
+                    ),
+                },
+            ),
         },
         ("from", "to", "service", "expect"),
     )

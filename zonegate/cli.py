@@ -20,7 +20,8 @@ from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
 from topology.instants import parse_instant, rfc3339
-from topology.model import Topology
+from topology.modbus import ModbusRequest, describe_request, request_for
+from topology.model import MODBUS_TABLES, Topology
 from topology.policy_tests import TestResult, run_tests
 from topology.reach import FIELDS, reach_from, reach_to
 from topology.report import conduit_dict, gateway_rows, topology_counts
@@ -157,7 +158,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
-    flow = Flow(args.source, args.target, args.service, args.at, ALL_GRANTS if args.granted else ())
+    grants = ALL_GRANTS if args.granted else ()
+    flow = Flow(args.source, args.target, args.service, args.at, grants, _modbus_request(args))
     try:
         verdict = evaluate(topo, flow)
     except FlowError as exc:
@@ -174,6 +176,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     "to": args.target,
                     "service": args.service,
                     "granted": args.granted,
+                    "modbus": dataclasses.asdict(flow.modbus) if flow.modbus else None,
                 },
                 **verdict.as_dict(),
                 conduit_location=str(conduit.location) if conduit and conduit.location else None,
@@ -182,6 +185,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_OK
     where = f" ({conduit.location})" if conduit and conduit.location else ""
     print(f"flow:       {args.source} -> {args.target} {args.service}")
+    if flow.modbus is not None:
+        print(f"request:    {describe_request(flow.modbus)}")
     print(f"at:         {rfc3339(args.at) if args.at else ANY_TIME}")
     print(f"verdict:    {verdict.word}")
     print(f"conduit:    {verdict.conduit or 'default deny'}{where}")
@@ -191,6 +196,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.compiled:
         return _explain_compiled(topo, flow, args.at)
     return EXIT_OK
+
+
+def _ranged(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _modbus_request(args: argparse.Namespace) -> ModbusRequest | None:
+    """The Modbus request of `explain --unit/--table/--address/--count/--value`, if given."""
+    given = (args.unit, args.table, args.address, args.count, args.value)
+    if all(v is None for v in given):
+        return None
+    function_class = args.service.partition("/")[2] or "read"
+    return request_for(
+        function_class,
+        args.table or "holding_registers",
+        1 if args.unit is None else args.unit,
+        args.address or 0,
+        args.count,
+        args.value or (),
+    )
 
 
 def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
@@ -412,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--at", type=_parse_time, help=AT_HELP)
     p.add_argument("--granted", action="store_true", help="as if a grant were active")
+    mb = p.add_argument_group("a Modbus request (checked against units, ranges and values)")
+    mb.add_argument("--unit", type=_ranged(0, 255), help="unit id (default 1)")
+    mb.add_argument("--table", choices=MODBUS_TABLES, help="default holding_registers")
+    mb.add_argument("--address", type=_ranged(0, 65535), help="first address (default 0)")
+    mb.add_argument("--count", type=_ranged(1, 2000), help="addresses read (default 1)")
+    mb.add_argument(
+        "--value", type=_ranged(0, 65535), action="append", help="a written value (repeatable)"
+    )
     p.add_argument(
         "--compiled",
         action="store_true",

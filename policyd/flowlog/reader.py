@@ -45,9 +45,12 @@ class RecordFilter:
     verdict: str | None = None  # allow | deny
     since: float | None = None
     events: frozenset[str] | None = None
+    service: str | None = None  # e.g. modbus: its flows, denials and transaction records
 
     def matches(self, rec: dict[str, Any]) -> bool:
         if self.events is not None and rec.get("event") not in self.events:
+            return False
+        if self.service is not None and rec.get("service") != self.service:
             return False
         if self.identity is not None and self.identity not in (
             rec.get("identity"),

@@ -120,7 +120,9 @@ class FlowRecorder:
             live = LiveStream(gateway)
             self.sinks.append(live)
         self.live: LiveStream = live
-        self.counts = dict.fromkeys(("flow_start", "flow_end", "deny", "audit", "loss"), 0)
+        self.counts = dict.fromkeys(
+            ("flow_start", "flow_end", "deny", "audit", "loss", "modbus"), 0
+        )
         self.counts |= {"deny_repeats": 0, "ignored_unmarked": 0, "resync_recovered": 0}
         self.lost = dict.fromkeys((CT_NEW, CT_DESTROY, NFLOG), 0)
         self.sessions: sessions.SessionRecorder | None = None
@@ -237,6 +239,12 @@ class FlowRecorder:
         """Write an audit event to every sink (policy applied/rejected, daemon, grants)."""
         self._emit(self._sealed(event))
         self._flush()
+
+    def emit_transaction(self, record: Record) -> None:
+        """A transaction record of the OT tier (`modbus`), written where flows go.
+
+        Synchronous: there is no queue between the tier and the sinks to overflow."""
+        self._emit(record)
 
     def _emit(self, record: Record) -> None:
         kind = record.kind

@@ -44,7 +44,7 @@ def test_plain_venv_has_no_gateway_modules(plain_venv: Path) -> None:
 def test_network_team_commands_work(plain_venv: Path, tmp_path: Path) -> None:
     assert run(plain_venv, "zonegate", "--version").stdout.startswith("zonegate ")
     res = run(plain_venv, "zonegate", "check", str(PLANT))
-    assert res.returncode == 0 and "21/21 policy tests pass" in res.stdout, res
+    assert res.returncode == 0 and "23/23 policy tests pass" in res.stdout, res
     res = run(
         plain_venv,
         "zonegate",

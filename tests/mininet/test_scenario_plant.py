@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.root, pytest.mark.mininet]
 # blocks what the policy allows must show up as a MISMATCH.
 BREAK = (
     "add table inet zgbreak\n"
-    "add chain inet zgbreak block { type filter hook forward priority -10; policy accept; }\n"
+    # prerouting, before anything of zonegate's: Modbus flows are steered to the OT tier
+    # there and never reach the forward hook
+    "add chain inet zgbreak block { type filter hook prerouting priority -400; policy accept; }\n"
     "add rule inet zgbreak block tcp dport 502 drop\n"
 )
 

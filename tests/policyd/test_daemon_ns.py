@@ -114,10 +114,14 @@ def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
     d.wait_for(r"reload \(SIGHUP\)")
     d.wait_for("membership synced: 0 added, 0 deleted")
 
-    # Killing policyd leaves enforcement in place.
+    # Killing policyd leaves enforcement in place: kernel rules keep working, and the
+    # Modbus conduits, whose OT tier died with it, carry nothing (fail closed).
+    assert net.tcp("engineer-1", PLC1, 22)
     d.proc.kill()
     d.proc.wait(timeout=5)
-    assert net.modbus("engineer-1", PLC1, "read")
+    assert net.tcp("engineer-1", PLC1, 22)
+    assert not net.tcp("night-1", PLC1, 22)  # its schedule is closed
+    assert not net.modbus("engineer-1", PLC1, "read")
     assert not net.modbus("engineer-1", PLC1, "write")
     assert not net.modbus("guest", PLC1, "read")
 

@@ -23,7 +23,7 @@ def test_pins_fresh_keys_and_leaves_the_example_alone(tmp_path: Path) -> None:
         assert load_keyset(m.keys[name]).public == load_public(m.pub(name))
         assert stat.S_IMODE(m.keys[name].stat().st_mode) == 0o700
     assert topo.identities["engineer-1"].keys is None
-    assert len(topo.tests) == 21  # policy tests, conduits and the rest are all still there
+    assert len(topo.tests) == 23  # policy tests, conduits and the rest are all still there
     assert {p.name: p.read_text() for p in EXAMPLE.glob("*.yaml")} == before
 
 

@@ -20,7 +20,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 def test_check_example_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--strict"]) == 0
     out = capsys.readouterr().out
-    assert "21/21 policy tests pass" in out
+    assert "23/23 policy tests pass" in out
 
 
 def test_check_broken_copy_names_the_role_and_place(
@@ -54,14 +54,14 @@ def test_check_failing_policy_test_prints_its_place(
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "rdp" in ln)
     assert f"tests.yaml:{line}:" in captured.err
     assert "expected allow, got deny" in captured.err
-    assert "20/21 policy tests pass" in captured.out
+    assert "22/23 policy tests pass" in captured.out
 
 
 @pytest.mark.sr("SR 7.6 RE1")
 def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] is True and len(data["tests"]) == 21
+    assert data["ok"] is True and len(data["tests"]) == 23
     assert all(t["passed"] for t in data["tests"])
 
 
@@ -86,6 +86,11 @@ def test_explain_every_declared_test_of_the_example(capsys: pytest.CaptureFixtur
             args += ["--at", t["at"]]
         if t["granted"]:
             args.append("--granted")
+        if t.get("modbus"):
+            m = t["modbus"]
+            args += ["--unit", str(m["unit"]), "--table", m["table"]]
+            args += ["--address", str(m["address"])]
+            args += [a for v in m["values"] for a in ("--value", str(v))]
         assert main(args) == 0
         data = json.loads(capsys.readouterr().out)
         assert (data["verdict"], data["conduit"]) == (t["expect"], t["conduit"])
@@ -175,7 +180,66 @@ def test_explain_compiled_agrees_with_the_model_on_every_declared_test(
         args += ["--service", t["service"], "--compiled", "--at", t["at"] or pinned]
         if t["granted"]:
             args.append("--granted")
+        if t.get("modbus"):
+            m = t["modbus"]
+            args += ["--unit", str(m["unit"]), "--table", m["table"]]
+            args += ["--address", str(m["address"])]
+            args += [a for v in m["values"] for a in ("--value", str(v))]
         assert main(args) == 0, capsys.readouterr().out
         out = capsys.readouterr().out
         assert f"compiled:   {t['expect']} by the nftables rules of" in out, out
         assert "agrees with the model" in out
+
+
+RANGES = """version: 1
+sites:
+  plant-a:
+    gateway: {underlay: 192.0.2.10, port: 51820, overlay: 100.64.0.1}
+    zones:
+      control: {cidr: 10.10.1.0/24, security_level: 2}
+    assets:
+      plc-1: {zone: control, address: 10.10.1.5}
+roles:
+  vendor: {}
+identities:
+  vendor-1: {kind: user, roles: [vendor], overlay: 100.64.2.10}
+conduits:
+  vendor-setpoints:
+    from: {roles: [vendor]}
+    to: {asset: plant-a/plc-1}
+    allow:
+      - modbus:
+          units: [1]
+          read: {holding_registers: [0-199]}
+          write: {holding_registers: [{addresses: 100-109, values: 0-500}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "verdict", "says"),
+    [
+        (["--address", "109", "--value", "500"], "allow", ""),
+        (["--address", "110", "--value", "3"], "deny", "exception 02 (illegal data address)"),
+        (["--address", "100", "--value", "501"], "deny", "exception 03 (illegal data value)"),
+        (["--address", "100", "--unit", "2"], "deny", "exception 0A (gateway path unavailable)"),
+    ],
+)
+def test_explain_takes_a_modbus_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], verdict: str, says: str
+) -> None:
+    topo = tmp_path / "t.yaml"
+    topo.write_text(RANGES)
+    args = ["explain", str(topo), "--from", "vendor-1", "--to", "plant-a/plc-1"]
+    assert main([*args, "--service", "modbus/write", *extra]) == 0
+    out = capsys.readouterr().out
+    assert f"verdict:    {verdict}" in out and says in out, out
+    assert "request:    unit" in out
+
+
+def test_report_shows_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topo = tmp_path / "t.yaml"
+    topo.write_text(RANGES)
+    assert main(["report", str(topo)]) == 0
+    assert "write holding_registers 100-109 values 0-500" in capsys.readouterr().out
+    assert main(["diagram", str(topo)]) == 0
+    assert "units 1; read holding_registers 0-199" in capsys.readouterr().out

@@ -217,7 +217,7 @@ def test_junit_has_one_case_per_declared_test(tmp_path: Path, capsys: Capture) -
     root = ET.fromstring(capsys.readouterr().out.split("?>", 1)[1])
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     tests = suites["policy tests"]
-    assert tests.get("tests") == "21" and tests.get("failures") == "1"
+    assert tests.get("tests") == "23" and tests.get("failures") == "1"
     failures = [c for c in tests.iter("testcase") if c.find("failure") is not None]
     assert len(failures) == 1 and "rdp" in str(failures[0].get("name"))
     assert failures[0].get("file", "").endswith("tests.yaml")
@@ -235,7 +235,8 @@ def test_reach_to_an_asset_lists_people_zones_services_and_terms(capsys: Capture
         ("vendor-tech", "vendor-maintenance"),
     }
     vendor = next(r for r in rows if r["source"] == "vendor-tech")
-    assert vendor["via"] == "role vendor-acme" and vendor["services"] == ["modbus/read+write"]
+    assert vendor["via"] == "role vendor-acme"
+    assert vendor["services"] == ["modbus (read all; write holding_registers 0-9)"]
     assert "approval by shift-lead, at most 4h" in vendor["terms"]
     # valid_until: 2027-06-29 is that whole day (UTC here: the example's sites set no tz).
     assert "valid until 2027-06-30T00:00:00Z" in vendor["terms"]

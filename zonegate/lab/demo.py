@@ -40,6 +40,7 @@ from zonegate.lab.scenario import Scenario, interrupts_as_exceptions
 
 ENGINEER, VENDOR, LEAD = "engineer-1", "vendor-tech", "shift-lead-1"
 PLC, GATEWAY, CONDUIT = "plant-a/plc-1", "plant-a", "vendor-maintenance"
+OUTSIDE = 50  # a holding register outside the vendor conduit's write range (examples/plant)
 
 
 def say(text: str = "") -> None:
@@ -100,18 +101,22 @@ class Demo:
         self.grant_seconds, self.keep = grant_seconds, keep
         self.steps: list[Step] = []
         self.scenario: Scenario | None = None
+        self.last_detail = ""
 
     def sh(self, host: str, argv: list[str], timeout: float = 30) -> tuple[int, str]:
         assert self.scenario is not None
         return in_host(self.scenario.host(host), argv, timeout=timeout)
 
-    def modbus(self, who: str, fc: str, expected: str) -> str:
+    def modbus(self, who: str, fc: str, expected: str, register: int | None = None) -> str:
         assert self.scenario is not None
         asset = self.scenario.topology.asset(PLC)
         assert asset is not None
-        passed, detail = self.scenario.probe(who, str(asset.address), f"modbus/{fc}")
+        extra = ("--register", str(register)) if register is not None else ()
+        passed, detail = self.scenario.probe(who, str(asset.address), f"modbus/{fc}", extra)
         got = "passed" if passed else "blocked"
-        self.steps.append(Step(who, f"Modbus {fc} on {PLC}", expected, got))
+        what = f"Modbus {fc} on {PLC}" + (f" register {register}" if register is not None else "")
+        self.steps.append(Step(who, what, expected, got))
+        self.last_detail = detail
         mark = "as expected" if got == expected else f"UNEXPECTED (expected {expected})"
         say(f"  {who}: modbus/{fc} -> {PLC}: {got.upper()} ({detail}) {mark}")
         return got
@@ -176,6 +181,11 @@ class Demo:
 
         heading(7, f"{VENDOR} writes again, inside the grant")
         self.modbus(VENDOR, "write", "passed")
+        say(f"  ...but only the registers {CONDUIT} names; outside them the gateway answers")
+        say("  with a Modbus exception (its OT tier checks every request):")
+        got = self.modbus(VENDOR, "write", "blocked", register=OUTSIDE)
+        if got == "blocked" and "illegal data address" not in self.last_detail:
+            self.steps[-1] = Step(VENDOR, self.steps[-1].what, "illegal data address", "other")
 
         heading(8, "The grant expires in the kernel (an nftables set element with a timeout)")
         self.wait_for_expiry(approved)

@@ -16,6 +16,7 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 
+from topology.modbus import EXCEPTION_NAMES
 from topology.refs import ServiceSpec, parse_service_spec
 from topology.services import BUILTIN_SERVICES
 from zonegate.lab.assetsim import BANNER
@@ -27,12 +28,27 @@ class ProbeResult:
     detail: str
 
 
+@dataclass(frozen=True)
+class Register:
+    """Which register a Modbus probe reads or writes (default: register 1, value 42)."""
+
+    address: int = 1
+    value: int = 42
+    unit: int = 1
+    table: str = "holding_registers"
+
+
 def probe(
-    spec: ServiceSpec, address: str, timeout: float = 2.0, source: str | None = None
+    spec: ServiceSpec,
+    address: str,
+    timeout: float = 2.0,
+    source: str | None = None,
+    register: Register | None = None,
 ) -> ProbeResult:
     """`source` binds the client's address (an identity's overlay on a shared link)."""
     if spec.service == "modbus":
-        return _modbus(address, spec.port, spec.function_class or "read", timeout, source)
+        fc = spec.function_class or "read"
+        return _modbus(address, spec.port, fc, timeout, source, register or Register())
     if spec.transport == "udp":
         return _udp(address, spec.port, timeout, source)
     return _tcp(address, spec.port, timeout, source)
@@ -68,7 +84,7 @@ def _udp(address: str, port: int, timeout: float, source: str | None) -> ProbeRe
 
 
 def _modbus(
-    address: str, port: int, function_class: str, timeout: float, source: str | None
+    address: str, port: int, function_class: str, timeout: float, source: str | None, reg: Register
 ) -> ProbeResult:
     from pymodbus.client import ModbusTcpClient
     from pymodbus.exceptions import ModbusException
@@ -79,14 +95,25 @@ def _modbus(
     try:
         if not client.connect():
             return ProbeResult(False, f"modbus: cannot connect to {address}:{port}")
-        if function_class == "write":
-            reply = client.write_register(1, 42)
+        unit, at = reg.unit, reg.address
+        if function_class == "write" and reg.table == "coils":
+            reply = client.write_coil(at, bool(reg.value), device_id=unit)
+        elif function_class == "write":
+            reply = client.write_register(at, reg.value, device_id=unit)
         elif function_class == "diagnostics":
-            reply = client.diag_query_data(b"\x12\x34")
+            reply = client.diag_query_data(b"\x12\x34", device_id=unit)
         else:
-            reply = client.read_holding_registers(1, count=1)
+            read = {
+                "coils": client.read_coils,
+                "discrete_inputs": client.read_discrete_inputs,
+                "input_registers": client.read_input_registers,
+            }.get(reg.table, client.read_holding_registers)
+            reply = read(at, count=1, device_id=unit)
         if reply.isError():
-            return ProbeResult(False, f"modbus/{function_class}: error reply {reply}")
+            code = getattr(reply, "exception_code", None)
+            name = EXCEPTION_NAMES.get(code, "error reply") if isinstance(code, int) else ""
+            shown = f"exception {code:02X} {name}" if name else f"error reply {reply}"
+            return ProbeResult(False, f"modbus/{function_class}: {shown}")
         return ProbeResult(True, f"modbus/{function_class}: reply received")
     except (ModbusException, OSError) as exc:
         return ProbeResult(False, f"modbus/{function_class}: {exc.__class__.__name__}")
@@ -100,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", help="ssh, modbus/write, tcp/502, ...")
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--source", help="client address to send from")
+    parser.add_argument("--register", type=int, default=1, help="Modbus register (default 1)")
+    parser.add_argument("--value", type=int, default=42, help="value a write sends (default 42)")
+    parser.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
+    parser.add_argument("--table", default="holding_registers", help="Modbus table")
     args = parser.parse_args(argv)
     spec = parse_service_spec(args.service, BUILTIN_SERVICES)
     if isinstance(spec, tuple):
         print(f"probe: {spec[0]}", file=sys.stderr)
         return 2
-    result = probe(spec, args.address, args.timeout, args.source)
+    register = Register(args.register, args.value, args.unit, args.table)
+    result = probe(spec, args.address, args.timeout, args.source, register)
     print(json.dumps(asdict(result)))
     return 0 if result.passed else 1
 

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 import topology
+from topology.model import PolicyTest
 from topology.table import format_table
 from tunneld.keyring import materialize_keys
 from zonegate.lab.emulation import PlantNet
@@ -162,9 +163,12 @@ class Scenario:
     def probe_argv(self, address: str, service: str) -> list[str]:
         return [sys.executable, "-m", "zonegate.lab.probe", address, service]
 
-    def probe(self, source: str, address: str, service: str) -> tuple[bool, str]:
-        """Real traffic from a host; (passed, detail)."""
-        argv = [*self.probe_argv(address, service), "--timeout", str(self.probe_timeout)]
+    def probe(
+        self, source: str, address: str, service: str, extra: tuple[str, ...] = ()
+    ) -> tuple[bool, str]:
+        """Real traffic from a host; (passed, detail). `extra`: probe options
+        (e.g. --register 50 --value 7)."""
+        argv = [*self.probe_argv(address, service), "--timeout", str(self.probe_timeout), *extra]
         rc, out = in_host(self.host(source), argv, timeout=self.probe_timeout * 4 + 10)
         return rc == 0, _detail(out)
 
@@ -212,7 +216,9 @@ class Scenario:
             began = time.monotonic()
             opened = self.open_grants(c.test.source)
             try:
-                passed, detail = self.probe(c.source_host, c.target_address, c.test.service)
+                passed, detail = self.probe(
+                    c.source_host, c.target_address, c.test.service, probe_options(c.test)
+                )
             finally:
                 self.close_grants(c.test.source, opened)
             note = ", ".join(f"{step.conduit} {gid}" for step, gid in opened) or "none possible"
@@ -226,7 +232,7 @@ class Scenario:
         assert c.source_host is not None and c.target_address is not None
         argv = self.probe_argv(c.target_address, c.test.service)
         return self.host(c.source_host).popen(  # type: ignore[no-any-return]
-            [*argv, "--timeout", str(self.probe_timeout)],
+            [*argv, "--timeout", str(self.probe_timeout), *probe_options(c.test)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -339,3 +345,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def probe_options(test: PolicyTest) -> tuple[str, ...]:
+    """The probe's options for a test's Modbus request (register, value, unit, table)."""
+    m = test.modbus
+    if m is None:
+        return ()
+    value = m.values[0] if m.values else 42
+    return (
+        "--register", str(m.address), "--value", str(value),
+        "--unit", str(m.unit), "--table", m.table,
+    )  # fmt: skip

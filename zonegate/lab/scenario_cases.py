@@ -10,13 +10,15 @@ and say so; they must never show up as passed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address
 
-from topology.evaluate import ALL_GRANTS, Flow, FlowError, Verdict, evaluate
+from topology.evaluate import FlowError, Verdict, evaluate
 from topology.model import PolicyTest, Topology
+from topology.policy_tests import flow_of
 from topology.refs import parse_service_spec
 from topology.table import format_table
 from zonegate.lab.emulation import HostPlan, Plan
@@ -116,13 +118,7 @@ def plan_cases(
         if test.at is not None:
             cases.append(Case(i, test, None, SKIP_PINNED))
             continue
-        flow = Flow(
-            test.source,
-            test.target,
-            test.service,
-            at=now,
-            grants=ALL_GRANTS if test.granted else (),
-        )
+        flow = dataclasses.replace(flow_of(test), at=now)
         try:
             verdict = evaluate(topo, flow)
         except FlowError as exc:
@@ -170,6 +166,8 @@ def outcome_table(outcomes: Sequence[Outcome]) -> str:
     for o in outcomes:
         t = o.case.test
         what = f"{t.source} -> {t.target} {t.service}"
+        if t.modbus is not None:
+            what += f" [{t.modbus.describe()}]"
         if t.granted:
             what += " (granted)"
         if t.at is not None:
