@@ -41,7 +41,10 @@ def expr(e: Any, quote: bool = False) -> str:
         key = e["meta"]["key"]
         return key if key in ("iifname", "oifname") else f"meta {key}"
     if "ct" in e:
-        return f"ct {e['ct']['key']}"
+        c = e["ct"]
+        return f"ct {c['dir']} {c['key']}" if "dir" in c else f"ct {c['key']}"
+    if "fib" in e:
+        return f"fib {' . '.join(e['fib']['flags'])} {e['fib']['result']}"
     if "set" in e:
         return "{ " + ", ".join(_element(x, quote) for x in e["set"]) + " }"
     if "range" in e:
@@ -84,6 +87,8 @@ def statement(s: Json) -> str:
         left, op, right = m["left"], m["op"], m["right"]
         q = _quoted(left)
         lhs = expr(left)
+        if "fib" in left and isinstance(right, bool):
+            return f"{lhs} {'exists' if right == (op == '==') else 'missing'}"
         if left.get("ct", {}).get("key") == "mark" and isinstance(right, int):
             rhs = hex(right)
         else:

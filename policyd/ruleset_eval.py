@@ -51,6 +51,10 @@ class Packet:
     ct_mark: int = 0
     ct_direction: str = "original"
     ipv6: bool = False
+    # the flow's original source (None: this packet's saddr, i.e. an original-direction packet)
+    ct_saddr: IPv4Address | None = None
+    # whether the routing table leads back to saddr through iif (`fib saddr . iif oif`)
+    route_back: bool = True
 
 
 @dataclass
@@ -215,7 +219,13 @@ class RulesetEvaluator:
                 return "int", p.ct_mark
             if key == "direction":
                 return "str", p.ct_direction
+            if key == "ip saddr" and e["ct"].get("dir") == "original":
+                return "addr", int(p.ct_saddr or p.saddr)
             raise UnsupportedExpression(str(e))
+        if "fib" in e:
+            if e["fib"] != {"result": "oif", "flags": ["saddr", "iif"]}:
+                raise UnsupportedExpression(str(e))
+            return "bool", p.route_back
         if "concat" in e:
             parts = [self._value(x, p, at) for x in e["concat"]]
             return "concat", parts
