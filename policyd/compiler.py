@@ -681,6 +681,49 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool, zones: 
     return est + fwd + inp
 
 
+FAIL_CLOSED_MANAGEMENT = ("tcp", 22)  # what the fail-closed table keeps reachable
+
+
+def deny_all_ruleset(
+    gateway: str, *, now: datetime, options: CompileOptions | None = None
+) -> Ruleset:
+    """The table policyd installs when it has no good policy at its first start: forward
+    nothing (logged), and into the gateway only established sessions, loopback and SSH,
+    so an administrator can still reach it to fix the file (see docs/policyd.md)."""
+    opts = options or CompileOptions()
+    log = [nj.limit(opts.log_rate, opts.log_burst)]
+    proto, port = FAIL_CLOSED_MANAGEMENT
+    states = {
+        "vmap": {
+            "key": nj.ct("state"),
+            "data": nj.anon_set([["established", nj.accept()], ["related", nj.accept()]]),
+        }
+    }
+    objects: list[Json] = [
+        {"table": nj.table()},
+        nj.chain("forward", hook="forward"),
+        nj.rule("forward", [*log, nj.nflog(NFLOG_DENY_PREFIX + "fail-closed", NFLOG_GROUP)]),
+        nj.chain("input", hook="input"),
+        nj.rule("input", [states]),
+        nj.rule("input", [nj.match(nj.meta("iifname"), "lo"), nj.accept()]),
+        nj.rule(
+            "input",
+            [nj.match(nj.payload(proto, "dport"), port), nj.accept()],
+            "management access while failed closed",
+        ),
+        nj.rule("input", [*log, nj.nflog(NFLOG_DENY_PREFIX + "input", NFLOG_GROUP)]),
+    ]
+    return Ruleset(
+        gateway=gateway,
+        objects=tuple(objects),
+        conduits=frozen_map({}),
+        compiled_at=now,
+        next_change=None,
+        notes=("fail closed: no good policy",),
+        options=opts,
+    )
+
+
 __all__ = [
     "TABLE_FAMILY",
     "TABLE_NAME",
@@ -690,4 +733,5 @@ __all__ = [
     "Ruleset",
     "allowed_ports",
     "compile_ruleset",
+    "deny_all_ruleset",
 ]

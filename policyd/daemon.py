@@ -25,7 +25,13 @@ from typing import Any
 import topology
 from policyd.api.app import serve
 from policyd.api.context import ControlState
-from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.compiler import (
+    CompileError,
+    CompileOptions,
+    Ruleset,
+    compile_ruleset,
+    deny_all_ruleset,
+)
 from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
@@ -82,6 +88,7 @@ class Settings:
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
+    drift_check: float = 30.0  # seconds between comparisons of kernel and compiled table
 
 
 class Daemon:
@@ -98,6 +105,11 @@ class Daemon:
         self.book: GrantBook | None = None
         self.store: GrantStore | None = None
         self.applied_at: datetime | None = None
+        self.installed: Ruleset | None = None  # what the kernel should hold (may be deny-all)
+        self.pending: list[AuditEvent] = []  # audit events before the recorder runs
+        self.runners: list[Any] = []
+        self.started = False
+        self.last_drift_check = 0.0
 
     # -- policy -----------------------------------------------------------------------
 
@@ -155,7 +167,7 @@ class Daemon:
             log.error("%s; keeping the last good policy", e)
             self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
             return False
-        self.current = rs
+        self.current = self.installed = rs
         self.applied_at = datetime.now(UTC)
         self.audit(AuditEvent("policy_applied", details={"file": str(self.s.topology), **details}))
         self._topology_changed()
@@ -192,8 +204,71 @@ class Daemon:
     def audit(self, event: AuditEvent) -> None:
         if self.recorder is not None:
             self.recorder.emit_audit(event)
-        else:
-            log.info("audit %s %s %s", event.action, event.outcome, event.message)
+            return
+        log.info("audit %s %s %s", event.action, event.outcome, event.message)
+        if self.s.flow_log is not None:
+            self.pending.append(event)  # written once the recorder starts
+
+    # -- fail closed and drift ---------------------------------------------------------
+
+    def fail_closed(self) -> None:
+        """No good policy at start: keep a running zonegate table (the last good policy
+        of a previous run), else install the deny-all table; keep running either way."""
+        running = self.nft.list_table()
+        if running is not None and any("hook" in o.get("chain", {}) for o in running):
+            log.error("no good policy: keeping the running table (last good policy)")
+            self.audit(AuditEvent("fail_closed", "failure", "kept the running table"))
+            return
+        rs = deny_all_ruleset(self.s.gateway, now=datetime.now(UTC), options=self.s.options)
+        try:
+            self.nft.apply_ruleset(rs)
+        except NftError as e:
+            log.error("could not install the deny-all table: %s", e)
+            self.audit(AuditEvent("fail_closed", "failure", f"deny-all table rejected: {e}"))
+            return
+        self.installed = rs
+        log.error(
+            "no good policy: deny-all table installed (management: ssh); waiting for a good file"
+        )
+        self.audit(
+            AuditEvent(
+                "fail_closed",
+                "failure",
+                "deny-all table installed",
+                details={"file": str(self.s.topology)},
+            )
+        )
+
+    def check_drift(self, why: str) -> None:
+        """Compare the kernel's table with the one that should run; repair and audit."""
+        self.last_drift_check = asyncio.get_running_loop().time()
+        want = self.installed
+        if want is None:
+            return
+        try:
+            diff = self.nft.drift(want)
+        except NftError as e:
+            log.error("drift check failed: %s", e)
+            return
+        if not diff:
+            return
+        log.warning("policy drift (%s): the kernel's table differs; repairing", why)
+        if want is self.current:
+            want = self.compile() or want  # fresh element timeouts
+        try:
+            self.nft.apply_ruleset(want)
+        except NftError as e:
+            log.error("drift repair failed: %s", e)
+            self.audit(AuditEvent("policy_drift", "failure", str(e), details={"diff": diff[:8000]}))
+            return
+        if self.current is not None:
+            self.current = want
+        self.installed = want
+        self.audit(
+            AuditEvent(
+                "policy_drift", "success", f"repaired ({why})", details={"diff": diff[:8000]}
+            )
+        )
 
     def api_audit(self, action: str, fields: dict[str, Any]) -> None:
         grant = fields.get("grant", {})
@@ -255,6 +330,9 @@ class Daemon:
         config = RecorderConfig(sessions_dir=self.s.sessions)
         self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
         await self.recorder.start()
+        for event in self.pending:
+            self.recorder.emit_audit(event)
+        self.pending.clear()
         log.info("recording flows to %s", self.s.flow_log)
         if self.s.sessions is not None:
             log.info("recording sessions of record: true conduits to %s", self.s.sessions)
@@ -298,21 +376,15 @@ class Daemon:
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self._on_signal, s)
         self.seen = fingerprint(self.s.topology)
+        self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
         rs = self.compile()
-        if rs is not None:
-            await self._start_recorder()
-            self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
         if rs is None or not self.enforce(rs):
-            log.error("no policy applied; the running ruleset (if any) is unchanged")
-            if self.recorder is not None:
-                self.audit(AuditEvent("daemon_stop", "failure", "no policy applied"))
-                await self.recorder.stop()
-            return 2
-        runners = await self._start_api()
+            self.fail_closed()
         try:
+            await self._start_services()
             await self._loop()
         finally:
-            for runner in runners:
+            for runner in self.runners:
                 await runner.cleanup()
             if self.s.flush_on_exit:
                 self.nft.flush_table()
@@ -325,7 +397,17 @@ class Daemon:
                 await self.recorder.stop()
         return 0
 
+    async def _start_services(self) -> None:
+        """Recorder and API need a good topology: started with the first good policy."""
+        if self.started or self.current is None:
+            return
+        self.started = True
+        await self._start_recorder()
+        self.runners = await self._start_api()
+
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.last_drift_check = loop.time()
         while not self.stop:
             timeout = self.s.poll
             if self.current and self.current.next_change:
@@ -341,14 +423,18 @@ class Daemon:
                 self.hup = False
                 self.seen = fingerprint(self.s.topology)
                 self.reload("SIGHUP")
-                continue
-            now_fp = fingerprint(self.s.topology)
-            if now_fp != self.seen:
-                self.seen = now_fp
-                self.reload("file changed")
-            elif (
-                self.current
-                and self.current.next_change
-                and datetime.now(UTC) >= self.current.next_change
-            ):
-                self.reload("scheduled change")
+                self.check_drift("SIGHUP")
+            else:
+                now_fp = fingerprint(self.s.topology)
+                if now_fp != self.seen:
+                    self.seen = now_fp
+                    self.reload("file changed")
+                elif (
+                    self.current
+                    and self.current.next_change
+                    and datetime.now(UTC) >= self.current.next_change
+                ):
+                    self.reload("scheduled change")
+                elif loop.time() - self.last_drift_check >= self.s.drift_check:
+                    self.check_drift("periodic check")
+            await self._start_services()

@@ -342,11 +342,42 @@ class NftHandle:
         )
         return "".join(lines)
 
+    def drift(self, ruleset: Ruleset) -> str:
+        """What differs between the running table and `ruleset` ('' when nothing does).
+
+        Chains, rules, maps and set definitions are compared, and the elements of sets
+        without timeouts; elements of timeout sets (identities, grants) change at run
+        time by design and are reconciled by `sync_members` and the grant service.
+        """
+        running = self.list_table()
+        if running is None:
+            return f"table {TABLE_FAMILY} {TABLE_NAME} is missing"
+        old = render_text(_without_timed_elements(canonical(running)))
+        new = render_text(_without_timed_elements(canonical(ruleset.objects)))
+        lines = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile="running",
+            tofile=f"compiled ({ruleset.gateway})",
+        )
+        return "".join(lines)
+
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""
         self._writer.forget()
         self._in_kernel.clear()
         self.run([{"add": {"table": table()}}, {"delete": {"table": table()}}], "delete table")
+
+
+def _without_timed_elements(objects: list[Json]) -> list[Json]:
+    out = []
+    for o in objects:
+        body = o.get("set")
+        flags = body.get("flags", []) if body else []
+        if body and "timeout" in ([flags] if isinstance(flags, str) else flags):
+            o = {"set": {k: v for k, v in body.items() if k != "elem"}}
+        out.append(o)
+    return out
 
 
 def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:
