@@ -33,13 +33,15 @@ from policyd.compiler import (
     deny_all_ruleset,
 )
 from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
+from policyd.flowlog import conntrack
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
-from policyd.kernel import NftError, NftHandle
+from policyd.kernel import NftError, NftHandle, addresses
 from policyd.render import canonical
+from policyd.session_end import Ended, not_admitted, of_source
 from topology.diagnostics import TopologyError
 from topology.model import Topology
 
@@ -106,6 +108,7 @@ class Daemon:
         self.store: GrantStore | None = None
         self.applied_at: datetime | None = None
         self.installed: Ruleset | None = None  # what the kernel should hold (may be deny-all)
+        self.previous: Ruleset | None = None  # the policy before the last apply (flow names)
         self.pending: list[AuditEvent] = []  # audit events before the recorder runs
         self.runners: list[Any] = []
         self.started = False
@@ -167,7 +170,7 @@ class Daemon:
             log.error("%s; keeping the last good policy", e)
             self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
             return False
-        self.current = self.installed = rs
+        self.previous, self.current, self.installed = self.current, rs, rs
         self.applied_at = datetime.now(UTC)
         self.audit(AuditEvent("policy_applied", details={"file": str(self.s.topology), **details}))
         self._topology_changed()
@@ -197,7 +200,63 @@ class Daemon:
         if rs is None:
             log.error("keeping the last good policy in force")
             return
-        self.enforce(rs)
+        if self.enforce(rs):
+            self.sweep(why)
+
+    # -- ending sessions (cleanup: the kernel already drops their next packet) -----------
+
+    def _grant_elements(self, set_name: str) -> set[Any]:
+        try:
+            return addresses(self.nft.set_elements(set_name))
+        except NftError:
+            return set()
+
+    def sweep(self, why: str) -> None:
+        """End the open flows the current policy no longer admits (conntrack cleanup)."""
+        if self.current is None or self.topology is None:
+            return
+        try:
+            flows = conntrack.dump()
+        except OSError as e:
+            log.error("conntrack dump failed: %s", e)
+            return
+        now = datetime.now(UTC)
+        self.end_flows(
+            not_admitted(flows, self.current, self.topology, now, self._grant_elements), why
+        )
+
+    def end_grant_flows(self, conduit: str, source: str, reason: str) -> None:
+        """The flows of one grant that ended (revoked or expired)."""
+        plan = self.current.conduits.get(conduit) if self.current else None
+        if plan is None:
+            return
+        addr: Any = plan.identities.get(source) or plan.zones.get(source)
+        if addr is None:
+            return
+        try:
+            flows = conntrack.dump()
+        except OSError as e:
+            log.error("conntrack dump failed: %s", e)
+            return
+        self.end_flows(of_source(flows, plan.mark, addr, reason), f"{source} on {conduit}")
+
+    def end_flows(self, ended: list[Ended], why: str) -> None:
+        if not ended:
+            return
+        if self.recorder is not None:
+            names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
+            if self.previous is not None:
+                names = {p.mark: p.name for p in self.previous.conduits.values()} | names
+            self.recorder.ending({e.flow.ct_id: (e.reason, names.get(e.flow.mark)) for e in ended})
+        try:
+            n = conntrack.delete([e.flow for e in ended])
+        except OSError as exc:
+            log.error("conntrack delete failed: %s", exc)
+            return
+        reasons: dict[str, int] = {}
+        for item in ended:
+            reasons[item.reason] = reasons.get(item.reason, 0) + 1
+        log.info("ended %d session(s) no longer admitted (%s): %s", n, why, reasons)
 
     # -- audit, grants, API ---------------------------------------------------------------
 
@@ -282,6 +341,8 @@ class Daemon:
         )
         if self.store is not None and self.book is not None:
             self.store.save(self.book)
+        if action == "grant_revoked" and grant.get("conduit") and grant.get("identity"):
+            self.end_grant_flows(grant["conduit"], grant["identity"], "revoked")
 
     def expire_grants(self) -> None:
         if self.book is None:
@@ -294,6 +355,7 @@ class Daemon:
                     details=grant.as_dict(),
                 )
             )
+            self.end_grant_flows(grant.conduit, grant.identity, "grant_expired")
             if self.store is not None:
                 self.store.save(self.book)
 
@@ -437,4 +499,5 @@ class Daemon:
                     self.reload("scheduled change")
                 elif loop.time() - self.last_drift_check >= self.s.drift_check:
                     self.check_drift("periodic check")
+                    self.sweep("periodic check")
             await self._start_services()

@@ -202,3 +202,37 @@ def test_identity_validity_end_ends_the_session(net: Net, tmp_path: Path) -> Non
     time.sleep(4.5)
     assert not s.ask("tcp read")
     assert executed(tmp_path, ENGINEER, 3) == 1
+
+
+def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
+    """After a reload removes a conduit, policyd deletes its flows' conntrack entries and
+    each gets a flow `end` record saying why; new flows are classified afresh."""
+    import json
+
+    from tests.policyd.test_daemon_ns import Policyd
+
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(TOPOLOGY)
+    d = Policyd(net, topo, "--drift-check", "3600")
+    d.wait_for("applied ruleset for plant-a")
+    d.wait_for("recording flows")
+    s = net.session(ENGINEER, PLC1)
+    assert s.ask("tcp read")
+    before = net.ns(net.gw, "conntrack", "-L", "-s", ENGINEER, check=False).stdout
+    assert "dport=502" in before, before
+    topo.write_text(TOPOLOGY.replace("  engineers-read:", "  engineers-read-2:"))
+    d.wait_for(r"ended 1 session\(s\) no longer admitted \(file changed\)")
+    after = net.ns(net.gw, "conntrack", "-L", "-s", ENGINEER, check=False).stdout
+    assert "dport=502" not in after, after
+    deadline = time.monotonic() + 10
+    ends: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not ends:
+        recs = [json.loads(x) for x in d.flow_log.read_text().splitlines() if x.strip()]
+        ends = [r for r in recs if r.get("flow_state") == "end"]
+        time.sleep(0.1)
+    assert ends and ends[0]["end_reason"] == "conduit_removed", ends
+    assert ends[0]["conduit"] == "engineers-read"
+    # picked up mid-stream as a new flow, classified under the renamed conduit, checked
+    assert s.ask("tcp read")
+    assert not s.ask("tcp write")
+    assert writes(tmp_path / "journal.jsonl") == []
