@@ -406,6 +406,7 @@ def compile_ruleset(
 
     entries = []
     fc_chains: list[Json] = []
+    fc_elems: list[Any] = []  # the `functions` map: mark -> fc chain (for other hooks)
     for c in enforced:
         lo, hi = comp.target_range(c)
         ports = allowed_ports(topology, c)
@@ -417,6 +418,7 @@ def compile_ruleset(
         if restricted:
             name = comp.fc[c.name] = comp.unique("fc", c)
             fc_chains.append(nj.chain(name))
+            fc_elems.append([c.mark, nj.jump(name)])
             for (offset, codes), pp in sorted(restricted.items()):
                 for proto in sorted({p for p, _ in pp}):
                     nums = sorted(port for p, port in pp if p == proto)
@@ -471,6 +473,7 @@ def compile_ruleset(
     objects.extend(group_rules)
     rec_chains, rec_elems = _record_chains(comp, enforced)
     objects.extend(rec_chains)
+    objects.append(nj.named_set("functions", "mark", [], fc_elems, map_type="verdict"))
     objects.append(nj.named_set("verify", "mark", [], verify_elems, map_type="verdict"))
     if rec_elems:
         objects.append(nj.named_set("recorded", "mark", [], rec_elems, map_type="verdict"))
