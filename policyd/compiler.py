@@ -316,6 +316,19 @@ class _Compiler:
                 out.append(nj.rule(chain, expr, f"conduit {c.name}"))
         return out
 
+    def code_rules(self, chain: str, c: Conduit, codes: tuple[int, tuple[int, ...]]) -> list[Json]:
+        """Accept a packet (original direction, checked by the caller's fc chain) whose
+        function code `c` allows, when `c` admits the flow's source now."""
+        offset, allowed = codes
+        code = nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(allowed)))
+        orig = {"ct": {"key": "ip saddr", "dir": "original"}}
+        out = []
+        for when in self.when(c):
+            for src in self.verify_sources[c.name]:
+                expr = [nj.match(orig, src), *when, code, nj.accept()]
+                out.append(nj.rule(chain, expr, f"conduit {c.name}"))
+        return out
+
     def verify_rules(self, chain: str, c: Conduit) -> list[Json]:
         """Established flows of `c`: admitted only while the flow's original source is
         still in the conduit's sources (identity, grant, zone) and the window is open."""
@@ -405,38 +418,48 @@ def compile_ruleset(
     enforced = [c for _, c in sorted(topology.conduits.items()) if comp.plan(c)]
 
     entries = []
-    fc_chains: list[Json] = []
-    fc_elems: list[Any] = []  # the `functions` map: mark -> fc chain (for other hooks)
+    restricted_of: dict[str, dict[tuple[int, tuple[int, ...]], list[tuple[str, int]]]] = {}
     for c in enforced:
         lo, hi = comp.target_range(c)
-        ports = allowed_ports(topology, c)
-        restricted: dict[tuple[int, tuple[int, ...]], list[tuple[str, int]]] = {}
-        for (proto, port), codes in ports.items():
+        restricted = restricted_of[c.name] = {}
+        for (proto, port), codes in allowed_ports(topology, c).items():
             entries.append((lo, hi, proto, port, c.name, codes))
             if codes is not None:
                 restricted.setdefault(codes, []).append((proto, port))
-        if restricted:
-            name = comp.fc[c.name] = comp.unique("fc", c)
-            fc_chains.append(nj.chain(name))
-            fc_elems.append([c.mark, nj.jump(name)])
-            for (offset, codes), pp in sorted(restricted.items()):
-                for proto in sorted({p for p, _ in pp}):
-                    nums = sorted(port for p, port in pp if p == proto)
-                    dport = nj.one_or_set(list(nums))
-                    expr = [
-                        nj.match(nj.ct("direction"), "original"),
-                        nj.match(nj.payload(proto, "dport"), dport),
-                        nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(codes)), "!="),
-                        nj.jump("deny_function"),
-                    ]
-                    fc_chains.append(nj.rule(name, expr, f"conduit {c.name}"))
-            fc_chains.append(nj.rule(name, [nj.accept()], f"conduit {c.name}"))
+    groups = _dispatch(entries)
+    # A destination and service that more than one conduit admits: a code the flow's own
+    # conduit refuses may still be allowed by another conduit admitting the same source
+    # now (the model's "any conduit allows"); `fc_more` looks those up before denying.
+    shared = [g for g in groups if len(g[4]) > 1 and any(codes for _, codes in g[4])]
+    refuse = "fc_more" if shared else "deny_function"
+
+    fc_chains: list[Json] = []
+    fc_elems: list[Any] = []  # the `functions` map: mark -> fc chain (for other hooks)
+    for c in enforced:
+        restricted = restricted_of[c.name]
+        if not restricted:
+            continue
+        name = comp.fc[c.name] = comp.unique("fc", c)
+        fc_chains.append(nj.chain(name))
+        fc_elems.append([c.mark, nj.jump(name)])
+        for (offset, codes), pp in sorted(restricted.items()):
+            for proto in sorted({p for p, _ in pp}):
+                nums = sorted(port for p, port in pp if p == proto)
+                dport = nj.one_or_set(list(nums))
+                expr = [
+                    nj.match(nj.ct("direction"), "original"),
+                    nj.match(nj.payload(proto, "dport"), dport),
+                    nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(codes)), "!="),
+                    nj.jump(refuse),
+                ]
+                fc_chains.append(nj.rule(name, expr, f"conduit {c.name}"))
+        fc_chains.append(nj.rule(name, [nj.accept()], f"conduit {c.name}"))
 
     conduits = {c.name: c for c in enforced}
     group_chains: dict[tuple[tuple[str, Any], ...], str] = {}
     group_rules: list[Json] = []
     dispatch_elems: list[Any] = []
-    for lo, hi, proto, port, cands in _dispatch(entries):
+    for lo, hi, proto, port, cands in groups:
         chain = group_chains.get(cands)
         if chain is None:
             chain = group_chains[cands] = f"to_{len(group_chains) + 1}"
@@ -445,6 +468,34 @@ def compile_ruleset(
                 group_rules.extend(comp.conduit_rules(chain, conduits[name]))
         key = {"concat": [nj.address_range(lo, hi), proto, port]}
         dispatch_elems.append([key, nj.jump(chain)])
+
+    more_chains: dict[tuple[tuple[str, Any], ...], str] = {}
+    more_rules: list[Json] = []
+    more_elems: list[Any] = []
+    for lo, hi, proto, port, cands in shared:
+        chain = more_chains.get(cands)
+        if chain is None:
+            chain = more_chains[cands] = f"more_{len(more_chains) + 1}"
+            more_rules.append(nj.chain(chain))
+            for name, codes in cands:
+                if codes is not None:
+                    more_rules.extend(comp.code_rules(chain, conduits[name], codes))
+        key = {"concat": [nj.address_range(lo, hi), proto, port]}
+        more_elems.append([key, nj.jump(chain)])
+    if shared:  # after the more_N chains the map jumps to, before the fc chains
+        key = {"concat": [nj.payload("ip", "daddr"), nj.meta("l4proto"), nj.payload("th", "dport")]}
+        more_rules += [
+            nj.named_set(
+                "more_functions",
+                ["ipv4_addr", "inet_proto", "inet_service"],
+                ["interval"],
+                more_elems,
+                map_type="verdict",
+            ),
+            nj.chain("fc_more"),
+            nj.rule("fc_more", [{"vmap": {"key": key, "data": "@more_functions"}}]),
+            nj.rule("fc_more", [nj.jump("deny_function")]),
+        ]
 
     verify_chains: list[Json] = []
     verify_elems: list[Any] = []
@@ -468,6 +519,7 @@ def compile_ruleset(
     objects.extend(_deny_chain("deny_function", "function", opts))
     objects.extend(_deny_chain("deny_spoof", "spoof", opts))
     objects.extend(_deny_chain("deny_ended", "ended", opts))
+    objects.extend(more_rules)
     objects.extend(fc_chains)
     objects.extend(verify_chains)
     objects.extend(group_rules)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -308,7 +308,11 @@ class RulesetEvaluator:
         return None
 
     def evaluate(self, hook: str, packet: Packet, at: datetime) -> Result:
-        """Run `packet` through the base chain attached to `hook` at instant `at` (UTC)."""
+        """Run `packet` through the base chain attached to `hook` at instant `at`.
+
+        The kernel compares `meta hour`/`meta day` in UTC, so `at` is taken in UTC
+        whatever its offset (an instant, never the local clock)."""
+        at = at.astimezone(UTC)
         base = [c for c in self.chains.values() if c.get("hook") == hook]
         if not base:
             return Result("accept", packet.ct_mark)

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from policyd import commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
@@ -123,8 +124,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"zonegate explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps({"flow": vars(flow) | {"at": _iso(args.at)}, **verdict.as_dict()}))
-        return EXIT_OK
+        out: dict[str, Any] = {"flow": vars(flow) | {"at": _iso(args.at)}, **verdict.as_dict()}
+        code = EXIT_OK
+        if args.compiled:
+            compiled = out["compiled"] = _compiled(topo, flow, args.at)
+            code = EXIT_OK if compiled.get("agrees", True) else EXIT_FAIL
+        print(json.dumps(out))
+        return code
     conduit = topo.conduits.get(verdict.conduit or "")
     where = f" ({conduit.location})" if conduit and conduit.location else ""
     print(f"flow:       {args.source} -> {args.target} {args.service}" + _when(args.at))
@@ -138,25 +144,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
-    """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
+def _compiled(topo: Topology, flow: Flow, at: datetime | None) -> dict[str, Any]:
+    """The flow through the compiled nftables rules (an interpreter, no kernel), beside
+    the model's verdict at the same instant."""
     when = at or datetime.now(UTC)
     model = evaluate(topo, dataclasses.replace(flow, at=when))
     try:
         kernel = compiled_verdict(topo, dataclasses.replace(flow, at=when), when)
     except FlowError as exc:
-        print(f"compiled:   cannot be run through the rules ({exc})")
-        return EXIT_OK
-    word = "allow" if kernel.allowed else "deny"
+        return {"at": when.isoformat(), "error": str(exc)}
     marks = sorted({f"{res.ct_mark:#010x}" for _, _, res in kernel.hops if res.ct_mark})
-    sites = " then ".join(dict.fromkeys(gw for gw, _, _ in kernel.hops))
-    agree = "agrees with" if kernel.allowed == model.allowed else "DISAGREES with"
+    return {
+        "at": when.isoformat(),
+        "verdict": "allow" if kernel.allowed else "deny",
+        "gateways": list(dict.fromkeys(gw for gw, _, _ in kernel.hops)),
+        "ct_marks": marks if kernel.allowed else [],
+        "model_verdict": model.word,
+        "agrees": kernel.allowed == model.allowed,
+    }
+
+
+def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
+    c = _compiled(topo, flow, at)
+    if "error" in c:
+        print(f"compiled:   cannot be run through the rules ({c['error']})")
+        return EXIT_OK
+    when = datetime.fromisoformat(c["at"])
+    agree = "agrees with" if c["agrees"] else "DISAGREES with"
+    marks = c["ct_marks"]
     print(
-        f"compiled:   {word} by the nftables rules of {sites} at {when:%Y-%m-%d %H:%M %Z}"
-        + (f" (ct mark {', '.join(marks)})" if marks and kernel.allowed else "")
-        + f"; {agree} the model at that time ({model.word})"
+        f"compiled:   {c['verdict']} by the nftables rules of {' then '.join(c['gateways'])}"
+        f" at {when:%Y-%m-%d %H:%M %Z}"
+        + (f" (ct mark {', '.join(marks)})" if marks else "")
+        + f"; {agree} the model at that time ({c['model_verdict']})"
     )
-    return EXIT_OK if kernel.allowed == model.allowed else EXIT_FAIL
+    return EXIT_OK if c["agrees"] else EXIT_FAIL
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -236,3 +236,24 @@ def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
     assert s.ask("tcp read")
     assert not s.ask("tcp write")
     assert writes(tmp_path / "journal.jsonl") == []
+
+
+def test_a_class_another_conduit_allows_reaches_the_device(net: Net, tmp_path: Path) -> None:
+    """engineer-1 reads plc-1 through one conduit and may run diagnostics through another:
+    the model allowed diagnostics, the kernel (flow marked with the reading conduit) did
+    not. A code neither allows still does not land."""
+    text = (
+        TOPOLOGY
+        + """  engineers-diag:
+    from: {roles: [plc-engineer]}
+    to: {asset: plant-a/plc-1}
+    allow: [{modbus: diagnostics}]
+"""
+    )
+    setup(net, tmp_path, text)
+    s = net.session(ENGINEER, PLC1)
+    assert s.ask("tcp read")
+    assert s.ask("tcp diag")
+    s.ask("tcp write")
+    assert executed(tmp_path, ENGINEER, 8) == 1 and executed(tmp_path, ENGINEER, 3) == 1
+    assert writes(tmp_path / "journal.jsonl") == []

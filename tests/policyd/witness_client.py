@@ -1,7 +1,7 @@
 """Raw Modbus requests driven over stdin, run in a namespace: `witness_client.py SRC DST`.
 
-Each stdin line is `tcp read|write|connect` (one TCP connection kept across lines, opened
-on first use or by `connect`) or `udp read|write` (a new socket, so a new source port,
+Each stdin line is `tcp read|write|diag|connect` (one TCP connection kept across lines, opened
+on first use or by `connect`) or `udp read|write|diag` (a new socket, so a new source port,
 per datagram). Prints one JSON line per command: {"op": ..., "reply": bool}. Whether a
 request was executed is read from the witness device's journal, never from the reply.
 """
@@ -31,7 +31,12 @@ def ask(sock: socket.socket, adu: bytes, udp: bool) -> bool:
 
 for tid, line in enumerate(sys.stdin, 1):
     kind, _, op = line.strip().partition(" ")
-    adu = md.write_register(tid, 1, tid) if op == "write" else md.read(tid)
+    if op == "write":
+        adu = md.write_register(tid, 1, tid)
+    elif op == "diag":
+        adu = md.diagnostics(tid)
+    else:
+        adu = md.read(tid)
     ok = False
     if kind == "udp":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
