@@ -341,8 +341,6 @@ class Daemon:
         )
         if self.store is not None and self.book is not None:
             self.store.save(self.book)
-        if action == "grant_revoked" and grant.get("conduit") and grant.get("identity"):
-            self.end_grant_flows(grant["conduit"], grant["identity"], "revoked")
 
     def expire_grants(self) -> None:
         if self.book is None:

@@ -1,15 +1,15 @@
 """The kernel side of grants, and how the API tells a tunnel caller from a spoofer.
 
 A grant is one set element with a timeout (policyd/kernel.py), so it closes even if
-policyd is dead. Revocation deletes the element and the identity's conntrack entries
-for that conduit, so live sessions end at once instead of lingering as established.
+policyd is dead. Revocation deletes the element, which stops the identity's open sessions on that
+conduit at their next packet (the established path checks it); their conntrack entries
+are then deleted so each gets its flow end record with reason `revoked`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import subprocess
 from datetime import timedelta
 from ipaddress import IPv4Address
@@ -23,19 +23,6 @@ if TYPE_CHECKING:
     from policyd.daemon import Daemon
 
 log = logging.getLogger("policyd")
-
-
-def end_sessions(source: IPv4Address, mark: int) -> int:
-    """Delete the conntrack entries of `source` attributed to one conduit; return how many."""
-    cmd = ["conntrack", "-D", "-s", str(source), "-m", str(mark)]
-    log.info("[#] %s", " ".join(cmd))
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    except FileNotFoundError:
-        log.error("conntrack not found: live sessions were not cut (apt-get install conntrack)")
-        return 0
-    found = re.search(r"(\d+) flow entries have been deleted", result.stderr + result.stdout)
-    return int(found.group(1)) if found else 0
 
 
 def arrived_via_tunnel(address: IPv4Address, prefixes: tuple[str, ...]) -> bool:
@@ -84,6 +71,6 @@ class KernelEnforcer:
             self.daemon.nft.remove_grant(rs, conduit.name, identity.name)
         except (kernel.GrantError, kernel.NftError) as exc:
             log.warning("closing grant of %s on %s: %s", identity.name, conduit.name, exc)
-        if identity.overlay is not None:
-            n = end_sessions(identity.overlay, conduit.mark)
-            log.info("ended %d live session(s) of %s on %s", n, identity.name, conduit.name)
+        # The kernel already drops the sessions' next packets (the element is gone);
+        # this deletes their conntrack entries so each ends now with reason "revoked".
+        self.daemon.end_grant_flows(conduit.name, identity.name, "revoked")
