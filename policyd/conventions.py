@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from topology.model import conduit_mark
+from topology.model import MARK_TAG, MARK_TAG_MASK, conduit_mark
 
 # The control API: a unix socket per gateway here, and this port on the overlay address.
 RUN_DIR = Path("/run/zonegate")
@@ -29,10 +29,6 @@ NFLOG_RECORD_PREFIX = "zg record "
 RECORD_SNAPLEN = 1600  # a full packet at MTU 1500 plus headroom; larger ones are cut
 RECORD_QTHRESH = 16  # packets the kernel batches per netlink message (flushed on timeout)
 
-# ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
-# hash of the conduit name (see topology.model.conduit_mark).
-MARK_TAG = 0x5A000000
-MARK_TAG_MASK = 0xFF000000
 
 __all__ = [
     "API_PORT",

@@ -103,9 +103,7 @@ def _resolve_place(topo: Topology, ref: str, source: bool) -> Endpoint:
 def _source_matches(topo: Topology, conduit: Conduit, src: Endpoint) -> bool:
     s = conduit.sources
     if src.identity is not None:
-        if src.identity.name in s.identities:
-            return True
-        if any(role in s.roles for role in src.identity.roles):
+        if s.admits(src.identity):
             return True
         if src.identity.kind == "site":
             return False

@@ -223,6 +223,13 @@ class Approval:
     by_identities: tuple[str, ...]
     max_duration: timedelta
 
+    def names(self, identity: Identity) -> bool:
+        """Whether the identity is one this approval names (by name or role); the
+        requester-is-never-approver rule is the grant book's, on top of this."""
+        return identity.name in self.by_identities or any(
+            r in self.by_roles for r in identity.roles
+        )
+
     def describe(self) -> str:
         who = ", ".join([*self.by_roles, *self.by_identities])
         return f"approval by {who}, at most {format_duration(self.max_duration)}"
@@ -240,6 +247,14 @@ class Sources:
     identities: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     zones: tuple[str, ...] = ()  # "site/zone"
+
+    def admits(self, identity: Identity) -> bool:
+        """Whether this `from` names the identity, directly or by one of its roles.
+
+        The one admission rule: the evaluator, grants, tunnel planning, profiles and the
+        compiler's role index all ask it (or build on it), so they cannot disagree.
+        """
+        return identity.name in self.identities or any(r in self.roles for r in identity.roles)
 
 
 class TargetKind(Enum):
@@ -288,8 +303,15 @@ class Conduit:
         return self.approval is not None or self.emergency is not None
 
 
+# ct mark layout: 0x5A in the top byte says "set by zonegate", the low 24 bits are a
+# hash of the conduit name.
+MARK_TAG = 0x5A000000
+MARK_TAG_MASK = 0xFF000000
+
+
 def conduit_mark(name: str) -> int:
-    return 0x5A000000 | (zlib.crc32(name.encode()) & 0x00FFFFFF)
+    """The conduit's id in the kernel (ct mark): stable across reloads and gateways."""
+    return MARK_TAG | (zlib.crc32(name.encode()) & ~MARK_TAG_MASK & 0xFFFFFFFF)
 
 
 Expect = Literal["allow", "deny"]

@@ -60,10 +60,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
-    from tunneld.daemon import Daemon, Options
+    args = (_join_parser() if join else _daemon_parser()).parse_args(argv)
+    try:
+        from tunneld.daemon import Daemon, Options
+    except ModuleNotFoundError as exc:  # a laptop install without the gateway extra
+        print(
+            f"tunneld: the daemon needs {exc.name}: pip install 'zonegate[gateway]' "
+            "(docs/deploy.md)",
+            file=sys.stderr,
+        )
+        return 2
     from tunneld.timers import Timers
 
-    args = (_join_parser() if join else _daemon_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

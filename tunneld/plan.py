@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Interface, IPv4Network
 
-from topology.model import Identity, Site, Sources, Topology
+from topology.model import Identity, Site, Topology
 from tunneld import messages as m
 from tunneld.handshake_types import Role
 from tunneld.kem import PARAMS
@@ -94,14 +94,9 @@ def site_bundle(topo: Topology, site: Site) -> PublicBundle:
     return bundle
 
 
-def names(sources: Sources, ident: Identity) -> bool:
-    """Does a conduit's `from` admit this identity, by name or by one of its roles?"""
-    return ident.name in sources.identities or bool(set(ident.roles) & set(sources.roles))
-
-
 def admits(topo: Topology, ident: Identity, site: str) -> bool:
     """Does any conduit into `site` admit this identity?"""
-    return any(c.target.site == site and names(c.sources, ident) for c in topo.conduits.values())
+    return any(c.target.site == site and c.sources.admits(ident) for c in topo.conduits.values())
 
 
 def _validity_code(ident: Identity, at: datetime) -> int | None:

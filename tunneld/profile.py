@@ -33,7 +33,7 @@ from typing import Any
 from policyd.conventions import API_PORT
 from topology.model import Identity, TargetKind, Topology
 from tunneld.keys import KeyFileError, PublicBundle, load_public, parse_public
-from tunneld.plan import NodePlan, PeerPlan, PlanError, names, site_bundle, stronger
+from tunneld.plan import NodePlan, PeerPlan, PlanError, site_bundle, stronger
 
 FORMAT = "zonegate-profile"
 VERSION = 1
@@ -105,7 +105,7 @@ def reachable(topo: Topology, ident: Identity) -> dict[str, tuple[IPv4Network, .
     do not matter here: policyd enforces them; a route only makes a grant usable."""
     nets: dict[str, list[IPv4Network]] = {}
     for c in topo.conduits.values():
-        if not names(c.sources, ident):
+        if not c.sources.admits(ident):
             continue
         if c.target.kind is TargetKind.ZONE:
             zone = topo.zone(c.target.ref)

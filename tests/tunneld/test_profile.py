@@ -18,7 +18,6 @@ from tunneld.cli import main as tunneld_main
 from tunneld.daemon import Daemon, Options
 from tunneld.keyring import Materialized, materialize_keys
 from tunneld.keys import keygen, load_public
-from tunneld.plan import names
 from zonegate.cli import main as zonegate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
@@ -80,7 +79,7 @@ def test_routes_are_exactly_what_its_conduits_reach(
             probes = [*(a for a in site.assets.values() if a.zone == zone.name)]
             for addr in [zone.cidr[200], *(a.address for a in probes)]:
                 want = any(
-                    names(c.sources, ident)
+                    c.sources.admits(ident)
                     and c.target.site == site.name
                     and (
                         (c.target.kind is TargetKind.ZONE and c.target.name == zone.name)

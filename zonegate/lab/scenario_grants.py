@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from topology.model import Conduit, Identity, Topology
+from topology.model import Conduit, Topology
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,6 @@ class GrantStep:
     approver: str | None  # who approves; None for emergency access
 
 
-def _admits(conduit: Conduit, ident: Identity) -> bool:
-    s = conduit.sources
-    return ident.name in s.identities or any(r in s.roles for r in ident.roles)
-
-
 def approver_for(topo: Topology, conduit: Conduit, requester: str, now: datetime) -> str | None:
     """Someone the conduit names as approver, valid now, other than the requester."""
     assert conduit.approval is not None
@@ -40,7 +35,7 @@ def approver_for(topo: Topology, conduit: Conduit, requester: str, now: datetime
     for ident in sorted(topo.identities.values(), key=lambda i: i.name):
         if ident.name == requester or not ident.valid_at(now):
             continue
-        if ident.name in a.by_identities or any(r in a.by_roles for r in ident.roles):
+        if a.names(ident):
             return ident.name
     return None
 
@@ -50,7 +45,7 @@ def grant_steps(topo: Topology, identity: str, now: datetime) -> list[GrantStep]
     ident = topo.identities[identity]
     steps = []
     for c in sorted(topo.conduits.values(), key=lambda c: c.name):
-        if not _admits(c, ident):
+        if not c.sources.admits(ident):
             continue
         if c.approval is not None:
             approver = approver_for(topo, c, identity, now)
