@@ -349,10 +349,10 @@ class NftHandle:
         without timeouts; elements of timeout sets (identities, grants) change at run
         time by design and are reconciled by `sync_members` and the grant service.
         """
-        running = self.list_table()
+        running = self._list_without_timed_elements(ruleset)
         if running is None:
             return f"table {TABLE_FAMILY} {TABLE_NAME} is missing"
-        old = render_text(_without_timed_elements(canonical(running)))
+        old = render_text(canonical(running))
         new = render_text(_without_timed_elements(canonical(ruleset.objects)))
         lines = difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -361,6 +361,40 @@ class NftHandle:
             tofile=f"compiled ({ruleset.gateway})",
         )
         return "".join(lines)
+
+    def _list_without_timed_elements(self, ruleset: Ruleset) -> list[Json] | None:
+        """The running table with the elements of its timeout sets left out, read
+        without fetching them (a terse listing, then the few element-holding sets and
+        maps the ruleset has without timeouts): 100k identity elements are not read
+        on every drift check."""
+        self._nft.set_terse_output(True)
+        try:
+            running = self.list_table()
+        finally:
+            self._nft.set_terse_output(False)
+        if running is None:
+            return None
+        want = {}
+        for o in ruleset.objects:
+            kind = "map" if "map" in o else "set" if "set" in o else None
+            if kind is None:
+                continue
+            flags = o[kind].get("flags", [])
+            if "timeout" not in flags:
+                want[o[kind]["name"]] = kind
+        out = []
+        for o in running:
+            kind = "map" if "map" in o else "set" if "set" in o else None
+            if kind is not None and o[kind]["name"] in want:
+                name = o[kind]["name"]
+                listed = self.run(
+                    [{"list": {kind: {**table_ref(), "name": name}}}], f"list {kind} {name}"
+                )
+                for item in listed.get("nftables", []):
+                    if kind in item:
+                        o = item
+            out.append(o)
+        return out
 
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""

@@ -179,8 +179,19 @@ def test_drift_is_repaired_and_audited(net: Net, tmp_path: Path) -> None:
     d.proc.wait(timeout=5)
     d2 = Policyd(net, topo, "--drift-check", "1")
     d2.wait_for("applied ruleset for plant-a")
-    net.ns(net.gw, "nft", "flush", "chain", "inet", "zonegate", "established")
+    time.sleep(2.5)  # two periodic checks of an untouched table: no false drift
+    assert "policy drift" not in d2.log(), d2.log()
+    from topology.model import conduit_mark
+
+    mark = f"0x{conduit_mark('engineers-read'):08x}"
+    net.ns(net.gw, "nft", "delete", "element", "inet", "zonegate", "verify", f"{{ {mark} }}")
     d2.wait_for(r"policy drift \(periodic check\)")
+    deadline = time.monotonic() + 10
+    while mark not in net.ns(net.gw, "nft", "list", "map", "inet", "zonegate", "verify").stdout:
+        assert time.monotonic() < deadline, "the deleted map element was not restored"
+        time.sleep(0.1)
+    net.ns(net.gw, "nft", "flush", "chain", "inet", "zonegate", "established")
+    d2.wait_for(r"policy drift \(periodic check\)", count=2)
     assert net.modbus("engineer-1", PLC1, "read")
     assert not net.modbus("engineer-1", PLC1, "write")
     assert "ct mark vmap @verify" in net.table_text()
