@@ -507,13 +507,6 @@ def compile_ruleset(
 
     objects: list[Json] = [{"table": nj.table()}]
     objects.append(nj.named_set("tunnels", "ifname", ["interval"], sorted(opts.tunnels)))
-    zone_nets = sorted(
-        {z.cidr for s in topology.sites.values() for z in s.zones.values()},
-        key=lambda n: (int(n.network_address), n.prefixlen),
-    )
-    if zone_nets:
-        nets = [nj.network(n) for n in _disjoint(zone_nets)]
-        objects.append(nj.named_set("zone_nets", "ipv4_addr", ["interval"], nets))
     objects.extend(comp.sets)
     objects.extend(_deny_chain("deny_invalid", "invalid", opts))
     objects.extend(_deny_chain("deny_function", "function", opts))
@@ -538,7 +531,7 @@ def compile_ruleset(
             map_type="verdict",
         )
     )
-    objects.extend(_hook_chains(comp, opts, recording=bool(rec_elems), zones=bool(zone_nets)))
+    objects.extend(_hook_chains(comp, opts, recording=bool(rec_elems)))
     return Ruleset(
         gateway=gateway,
         objects=tuple(objects),
@@ -563,10 +556,11 @@ def _disjoint(nets: list[IPv4Network]) -> list[IPv4Network]:
 def _zone_binding(comp: _Compiler) -> list[Json]:
     """Zones live behind interfaces: rules run on every packet, before conntrack state.
 
-    Any zone address arriving on a non-tunnel interface must have its route through that
-    interface (`fib saddr . iif`: strict reverse path from the routing table, whatever the
-    host's rp_filter); a local zone with an explicit `interface:` only from there; and no
-    local zone address through a tunnel.
+    A packet that does not arrive on a tunnel must come in on an interface its source's
+    route goes back through (`fib saddr . iif`: strict reverse path from the routing
+    table, whatever the host's rp_filter): a LAN host cannot use another LAN's zone
+    address, nor an identity's overlay address (routed to a tunnel). A local zone with
+    an explicit `interface:` only from there; no local zone address through a tunnel.
     """
     tunnels = nj.match(nj.meta("iifname"), "@tunnels")
     not_tunnels = nj.match(nj.meta("iifname"), "@tunnels", "!=")
@@ -575,13 +569,8 @@ def _zone_binding(comp: _Compiler) -> list[Json]:
     out = [
         nj.rule(
             "forward",
-            [
-                not_tunnels,
-                nj.match(saddr, "@zone_nets"),
-                nj.match(fib, False),
-                nj.jump("deny_spoof"),
-            ],
-            "zone address from an interface its route does not use",
+            [not_tunnels, nj.match(fib, False), nj.jump("deny_spoof")],
+            "source from an interface its route does not use",
         )
     ]
     for zone in sorted(comp.site.zones.values(), key=lambda z: z.name):
@@ -653,7 +642,7 @@ def _management_rules(comp: _Compiler, opts: CompileOptions) -> list[Json]:
     return out
 
 
-def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool, zones: bool) -> list[Json]:
+def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list[Json]:
     log = [nj.limit(opts.log_rate, opts.log_burst)]
     est = [nj.chain("established")]
     if recording:
@@ -682,9 +671,7 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool, zones: 
             ),
         }
     }
-    fwd = [nj.chain("forward", hook="forward")]
-    if zones:
-        fwd.extend(_zone_binding(comp))
+    fwd = [nj.chain("forward", hook="forward"), *_zone_binding(comp)]
     fwd.append(nj.rule("forward", [states]))
     key = {"concat": [nj.payload("ip", "daddr"), nj.meta("l4proto"), nj.payload("th", "dport")]}
     fwd.append(nj.rule("forward", [{"vmap": {"key": key, "data": "@dispatch"}}]))

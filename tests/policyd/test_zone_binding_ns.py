@@ -14,7 +14,7 @@ import pytest
 
 from tests.policyd.nsnet import PLC1, Net, require_tools
 from tests.policyd.test_continuous_ns import kernel
-from zonegate.lab.modbus_device import read_journal
+from zonegate.lab.modbus_device import read_journal, writes
 
 pytestmark = pytest.mark.root
 
@@ -80,3 +80,30 @@ def test_spoofed_zone_address_is_dropped(net: Net, tmp_path: Path, explicit: boo
     table = net.ns(net.gw, "conntrack", "-L", "-s", SPOOFED, check=False)
     assert SPOOFED not in table.stdout, table.stdout
     assert peers(tmp_path).count(CELL_HOST) == 2
+
+
+def test_overlay_address_from_a_lan_cannot_join_an_open_flow(net: Net, tmp_path: Path) -> None:
+    """An identity's UDP flow is open through the tunnel; a LAN host that takes the
+    identity's overlay address and the same ports is dropped (the route to the overlay
+    address is the tunnel), though conntrack would call its datagram established."""
+    topo = tmp_path / "topo.yaml"
+    text = (
+        TOPOLOGY.replace("INTERFACE", "")
+        + """identities:
+  engineer-1: {kind: user, overlay: 100.64.1.10}
+"""
+    )
+    text = text.replace(
+        "conduits:\n",
+        "conduits:\n  eng-udp:\n    from: {identities: [engineer-1]}\n"
+        "    to: {asset: plant-a/plc-1}\n    allow: [{modbus-udp: [read, write]}]\n",
+    )
+    topo.write_text(text)
+    kernel(net, topo, "apply")
+    net.ns(net.gw, "ip", "route", "add", "100.64.0.0/16", "dev", net.tunnel, check=False)
+    eng = net.session("100.64.1.10", PLC1)
+    assert eng.ask("udp:40100 read")
+    net.ns(net.office, "ip", "addr", "add", "100.64.1.10/32", "dev", net.tag + "op")  # type: ignore[attr-defined]
+    spoof = net.session("100.64.1.10", PLC1, ns=net.office)  # type: ignore[attr-defined]
+    spoof.ask("udp:40100 write")
+    assert writes(tmp_path / "journal.jsonl") == [], read_journal(tmp_path / "journal.jsonl")

@@ -2,7 +2,7 @@
 
 Each stdin line is `tcp read|write|diag|connect` (one TCP connection kept across lines, opened
 on first use or by `connect`) or `udp read|write|diag` (a new socket, so a new source port,
-per datagram). Prints one JSON line per command: {"op": ..., "reply": bool}. Whether a
+per datagram; `udp:PORT ...` from that port). Prints one JSON line per command: {"op": ..., "reply": bool}. Whether a
 request was executed is read from the witness device's journal, never from the reply.
 """
 
@@ -38,9 +38,11 @@ for tid, line in enumerate(sys.stdin, 1):
     else:
         adu = md.read(tid)
     ok = False
-    if kind == "udp":
+    if kind.startswith("udp"):  # "udp": a fresh source port; "udp:PORT": that port
+        port = int(kind.partition(":")[2] or 0)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((src, 0))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((src, port))
             s.settimeout(1.0)
             ok = ask(s, adu, True)
     else:
