@@ -257,3 +257,43 @@ def test_a_class_another_conduit_allows_reaches_the_device(net: Net, tmp_path: P
     s.ask("tcp write")
     assert executed(tmp_path, ENGINEER, 8) == 1 and executed(tmp_path, ENGINEER, 3) == 1
     assert writes(tmp_path / "journal.jsonl") == []
+
+
+def test_role_removed_ends_the_session(net: Net, tmp_path: Path) -> None:
+    """engineer-1 loses plc-engineer on reload (membership only: an element delete)."""
+    topo = setup(net, tmp_path)
+    s = net.session(ENGINEER, PLC1)
+    assert s.ask("tcp read")
+    text = TOPOLOGY.replace(
+        "  engineer-1: {kind: user, roles: [plc-engineer], overlay: 100.64.1.10}",
+        "  engineer-1: {kind: user, overlay: 100.64.1.10}\n"
+        "  engineer-2: {kind: user, roles: [plc-engineer], overlay: 100.64.1.11}",
+    )
+    assert text != TOPOLOGY
+    topo.write_text(text)
+    kernel(net, topo, "apply")
+    assert not s.ask("tcp read")
+    assert executed(tmp_path, ENGINEER, 3) == 1
+
+
+def test_schedule_close_ends_the_session(net: Net, tmp_path: Path) -> None:
+    """A conduit open until the next full minute (UTC): the session's first packet after
+    it is dropped by the kernel, with no reload and nobody running."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    end = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (end - now).total_seconds() < 8:
+        end += timedelta(minutes=1)
+    start = end - timedelta(hours=2)
+    text = TOPOLOGY.replace(
+        "    allow: [{modbus: read}, {modbus-udp: read}]\n",
+        "    allow: [{modbus: read}, {modbus-udp: read}]\n"
+        f'    schedule: {{hours: "{start:%H:%M}-{end:%H:%M}", tz: UTC}}\n',
+    )
+    setup(net, tmp_path, text)
+    s = net.session(ENGINEER, PLC1)
+    assert s.ask("tcp read")
+    time.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()) + 1)
+    assert not s.ask("tcp read")
+    assert executed(tmp_path, ENGINEER, 3) == 1
