@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from policyd.compiler import ConduitPlan, Ruleset
 from policyd.conventions import MARK_TAG, MARK_TAG_MASK
 from policyd.flowlog.conntrack import CtEvent
-from topology.model import Topology
+from topology.model import Identity, Topology
 
 REASONS = (
     "revoked",
@@ -54,8 +54,10 @@ def why_not_admitted(
     topology: Topology,
     now: datetime,
     grants: GrantLookup,
+    by_overlay: Mapping[IPv4Address, Identity] | None = None,
 ) -> str | None:
-    """None when `flow` is still admitted by the current policy, else the reason."""
+    """None when `flow` is still admitted by the current policy, else the reason.
+    `by_overlay` (identities by overlay address) saves a scan per flow in a sweep."""
     plan = by_mark.get(flow.mark)
     if plan is None:
         return "conduit_removed"
@@ -66,7 +68,9 @@ def why_not_admitted(
     if not isinstance(src, IPv4Address):
         return "conduit_changed"
     conduit = topology.conduits.get(plan.name)
-    ident = next((i for i in topology.identities.values() if i.overlay == src), None)
+    if by_overlay is None:
+        by_overlay = _by_overlay(topology)
+    ident = by_overlay.get(src)
     if ident is not None and not ident.valid_at(now):
         return "validity_ended"
     if plan.needs_grant:
@@ -77,16 +81,16 @@ def why_not_admitted(
         if not _within(src, held):
             return "grant_expired"
     else:
-        sources: list[IPv4Address | IPv4Network] = [*plan.identities.values()]
-        sources += plan.zones.values()
-        if not _within(src, sources):
+        member = ident is not None and plan.identities.get(ident.name) == src
+        if not member and not any(src in net for net in plan.zones.values()):
             return "role_removed" if ident is not None else "conduit_changed"
-        name = next((n for n, a in plan.identities.items() if a == src), None)
-        if name is not None and name in plan.expiry and plan.expiry[name] <= now:
-            return "validity_ended"
     if conduit is not None and conduit.schedule and not conduit.schedule.is_open(now):
         return "schedule_closed"
     return None
+
+
+def _by_overlay(topology: Topology) -> dict[IPv4Address, Identity]:
+    return {i.overlay: i for i in topology.identities.values() if i.overlay is not None}
 
 
 def not_admitted(
@@ -98,6 +102,7 @@ def not_admitted(
 ) -> list[Ended]:
     """The zonegate-marked flows the current policy no longer admits, with reasons."""
     by_mark = {p.mark: p for p in rs.conduits.values()}
+    by_overlay = _by_overlay(topology)
     cache: dict[str, set[IPv4Address | IPv4Network]] = {}
 
     def cached(name: str) -> set[IPv4Address | IPv4Network]:
@@ -109,7 +114,7 @@ def not_admitted(
     for flow in flows:
         if flow.mark & MARK_TAG_MASK != MARK_TAG:
             continue
-        reason = why_not_admitted(flow, by_mark, topology, now, cached)
+        reason = why_not_admitted(flow, by_mark, topology, now, cached, by_overlay)
         if reason is not None:
             out.append(Ended(flow, reason))
     return out
