@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Network
 from typing import cast
 
@@ -25,6 +26,7 @@ from topology.services import BUILTIN_SERVICES
 from topology.yamlnodes import YNode, YSeq
 
 KEMS = ("ml-kem-768", "ml-kem-1024")
+_IFNAME = re.compile(r"[^\s/:*]{1,15}")  # a Linux interface name (IFNAMSIZ - 1)
 
 
 class PlacesReader(ReadContext):
@@ -170,6 +172,13 @@ class PlacesReader(ReadContext):
             return None
         desc = self.r.string(m.get("description"), "description") or ""
         iface = self.r.string(m.get("interface"), "interface")
+        if iface is not None and not _IFNAME.fullmatch(iface):
+            self.diags.error(
+                m.key_location("interface"),
+                f"{what}: interface '{iface}' is not an interface name",
+                "1-15 characters, no spaces or '/', e.g. eth1 or eth1.20",
+            )
+            return None
         return Zone(site, name, cidr, level, desc, loc, iface)
 
     def _build_asset(

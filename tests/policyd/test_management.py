@@ -80,3 +80,27 @@ def test_bad_management_entries(tmp_path: Path, mgmt: str, message: str) -> None
         load(tmp_path, mgmt)
     text = "\n".join(str(d) for d in exc.value.diagnostics)
     assert message in text and "t.yaml:" in text, text
+
+
+@pytest.mark.parametrize("iface", ["eth1", "eth1.20", "enp3s0f1"])
+def test_zone_interface(tmp_path: Path, iface: str) -> None:
+    mgmt = "[{from: [plant-a/office], allow: [ssh]}]"
+    loaded = load(tmp_path, mgmt)
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        path.read_text().replace("security_level: 1}", f"security_level: 1, interface: {iface}}}")
+    )
+    zone = topology.load(path).topology.zone("plant-a/office")
+    assert loaded and zone is not None and zone.interface == iface
+
+
+def test_bad_zone_interface(tmp_path: Path) -> None:
+    load(tmp_path, "[{from: [plant-a/office], allow: [ssh]}]")
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        path.read_text().replace("security_level: 1}", "security_level: 1, interface: 'eth 1'}")
+    )
+    with pytest.raises(TopologyError) as exc:
+        topology.load(path)
+    text = "\n".join(str(d) for d in exc.value.diagnostics)
+    assert "t.yaml:10:" in text and "interface 'eth 1' is not an interface name" in text, text
