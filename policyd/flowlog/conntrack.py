@@ -49,6 +49,7 @@ CTA_MARK = 8
 CTA_COUNTERS_ORIG = 9
 CTA_COUNTERS_REPLY = 10
 CTA_ID = 12
+CTA_ZONE = 18
 CTA_TIMESTAMP = 20
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
@@ -102,6 +103,7 @@ class CtEvent:
     reply_bytes: int = 0
     start_ns: int | None = None
     stop_ns: int | None = None
+    zone: int = 0  # conntrack zone (issue 12 keeps steered client legs in zone 1)
 
     @property
     def end_reason(self) -> str:
@@ -167,6 +169,8 @@ def decode(buf: Buffer, start: int, end: int, destroy: bool) -> CtEvent | None:
         ev.mark = _U32.unpack_from(buf, span[0])[0]
     if (span := top.get(CTA_STATUS)) is not None:
         ev.status = _U32.unpack_from(buf, span[0])[0]
+    if (span := top.get(CTA_ZONE)) is not None:
+        ev.zone = _U16.unpack_from(buf, span[0])[0]
     ev.orig_pkts, ev.orig_bytes = _counters(buf, top.get(CTA_COUNTERS_ORIG))
     ev.reply_pkts, ev.reply_bytes = _counters(buf, top.get(CTA_COUNTERS_REPLY))
     if (span := top.get(CTA_TIMESTAMP)) is not None:
@@ -274,6 +278,8 @@ def delete(entries: list[CtEvent], timeout: float = 5.0) -> int:
         for i, ev in enumerate(entries, 1):
             family = socket.AF_INET if ":" not in ev.src else socket.AF_INET6
             body = _tuple_orig(ev) + pack_attr(CTA_ID, _U32.pack(ev.ct_id & 0xFFFFFFFF))
+            if ev.zone:
+                body += pack_attr(CTA_ZONE, _U16.pack(ev.zone))
             msg = nfnl_message(
                 NFNL_SUBSYS_CTNETLINK,
                 IPCTNL_MSG_CT_DELETE,
