@@ -86,6 +86,28 @@ class NftHandle:
         self._writer = ElementWriter(TABLE_FAMILY, TABLE_NAME)
         # identity set -> membership this handle last put in the kernel (see sync_members)
         self._in_kernel: dict[str, _Membership] = {}
+        self._own_generation: int | None = None  # the ruleset generation after our commit
+
+    # -- who changed the ruleset last -----------------------------------------------------
+    def generation(self) -> int:
+        """The netns' nf_tables generation id: every commit, by anyone, moves it."""
+        return self._writer.generation()
+
+    def _committed(self) -> None:
+        try:
+            self._own_generation = self.generation()
+        except (NfnlError, OSError):
+            self._own_generation = None
+
+    def changed_by_others(self) -> bool:
+        """True when some commit happened since our last one (or we cannot tell): only
+        then can the table have drifted, so the full comparison is needed."""
+        if self._own_generation is None:
+            return True
+        try:
+            return self.generation() != self._own_generation
+        except (NfnlError, OSError):
+            return True
 
     # -- raw commands -------------------------------------------------------------------
     def run(self, commands: list[Json] | str, what: str, check: bool = False) -> Any:
@@ -99,6 +121,8 @@ class NftHandle:
             self._nft.set_dry_run(False)
         if rc != 0:
             raise NftError((err or "").strip() or f"libnftables returned {rc}")
+        if not check and '"list"' not in text:
+            self._committed()
         return json.loads(out) if out else {}
 
     def list_table(self) -> list[Json] | None:
@@ -195,6 +219,7 @@ class NftHandle:
                 messages.append(m)
             log.info("[#] nfnetlink batch (%s)", what)
             self._writer.send(messages, what)
+            self._committed()
         except NfnlError as e:
             raise NftError(e.strerror or str(e)) from e
         return True
@@ -349,10 +374,10 @@ class NftHandle:
         without timeouts; elements of timeout sets (identities, grants) change at run
         time by design and are reconciled by `sync_members` and the grant service.
         """
-        running = self._list_without_timed_elements(ruleset)
+        running = self.list_table()
         if running is None:
             return f"table {TABLE_FAMILY} {TABLE_NAME} is missing"
-        old = render_text(canonical(running))
+        old = render_text(_without_timed_elements(canonical(running)))
         new = render_text(_without_timed_elements(canonical(ruleset.objects)))
         lines = difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -361,40 +386,6 @@ class NftHandle:
             tofile=f"compiled ({ruleset.gateway})",
         )
         return "".join(lines)
-
-    def _list_without_timed_elements(self, ruleset: Ruleset) -> list[Json] | None:
-        """The running table with the elements of its timeout sets left out, read
-        without fetching them (a terse listing, then the few element-holding sets and
-        maps the ruleset has without timeouts): 100k identity elements are not read
-        on every drift check."""
-        self._nft.set_terse_output(True)
-        try:
-            running = self.list_table()
-        finally:
-            self._nft.set_terse_output(False)
-        if running is None:
-            return None
-        want = {}
-        for o in ruleset.objects:
-            kind = "map" if "map" in o else "set" if "set" in o else None
-            if kind is None:
-                continue
-            flags = o[kind].get("flags", [])
-            if "timeout" not in flags:
-                want[o[kind]["name"]] = kind
-        out = []
-        for o in running:
-            kind = "map" if "map" in o else "set" if "set" in o else None
-            if kind is not None and o[kind]["name"] in want:
-                name = o[kind]["name"]
-                listed = self.run(
-                    [{"list": {kind: {**table_ref(), "name": name}}}], f"list {kind} {name}"
-                )
-                for item in listed.get("nftables", []):
-                    if kind in item:
-                        o = item
-            out.append(o)
-        return out
 
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""

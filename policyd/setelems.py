@@ -29,6 +29,7 @@ NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
 NFTA_DATA_VALUE = 1
+NFTA_GEN_ID = 1
 NFT_SET_ELEM_INTERVAL_END = 1
 NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_TIMEOUT = 0x4, 0x8, 0x10
 NFT_SET_OBJECT, NFT_SET_CONCAT = 0x40, 0x80
@@ -167,6 +168,14 @@ class ElementWriter:
         if delete:
             return nfnl.Message(nfnl.NFT_MSG_DELSETELEM, self._family, 0, attrs)
         return nfnl.Message(nfnl.NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
+
+    def generation(self) -> int:
+        """The ruleset generation id (GETGEN), read on the same socket."""
+        reply = self._sock.get(nfnl.Message(nfnl.NFT_MSG_GETGEN, 0, 0, b""), "get generation")
+        raw = nfnl.parse_attrs(reply).get(NFTA_GEN_ID, b"")
+        if len(raw) < 4:
+            raise nfnl.NfnlError(71, "get generation: no id in the reply")  # EPROTO
+        return int.from_bytes(raw[:4], "big")
 
     def send(self, messages: list[nfnl.Message], what: str) -> None:
         """One transaction; an error drops the cached set facts (the table may have moved)."""

@@ -139,3 +139,34 @@ def test_a_class_another_conduit_allows_passes(tmp_path: Path) -> None:
     )
     res = ev.connection(pkt, at)
     assert not res.accepted and res.logs == ["zg deny function"]
+
+
+def test_canonical_merges_adjacent_networks_like_the_kernel() -> None:
+    """The kernel lists a constant set's adjacent prefixes as one range: both spellings
+    must compare equal, or every drift check at scale reports a false drift."""
+    from policyd.render import canonical
+
+    def rule(right: object) -> list[dict[str, object]]:
+        m = {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}}}
+        m["match"]["right"] = right  # type: ignore[index]
+        return [{"rule": {"chain": "forward", "expr": [m]}}]
+
+    compiled = rule(
+        {
+            "set": [
+                {"prefix": {"addr": "10.0.1.0", "len": 24}},
+                {"prefix": {"addr": "10.0.0.0", "len": 24}},
+            ]
+        }
+    )
+    listed = rule({"set": [{"range": ["10.0.0.0", "10.0.1.255"]}]})
+    assert canonical(compiled) == canonical(listed)
+    other = rule(
+        {
+            "set": [
+                {"prefix": {"addr": "10.0.0.0", "len": 24}},
+                {"prefix": {"addr": "10.0.2.0", "len": 24}},
+            ]
+        }
+    )
+    assert canonical(other) != canonical(listed)
