@@ -447,6 +447,8 @@ class Daemon:
         rs = self.compile()
         if rs is None or not self.enforce(rs):
             self.fail_closed()
+        else:
+            self.sweep("start")  # flows a previous policy admitted
         try:
             await self._start_services()
             await self._loop()
