@@ -7,19 +7,29 @@ grants); it never touches the kernel. The same inputs give byte-identical JSON.
 Layout, all in table `inet zonegate` (see docs/policyd.md for the full picture):
 
 - hook chains `forward` and `input`, policy drop, a constant handful of rules;
-- `ct state` verdict map first: established/related flows go to `established`, which
-  checks function-code classes per conduit (`ct mark` -> `fc_*` chain) and accepts;
+- `forward` first binds sources to interfaces (strict reverse path with `fib saddr .
+  iif` for everything not arriving on a tunnel, a zone's explicit `interface:`, no local
+  zone through a tunnel), then the `ct state` verdict map: established/related flows go
+  to `established`, which looks the flow's conduit mark up in `verify` and jumps to the
+  conduit's `v_*` chain: the flow's original source must still be in the conduit's
+  sources (sets, zones) and its schedule window open, then `goto fc_*` (or accept);
+  anything else is dropped (`deny_ended`): no session outlives what admitted it;
 - new flows: one lookup `ip daddr . meta l4proto . th dport` in the interval verdict map
   `dispatch`, whose elements are disjoint address ranges x service ports, each jumping
   to a chain `to_N` holding the candidate conduits for that destination and service;
 - each candidate conduit is one rule per UTC schedule window matching its sources:
   identities through the set `ids_*` (or `grant_*`) of overlay addresses arriving on a
-  tunnel interface, zones through their CIDRs; it sets `ct mark` and accepts;
+  tunnel interface, zones through their CIDRs; it sets `ct mark` and goes to the
+  conduit's function check `fc_*` (whose last rule is the only accept of a conduit with
+  function classes), so the first packet is checked like every other;
+- a code the flow's conduit refuses but another conduit admitting the same source
+  allows (same destination and service) passes through `fc_more`/`more_functions`;
 - whatever falls through is logged to NFLOG (rate-limited) and dropped;
 - conduits with `record: true` copy every packet of their flows to NFLOG group 8: the
   accept rule copies the packets of a new flow, and `established` starts with
   `ct mark vmap @recorded`, jumping to a one-rule chain `rec_*` per recorded conduit
-  whose log prefix names the conduit's mark (see `record_log`).
+  whose log prefix names the conduit's mark (see `record_log`);
+- `input` adds the topology's management access (`_management_rules`).
 
 Identity membership and grants are set elements with timeouts, so the rule count
 depends on conduits and services, never on identities or assets.
