@@ -1,6 +1,9 @@
 """`scripts/bench handshake`: what the hybrid handshake costs, measured, never asserted.
 
-1. compute: two in-memory endpoints, CPU time per side, handshakes/s per core, bytes.
+1. compute: two in-memory endpoints, CPU time per side, handshakes/s per core, bytes;
+   also for every KEM suite x backend combination (ML-KEM alone or with an HQC third
+   component; cryptography or pqcrypto), with the peers one core keeps rotating every
+   120 s.
 2. rotation: TCP over loopback + PSK install into two real wireguard-go interfaces
    (UAPI), p50/p99 of one full rotation (needs root and wireguard-go).
 3. first packet: two daemons in two namespaces; time from start to the first ping
@@ -28,7 +31,7 @@ from typing import Any
 from tunneld.handshake import Endpoint
 from tunneld.handshake_types import LocalIdentity, PeerConfig, PskReady, Send
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
-from tunneld.kem import get_backend
+from tunneld.kem import PARAMS, get_backend
 from tunneld.keys import keygen, wg_public_key
 from tunneld.wg import InterfaceSpec, PeerSpec, WireGuard
 
@@ -46,15 +49,16 @@ class _Clock:
         return time.time_ns()
 
 
-def _pair(kem: str) -> tuple[Endpoint, Endpoint, _Clock]:
-    be = get_backend()
-    a = HybridPrivateKey.generate(be, kem, secrets.token_bytes)
-    b = HybridPrivateKey.generate(be, kem, secrets.token_bytes)
+def _pair(kem: str, backend: str = "cryptography") -> tuple[Endpoint, Endpoint, _Clock]:
+    be = get_backend(backend)
+    ident_kem = PARAMS[kem].components[0]  # identity keys are ML-KEM; HQC is ephemeral
+    a = HybridPrivateKey(be, ident_kem, secrets.token_bytes(32), secrets.token_bytes(64))
+    b = HybridPrivateKey(be, ident_kem, secrets.token_bytes(32), secrets.token_bytes(64))
     wa, wb = secrets.token_bytes(32), secrets.token_bytes(32)
     clock = _Clock()
 
     def pub(k: HybridPrivateKey) -> HybridPublicKey:
-        return HybridPublicKey(be, kem, k.x_public, k.kem_public)
+        return HybridPublicKey(be, ident_kem, k.x_public, k.kem_public)
 
     ea = Endpoint(
         LocalIdentity("a", a, wa),
@@ -94,9 +98,9 @@ def _one(ea: Endpoint, eb: Endpoint, clock: _Clock) -> tuple[float, float, int, 
     return (t1 - t0) + (t3 - t2) + (t5 - t4), (t2 - t1) + (t4 - t3), wire, psk
 
 
-def bench_compute(n: int, kem: str) -> dict[str, Any]:
-    ea, eb, clock = _pair(kem)
-    for _ in range(20):
+def bench_compute(n: int, kem: str, backend: str = "cryptography") -> dict[str, Any]:
+    ea, eb, clock = _pair(kem, backend)
+    for _ in range(min(20, n)):
         _one(ea, eb, clock)
     ci, cr, wire = [], [], 0
     for _ in range(n):
@@ -113,6 +117,35 @@ def bench_compute(n: int, kem: str) -> dict[str, Any]:
         "bytes_on_wire": wire,
         "bytes_note": "4 messages + 2-byte length framing; TCP/IP headers not counted",
     }
+
+
+# Every suite x backend a pair can pin (`kem`/`code_kem` in the topology, --kem-backend).
+# HQC always comes from pqcrypto; "cryptography" there means ML-KEM from cryptography.
+COMBINATIONS = [
+    ("ml-kem-768", "cryptography"),
+    ("ml-kem-768", "pqcrypto"),
+    ("ml-kem-1024", "cryptography"),
+    ("ml-kem-1024", "pqcrypto"),
+    ("ml-kem-768+hqc-128", "pqcrypto"),
+    ("ml-kem-768+hqc-192", "pqcrypto"),
+    ("ml-kem-768+hqc-256", "pqcrypto"),
+    ("ml-kem-768+hqc-256", "cryptography"),
+    ("ml-kem-1024+hqc-256", "pqcrypto"),
+]
+ROTATION_S = 120.0
+
+
+def bench_combinations(n_two: int, n_three: int) -> list[dict[str, Any]]:
+    """One row per combination, same run, same method as `bench_compute`."""
+    rows = []
+    for kem, backend in COMBINATIONS:
+        row = bench_compute(n_three if "+" in kem else n_two, kem, backend)
+        row["backend"] = backend
+        # A gateway rekeys each peer every 120 s whatever the suite: one core keeps this
+        # many peers rotating (CPU only; the rotation interval is never stretched).
+        row["peers_per_core_at_120s"] = int(row["handshakes_per_second_per_core"] * ROTATION_S)
+        rows.append(row)
+    return rows
 
 
 def _frame(sock: socket.socket, data: bytes) -> None:
@@ -313,6 +346,8 @@ def bench_first_packet(runs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench handshake")
     ap.add_argument("-n", type=int, default=1000, help="handshakes for the compute benchmark")
+    ap.add_argument("--combo-n", type=int, default=300, help="handshakes per 2-part suite")
+    ap.add_argument("--combo-n3", type=int, default=40, help="handshakes per HQC suite")
     ap.add_argument("--rotations", type=int, default=300)
     ap.add_argument("--first-packet-runs", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "handshake.json")
@@ -325,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "compute_ml_kem_768": bench_compute(args.n, "ml-kem-768"),
         "compute_ml_kem_1024": bench_compute(max(100, args.n // 4), "ml-kem-1024"),
+        "compute_combinations": bench_combinations(args.combo_n, args.combo_n3),
         "rotation_loopback": bench_rotation(args.rotations),
         "daemon_start_to_first_packet": bench_first_packet(args.first_packet_runs),
     }

@@ -22,12 +22,11 @@ def sites() -> dict[str, object]:
             "gateway": {
                 "underlay": f"192.0.2.{30 + n}",
                 "overlay": f"100.64.0.{30 + n}",
-                "management": [{"from": [f"{site}/office"], "allow": ["ssh"]}],
+                "management": [{"from": [f"{site}/ops"], "allow": ["ssh"]}],
             },
             "zones": {
                 "control": {"cidr": f"10.{octet}.1.0/24", "security_level": 3},
                 "ops": {"cidr": f"10.{octet}.5.0/24", "security_level": 2},
-                "office": {"cidr": f"10.{octet}.9.0/24", "security_level": 1},
             },
             "assets": {
                 **{

@@ -21,12 +21,18 @@ from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_rule
 from policyd.conventions import API_PORT
 from policyd.render import render_text
 from topology.diagnostics import TopologyError
+from topology.instants import rfc3339
+from topology.version import package_version
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="topology file or directory")
     parser.add_argument("--gateway", required=True, help="site whose gateway to compile for")
-    parser.add_argument("--json", action="store_true", help="libnftables JSON instead of text")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="render: libnftables JSON instead of text; diff: zonegate.diff/1 (docs/cli-json.md)",
+    )
     parser.add_argument(
         "--tunnel", action="append", help="tunnel interface name (repeatable; default zg*)"
     )
@@ -81,7 +87,7 @@ def summary(rs: Ruleset) -> str:
                 who = ", ".join(filter(None, [who, f"{len(plan.zones)} source zone(s)"]))
         lines.append(f"  conduit {plan.name:<24} ct mark {plan.mark:#010x}  {who}")
     if rs.next_change:
-        lines.append(f"  recompiles at {rs.next_change.isoformat()} (schedule or validity)")
+        lines.append(f"  recompiles at {rfc3339(rs.next_change)} (schedule or validity)")
     return "\n".join(lines)
 
 
@@ -109,10 +115,28 @@ def diff_command(args: argparse.Namespace) -> int:
     try:
         text = NftHandle().diff_text(rs)
     except NftError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            _diff_json(rs.gateway, ok=False, error=str(e), exit_code=2)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.json:  # zonegate.diff/1 (docs/cli-json.md)
+        _diff_json(rs.gateway, ok=not text, in_sync=not text, diff=text.splitlines())
+        return 0 if not text else 1
     if not text:
         print(f"running ruleset matches the compiled policy for {rs.gateway}")
         return 0
     sys.stdout.write(text)
     return 1
+
+
+def _diff_json(gateway: str, ok: bool, **body: object) -> None:
+    doc = {
+        "schema": "zonegate.diff/1",
+        "ok": ok,
+        "generated_at": rfc3339(datetime.now(UTC)),
+        "zonegate": package_version(),
+        "gateway": gateway,
+        **body,
+    }
+    print(json.dumps(doc, indent=2))

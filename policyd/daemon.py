@@ -43,6 +43,7 @@ from policyd.kernel import NftError, NftHandle, addresses
 from policyd.render import canonical
 from policyd.session_end import Ended, not_admitted, of_source
 from topology.diagnostics import TopologyError
+from topology.files import topology_files
 from topology.model import Topology
 
 log = logging.getLogger("policyd")
@@ -51,7 +52,7 @@ FULL_DRIFT_EVERY = 10  # every 10th periodic check compares even if no foreign c
 
 def fingerprint(path: Path) -> str:
     """A hash of every topology file's name and content (what a reload would read)."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.y*ml"))
+    files = topology_files(path).files  # the loader's own rule, subdirectories included
     h = hashlib.sha256()
     for f in files:
         h.update(str(f).encode())

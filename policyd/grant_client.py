@@ -101,6 +101,15 @@ def grant_command(args: argparse.Namespace) -> int:
         status, data = asyncio.run(call(args))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         where = args.api or args.socket or RUN_DIR
+        if args.json:  # zonegate.error/1 (docs/cli-json.md)
+            message = f"zonegate grant: cannot reach policyd at {where}: {exc}"
+            print(
+                json.dumps(
+                    {"schema": "zonegate.error/1", "ok": False, "error": message, "exit_code": 1},
+                    indent=2,
+                )
+            )
+            return 1
         print(f"zonegate grant: cannot reach policyd at {where}: {exc}", file=sys.stderr)
         print(
             "  is policyd running there (policyd --topology PATH --gateway NAME)?", file=sys.stderr

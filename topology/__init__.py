@@ -1,6 +1,7 @@
 """Topology files: parse, validate and evaluate a plant's zones and conduits.
 
-`load(path)` is the only way in: it reads a file or a directory of YAML files,
+`load(path)` is the only way in: it reads a file or a directory tree of YAML files
+(topology_files() says which),
 reports every problem at once (FILE:LINE:COL) and returns an immutable model.
 """
 
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from topology.diagnostics import Diagnostic, Diagnostics, Location, TopologyError
-from topology.loader import load_files
+from topology.files import topology_files
+from topology.lint import lint
+from topology.loader import display_path, load_files
 from topology.model import Topology
 from topology.validate import validate
 
@@ -27,8 +30,12 @@ def load(path: str | Path, strict: bool = False) -> Loaded:
     With `strict`, warnings count as errors (for CI on the topology repository).
     """
     diags = Diagnostics()
-    topo = load_files(Path(path), diags)
+    path = Path(path)
+    found = topology_files(path)
+    topo, parsed = load_files(path, found, diags)
     validate(topo, diags)
+    if parsed and not diags.errors:
+        lint(topo, display_path(path), [display_path(p) for p in found.skipped], diags)
     ordered = diags.sorted()
     failed = bool(diags.errors) or (strict and bool(diags.warnings))
     if failed:

@@ -1,13 +1,18 @@
-"""Problems found in topology files, each tied to FILE:LINE:COL.
+"""Problems found in topology files, each tied to FILE:LINE:COL and a stable code.
 
 Loading never stops at the first problem: every check adds diagnostics to one
-collector, and the caller gets all of them at once.
+collector, and the caller gets all of them at once. One mistake gives one diagnostic:
+a problem marked as a root cause (a YAML error, an ambiguous number) silences later
+problems at the same place, and the loader drops the follow-on errors of a file that
+could not be read (see loader.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from topology.codes import classify
 
 Severity = Literal["error", "warning"]
 
@@ -28,10 +33,11 @@ class Diagnostic:
     location: Location | None
     message: str
     hint: str = ""
+    code: str = ""  # ZG-E... / ZG-W...; filled by Diagnostics from the message if not given
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
-        text = f"{where}{self.severity}: {self.message}"
+        text = f"{where}{self.severity}: {self.message}" + (f" [{self.code}]" if self.code else "")
         if self.hint:
             text += f"\n    hint: {self.hint}"
         return text
@@ -39,6 +45,7 @@ class Diagnostic:
     def as_dict(self) -> dict[str, object]:
         loc = self.location
         return {
+            "code": self.code,
             "severity": self.severity,
             "file": loc.file if loc else None,
             "line": loc.line if loc else None,
@@ -53,12 +60,43 @@ class Diagnostics:
 
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
+        self._roots: set[Location] = set()
 
-    def error(self, location: Location | None, message: str, hint: str = "") -> None:
-        self.items.append(Diagnostic("error", location, message, hint))
+    def add(
+        self,
+        severity: Severity,
+        location: Location | None,
+        message: str,
+        hint: str = "",
+        code: str = "",
+        root: bool = False,
+    ) -> None:
+        if location is not None and location in self._roots:
+            return  # a follow-on of the root cause already reported here
+        if root and location is not None:
+            self._roots.add(location)
+        self.items.append(
+            Diagnostic(severity, location, message, hint, code or classify(severity, message))
+        )
 
-    def warning(self, location: Location | None, message: str, hint: str = "") -> None:
-        self.items.append(Diagnostic("warning", location, message, hint))
+    def error(
+        self,
+        location: Location | None,
+        message: str,
+        hint: str = "",
+        code: str = "",
+        root: bool = False,
+    ) -> None:
+        self.add("error", location, message, hint, code, root)
+
+    def warning(
+        self, location: Location | None, message: str, hint: str = "", code: str = ""
+    ) -> None:
+        self.add("warning", location, message, hint, code)
+
+    def silence(self, location: Location) -> None:
+        """Later problems at `location` are follow-ons of one already reported."""
+        self._roots.add(location)
 
     @property
     def errors(self) -> list[Diagnostic]:

@@ -13,6 +13,7 @@ from datetime import datetime
 from ipaddress import IPv4Address
 from typing import Literal
 
+from topology.instants import rfc3339
 from topology.model import Conduit, Identity, Target, TargetKind, Topology, Zone, format_duration
 from topology.refs import ServiceSpec, parse_service_spec
 
@@ -139,7 +140,9 @@ def evaluate(topo: Topology, flow: Flow) -> Verdict:
         raise FlowError(spec[0] + (f" ({spec[1]})" if spec[1] else ""))
 
     if src.identity is not None and flow.at is not None and not src.identity.valid_at(flow.at):
-        return Verdict(False, None, f"identity {src.identity.name} is not valid at {flow.at}")
+        return Verdict(
+            False, None, f"identity {src.identity.name} is not valid at {rfc3339(flow.at)}"
+        )
 
     candidates = [
         c
@@ -199,7 +202,7 @@ def evaluate(topo: Topology, flow: Flow) -> Verdict:
 def _validity(ident: Identity) -> str:
     parts = []
     if ident.valid_from is not None:
-        parts.append(f"from {ident.valid_from:%Y-%m-%d %H:%M %Z}")
+        parts.append(f"from {rfc3339(ident.valid_from)}")
     if ident.valid_until is not None:
-        parts.append(f"until {ident.valid_until:%Y-%m-%d %H:%M %Z}")
+        parts.append(f"until {rfc3339(ident.valid_until)}")
     return f"identity valid {' '.join(parts)}" if parts else ""

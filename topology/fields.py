@@ -11,11 +11,13 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from zoneinfo import ZoneInfo
 
 from topology.diagnostics import Diagnostics, Location
-from topology.yamlnodes import YMap, YNode, YScalar, YSeq, describe
+from topology.yamlnodes import YAML11_BOOLEANS, YMap, YNode, YScalar, YSeq, describe
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -38,6 +40,17 @@ def suggest(word: str, choices: Iterable[str]) -> str:
         return ""
     shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
     return f"expected one of: {shown}"
+
+
+def as_text(node: YNode) -> str | None:
+    """A scalar as a string: strings as they are, and any other plain scalar as written
+    (where text is expected, a name like `2024`, `1e3`, `true` or `null` means itself);
+    None for an empty value, a list or a mapping."""
+    if not isinstance(node, YScalar):
+        return None
+    if isinstance(node.value, str):
+        return node.value
+    return node.raw or None
 
 
 class Reader:
@@ -74,8 +87,9 @@ class Reader:
     def string(self, node: YNode | None, what: str) -> str | None:
         if node is None:
             return None
-        if isinstance(node, YScalar) and isinstance(node.value, str) and node.value.strip():
-            return node.value.strip()
+        text = as_text(node)
+        if text is not None and text.strip():
+            return text.strip()
         self.error(node.location, f"{what} must be a non-empty string, found {describe(node)}")
         return None
 
@@ -95,7 +109,13 @@ class Reader:
             return None
         if isinstance(node, YScalar) and isinstance(node.value, bool):
             return node.value
-        self.error(node.location, f"{what} must be true or false, found {describe(node)}")
+        hint = ""
+        if isinstance(node, YScalar) and node.value in YAML11_BOOLEANS:
+            word = "true" if str(node.value).lower() in ("y", "yes", "on") else "false"
+            hint = (
+                f"'{node.value}' is a string in YAML 1.2 (YAML 1.1 made it a boolean); write {word}"
+            )
+        self.error(node.location, f"{what} must be true or false, found {describe(node)}", hint)
         return None
 
     def integer(self, node: YNode | None, what: str, lo: int, hi: int) -> int | None:
@@ -113,8 +133,9 @@ class Reader:
         """A list of strings; a single string is accepted as a list of one."""
         if node is None:
             return []
-        if isinstance(node, YScalar) and isinstance(node.value, str):
-            return [(node.value, node.location)]
+        text = as_text(node)
+        if text is not None:
+            return [(text, node.location)]
         if not isinstance(node, YSeq):
             self.error(node.location, f"{what} must be a list of names, found {describe(node)}")
             return []
@@ -181,11 +202,35 @@ class Reader:
             self.error(where, f"{what} '{text}' is not a time of day", "write HH:MM, e.g. 07:00")
             return None
 
-    def moment(self, node: YNode | None, what: str) -> datetime | None:
-        """A point in time; a date alone means midnight UTC, a naive time means UTC."""
+    def moment(
+        self, node: YNode | None, what: str, day_tz: str | None = "UTC", end_of_day: bool = False
+    ) -> datetime | None:
+        """A point in time. A naive date-time is UTC. A date alone is the start of that
+        day in `day_tz` (its end, i.e. the next midnight, with `end_of_day`); when
+        `day_tz` is None the day is ambiguous and the date is an error asking for a time.
+        """
         if node is None:
             return None
         value = node.value if isinstance(node, YScalar) else None
+        day: date | None = None
+        if isinstance(value, str) and DATE_RE.match(value.strip()):
+            day = date.fromisoformat(value.strip())
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            day = value
+        if day is not None:
+            if day_tz is None:
+                self.error(
+                    node.location,
+                    f"{what} {day} means a whole day, but the sites are in different time "
+                    "zones, so it is unclear when that day ends",
+                    f"write a date-time with an offset, e.g. {day}T23:59:59-05:00",
+                )
+                return None
+            start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(day_tz))
+            if end_of_day:
+                nxt = day + timedelta(days=1)
+                start = datetime(nxt.year, nxt.month, nxt.day, tzinfo=ZoneInfo(day_tz))
+            return start.astimezone(UTC)
         if isinstance(value, str):
             try:
                 value = datetime.fromisoformat(value)
@@ -193,8 +238,6 @@ class Reader:
                 value = None
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
-        if isinstance(value, date):
-            return datetime(value.year, value.month, value.day, tzinfo=UTC)
         self.error(
             node.location,
             f"{what} must be a date or date-time, found {describe(node)}",

@@ -9,10 +9,12 @@ validate.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
-from topology.diagnostics import Diagnostics, Location
+from topology.diagnostics import Diagnostic, Diagnostics, Location
+from topology.files import TopologyFiles
 from topology.model import (
     Topology,
     frozen_map,
@@ -20,7 +22,8 @@ from topology.model import (
 from topology.read_conduits import ConduitReader
 from topology.read_context import FORMAT_VERSION, NAMED_SECTIONS, SECTIONS, Entry
 from topology.read_places import PlacesReader
-from topology.yamlnodes import YScalar, YSeq, describe, parse_yaml
+from topology.schema import entry_keys
+from topology.yamlnodes import YNode, YScalar, YSeq, describe, parse_yaml
 
 
 def display_path(path: Path) -> str:
@@ -28,21 +31,12 @@ def display_path(path: Path) -> str:
     return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
-def discover(path: Path, diags: Diagnostics) -> list[Path]:
-    """The topology files under `path`: the file itself, or *.yaml/*.yml in a directory."""
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        if not files:
-            diags.error(Location(display_path(path), 1, 1), "no .yaml or .yml files in directory")
-        return files
-    diags.error(Location(display_path(path), 1, 1), "no such file or directory")
-    return []
-
-
 class Builder(PlacesReader, ConduitReader):
     """Builds a Topology from parsed files, reporting every problem into `diags`."""
+
+    def __init__(self, diags: Diagnostics) -> None:
+        super().__init__(diags)
+        self.unparsed: list[Diagnostic] = []  # the parse error of each unreadable file
 
     def add_file(self, path: Path) -> None:
         shown = display_path(path)
@@ -51,11 +45,14 @@ class Builder(PlacesReader, ConduitReader):
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             self.diags.error(Location(shown, 1, 1), f"cannot read file: {exc}")
+            self.unparsed.append(self.diags.items[-1])
             return
         before = len(self.diags.items)
         root = parse_yaml(text, shown, self.diags)
         if root is None:
-            if len(self.diags.items) == before:
+            if len(self.diags.items) > before:
+                self.unparsed.append(self.diags.items[before])
+            else:
                 self.diags.error(
                     Location(shown, 1, 1), "file is empty", "start it with 'version: 1'"
                 )
@@ -77,7 +74,12 @@ class Builder(PlacesReader, ConduitReader):
             block = self.r.mapping(top.get(section), f"'{section}'")
             if block is None:
                 continue
+            previous: tuple[str, YNode] | None = None
             for name, (loc, node) in block.entries.items():
+                if previous is not None and name in entry_keys(section):
+                    self._misindented(section, name, loc, *previous)
+                    continue
+                previous = (name, node)
                 seen = self.entries[section].get(name)
                 if seen is not None:
                     self.diags.error(
@@ -93,6 +95,21 @@ class Builder(PlacesReader, ConduitReader):
                 self.tests.extend((t, path.parent) for t in tests.items)
             else:
                 self.diags.error(tests.location, f"'tests' must be a list, found {describe(tests)}")
+
+    def _misindented(
+        self, section: str, key: str, loc: Location, owner: str, owner_node: YNode
+    ) -> None:
+        """`allow:` written at the level of conduit names: one indentation error, and the
+        entry above it is not also reported for missing that key."""
+        kind = section[:-1].replace("identitie", "identity")
+        self.diags.error(
+            loc,
+            f"indentation error: '{key}' is at the level of {kind} names, so it reads as a "
+            f"{kind} named '{key}'",
+            f"indent it under the {kind} above ('{owner}'), like its other keys",
+            root=True,
+        )
+        self.diags.silence(owner_node.location)
 
     def build(self) -> Topology:
         for e in self.entries["services"].values():
@@ -120,8 +137,42 @@ class Builder(PlacesReader, ConduitReader):
         )
 
 
-def load_files(path: Path, diags: Diagnostics) -> Topology:
+def load_files(path: Path, found: TopologyFiles, diags: Diagnostics) -> tuple[Topology, bool]:
+    """Build the model from `found`; also say whether every file could be parsed.
+
+    When a file cannot be parsed, the names it defines are unknown, so every reference
+    to them elsewhere would be a false error: those follow-on errors are dropped, and
+    the parse error says so. One mistake, one error.
+    """
+    if not found.files:
+        where = Location(display_path(path), 1, 1)
+        if path.is_dir():
+            diags.error(where, "no .yaml or .yml files in directory")
+        else:
+            diags.error(where, "no such file or directory")
     builder = Builder(diags)
-    for file in discover(path, diags):
+    for file in found.files:
         builder.add_file(file)
-    return builder.build()
+    topo = builder.build()
+    if builder.unparsed:
+        _drop_follow_ons(diags, builder.unparsed)
+    return topo, not builder.unparsed
+
+
+FOLLOW_ON_CODES = frozenset({"ZG-E031", "ZG-E063"})  # references into a file not read
+
+
+def _drop_follow_ons(diags: Diagnostics, unparsed: list[Diagnostic]) -> None:
+    dropped = [d for d in diags.items if d.code in FOLLOW_ON_CODES]
+    if not dropped:
+        return
+    first = unparsed[0]
+    note = (
+        f"{len(dropped)} reference error(s) elsewhere are not shown: the names they "
+        "refer to may be defined in this file"
+    )
+    diags.items = [
+        dataclasses.replace(d, hint=f"{d.hint}; {note}" if d.hint else note) if d is first else d
+        for d in diags.items
+        if d not in dropped
+    ]

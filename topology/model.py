@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
@@ -32,6 +32,11 @@ V = TypeVar("V")
 def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
     """A read-only view, so a validated model cannot be changed by accident."""
     return MappingProxyType(dict(items or {}))
+
+
+# The optional code-based third component of tunnels (a site's or a conduit's
+# `code_kem`; tunneld adds HQC ephemeral keys to X25519 and ML-KEM, weakest first).
+CODE_KEMS = ("hqc-128", "hqc-192", "hqc-256")
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,10 @@ class Site:
     assets: Mapping[str, Asset]
     kem: str = "ml-kem-768"
     location: Location | None = None
+    tz: str = "UTC"  # IANA time zone: a date alone in valid_from/valid_until is a day here
+    # A code-based KEM (hqc-128/192/256) every tunnel of this site must add to X25519 and
+    # ML-KEM; a pair of sites uses the stronger of the two sides' (None: two components).
+    code_kem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +297,11 @@ class Conduit:
     record: bool = False
     description: str = ""
     location: Location | None = None
+    accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
+    # A code-based KEM (hqc-128/192/256) the tunnels carrying this conduit must add to
+    # X25519 and ML-KEM: the site pair of a zone-to-zone conduit, or each admitted user's
+    # tunnel into the target site (None: as the sites say).
+    code_kem: str | None = None
 
     @property
     def mark(self) -> int:
@@ -330,7 +344,7 @@ class PolicyTest:
     location: Location | None = None
 
     def describe(self) -> str:
-        when = f" at {self.at.isoformat()}" if self.at else ""
+        when = f" at {self.at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if self.at else ""
         grant = " (granted)" if self.granted else ""
         return f"{self.source} -> {self.target} {self.service}{when}{grant}"
 

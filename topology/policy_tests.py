@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from topology.evaluate import ALL_GRANTS, Flow, Verdict, evaluate
+from topology.instants import rfc3339
 from topology.model import PolicyTest, Topology
 
 
@@ -25,7 +26,7 @@ class TestResult:
             "from": self.test.source,
             "to": self.test.target,
             "service": self.test.service,
-            "at": self.test.at.isoformat() if self.test.at else None,
+            "at": rfc3339(self.test.at) if self.test.at else None,
             "granted": self.test.granted,
             "expect": self.test.expect,
             "passed": self.passed,

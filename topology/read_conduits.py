@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Approval,
     Conduit,
     Emergency,
@@ -41,7 +42,9 @@ class ConduitReader(ReadContext):
             "approval",
             "emergency",
             "record",
+            "code_kem",
             "description",
+            "accept_risk",
         )
         node = self._named_map(e, "conduit", allowed)
         if node is None:
@@ -68,9 +71,20 @@ class ConduitReader(ReadContext):
                 )
                 ok = False
         record = self.r.boolean(node.get("record"), "record") or False
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
+            ok = False
         if node.get("schedule") is not None and schedule is None:
             ok = False
         if node.get("approval") is not None and approval is None:
+            ok = False
+        accept_risk = self.r.string(node.get("accept_risk"), "accept_risk (the reason)")
+        if node.get("accept_risk") is not None and accept_risk is None:
             ok = False
         if sources is None or target is None or allow is None or not ok:
             return None
@@ -85,6 +99,8 @@ class ConduitReader(ReadContext):
             record=record,
             description=self.r.string(node.get("description"), "description") or "",
             location=e.location,
+            accept_risk=accept_risk or "",
+            code_kem=code_kem,
         )
 
     def _sources(self, node: YNode | None, what: str) -> Sources | None:
@@ -294,13 +310,19 @@ class ConduitReader(ReadContext):
         return PolicyTest(source, target, service, cast(Expect, expect), at, granted, m.location)
 
     def _endpoint(self, ref: str, loc: Location, is_source: bool) -> bool:
-        if is_source and ref in self.identities:
-            return True
+        if is_source and ref in self.entries["identities"]:
+            return ref in self.identities  # else: reported where the identity is defined
         if "/" in ref:
             site, _, name = ref.partition("/")
             s = self.sites.get(site)
             if s is not None and (name in s.zones or name in s.assets):
                 return True
+            written = {
+                **(self._declared(site, "zones") or {}),
+                **(self._declared(site, "assets") or {}),
+            }
+            if name in written or (s is None and site in self.entries["sites"]):
+                return False  # reported where the site, zone or asset is defined
             if s is None:
                 self.diags.error(
                     loc, f"unknown site '{site}' in '{ref}'", suggest(site, self.sites)

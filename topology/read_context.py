@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from topology.diagnostics import Diagnostics, Location
 from topology.fields import Reader, suggest
@@ -73,30 +74,66 @@ class ReadContext:
                 self.diags.error(loc, f"unknown {what} '{ref}'", hint)
         return out
 
-    def _zone_ref(self, ref: str, loc: Location) -> bool:
-        site, sep, zone = ref.partition("/")
+    def _time_zone(self, node: YMap) -> str | None:
+        """A site's `tz` (IANA name, default UTC); None after reporting a bad one."""
+        tz = self.r.string(node.get("tz"), "tz") or "UTC"
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.diags.error(
+                node.key_location("tz"),
+                f"unknown time zone '{tz}'",
+                "use an IANA name such as Europe/Berlin or UTC",
+            )
+            return None
+        return tz
+
+    def _day_tz(self, site: str | None) -> str | None:
+        """The time zone a date alone is read in: the site's, or the one all sites share.
+
+        None when the sites disagree (a user is not tied to a site): then a date is
+        ambiguous and must be written as a date-time.
+        """
+        if site is not None and site in self.sites:
+            return self.sites[site].tz
+        zones = {s.tz for s in self.sites.values()}
+        if len(zones) > 1:
+            return None
+        return zones.pop() if zones else "UTC"
+
+    def _declared(self, site: str, section: str) -> dict[str, object] | None:
+        """The zone or asset names a site writes, built or not; None for an unknown site.
+
+        A definition with an error of its own is reported there; references to it are
+        not errors too (one mistake, one error).
+        """
+        entry = self.entries["sites"].get(site)
+        if entry is None:
+            return None
+        node = entry.node.get(section) if isinstance(entry.node, YMap) else None
+        return dict(node.entries) if isinstance(node, YMap) else {}
+
+    def _place_ref(self, ref: str, loc: Location, section: str) -> bool:
+        kind = section[:-1]
+        site, sep, name = ref.partition("/")
         if not sep:
-            self.diags.error(loc, f"zone reference '{ref}' must be SITE/ZONE")
+            self.diags.error(loc, f"{kind} reference '{ref}' must be SITE/{kind.upper()}")
             return False
-        if site not in self.sites:
-            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", suggest(site, self.sites))
+        declared = self._declared(site, section)
+        if declared is None:
+            hint = suggest(site, self.entries["sites"])
+            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", hint)
             return False
-        if zone not in self.sites[site].zones:
-            zones = self.sites[site].zones
-            self.diags.error(loc, f"site '{site}' has no zone '{zone}'", suggest(zone, zones))
-            return False
-        return True
+        s = self.sites.get(site)
+        built = (s.zones if section == "zones" else s.assets) if s else {}
+        if name in built:
+            return True
+        if name not in declared:
+            self.diags.error(loc, f"site '{site}' has no {kind} '{name}'", suggest(name, declared))
+        return False  # else: the site or the zone/asset has an error of its own
+
+    def _zone_ref(self, ref: str, loc: Location) -> bool:
+        return self._place_ref(ref, loc, "zones")
 
     def _asset_ref(self, ref: str, loc: Location) -> bool:
-        site, sep, asset = ref.partition("/")
-        if not sep:
-            self.diags.error(loc, f"asset reference '{ref}' must be SITE/ASSET")
-            return False
-        if site not in self.sites:
-            self.diags.error(loc, f"unknown site '{site}' in '{ref}'", suggest(site, self.sites))
-            return False
-        if asset not in self.sites[site].assets:
-            assets = self.sites[site].assets
-            self.diags.error(loc, f"site '{site}' has no asset '{asset}'", suggest(asset, assets))
-            return False
-        return True
+        return self._place_ref(ref, loc, "assets")

@@ -9,6 +9,7 @@ from typing import cast
 from topology.diagnostics import Location
 from topology.fields import suggest
 from topology.model import (
+    CODE_KEMS,
     Asset,
     FunctionClass,
     Gateway,
@@ -85,15 +86,16 @@ class PlacesReader(ReadContext):
         )
 
     def _build_site(self, e: Entry) -> None:
-        node = self._named_map(e, "site", ("gateway", "zones", "assets", "kem", "description"))
+        allowed = ("gateway", "zones", "assets", "kem", "code_kem", "description", "tz")
+        node = self._named_map(e, "site", allowed)
         if node is None:
             return
         what = f"site '{e.name}'"
         gw_node = self.r.mapping(self.r.required(node, "gateway", what), f"{what} gateway")
         gateway = None
         if gw_node is not None:
-            allowed = ("underlay", "port", "overlay", "management")
-            self.r.keys(gw_node, allowed, f"{what} gateway")
+            gw_keys = ("underlay", "port", "overlay", "management")
+            self.r.keys(gw_node, gw_keys, f"{what} gateway")
             underlay = self.r.string(self.r.required(gw_node, "underlay", "gateway"), "underlay")
             port_node = gw_node.get("port")
             port = 51820 if port_node is None else self.r.integer(port_node, "port", 1, 65535)
@@ -104,6 +106,13 @@ class PlacesReader(ReadContext):
         kem = self.r.string(node.get("kem"), "kem") or "ml-kem-768"
         if kem not in KEMS:
             self.diags.error(node.key_location("kem"), f"unknown kem '{kem}'", suggest(kem, KEMS))
+        code_kem = self.r.string(node.get("code_kem"), "code_kem")
+        if code_kem is not None and code_kem not in CODE_KEMS:
+            self.diags.error(
+                node.key_location("code_kem"),
+                f"unknown code_kem '{code_kem}'",
+                suggest(code_kem, CODE_KEMS),
+            )
         zones = {}
         for zname, (zloc, znode) in self._children(node, "zones", what).items():
             zone = self._build_zone(e.name, zname, zloc, znode)
@@ -116,8 +125,18 @@ class PlacesReader(ReadContext):
                 assets[aname] = asset
         if gateway is None:
             return
+        tz = self._time_zone(node)
+        if tz is None:
+            return
         self.sites[e.name] = Site(
-            e.name, gateway, frozen_map(zones), frozen_map(assets), kem, e.location
+            e.name,
+            gateway,
+            frozen_map(zones),
+            frozen_map(assets),
+            kem,
+            e.location,
+            code_kem=code_kem if code_kem in CODE_KEMS else None,
+            tz=tz,
         )
 
     def _management(self, node: YNode | None, what: str) -> tuple[ManagementAccess, ...]:
@@ -199,6 +218,8 @@ class PlacesReader(ReadContext):
                 services.append(svc)
             else:
                 self.diags.error(sloc, f"unknown service '{svc}'", suggest(svc, self.services))
+        if zone in (self._declared(site, "zones") or {}) and zone not in zones:
+            return None  # the zone has an error of its own
         if zone is not None and zone not in zones:
             self.diags.error(
                 m.key_location("zone"),
@@ -291,8 +312,11 @@ class PlacesReader(ReadContext):
                     "run 'tunneld keygen DIR' where the identity lives and commit DIR/*.pub",
                 )
             keys = str(key_path)
-        valid_from = self.r.moment(node.get("valid_from"), "valid_from")
-        valid_until = self.r.moment(node.get("valid_until"), "valid_until")
+        day_tz = self._day_tz(site)
+        valid_from = self.r.moment(node.get("valid_from"), "valid_from", day_tz)
+        if valid_from is None and node.get("valid_from") is not None:
+            day_tz = day_tz or "UTC"  # an ambiguous day is reported once per identity
+        valid_until = self.r.moment(node.get("valid_until"), "valid_until", day_tz, True)
         if valid_from and valid_until and valid_from >= valid_until:
             self.diags.error(
                 node.key_location("valid_until"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from topology.model import Conduit, Topology, format_duration
+from datetime import time
+
+from topology.model import DAY_NAMES, Conduit, Topology, format_duration
 
 
 def topology_counts(topo: Topology) -> dict[str, int]:
@@ -16,17 +18,61 @@ def topology_counts(topo: Topology) -> dict[str, int]:
     }
 
 
-def conduit_terms(c: Conduit) -> str:
+def conduit_terms_list(c: Conduit) -> list[str]:
+    """The terms a conduit opens on, for people: schedule, approval, emergency, recording."""
     terms = []
     if c.schedule:
-        terms.append(c.schedule.describe())
+        terms.append(f"schedule {c.schedule.describe()}")
     if c.approval:
         terms.append(c.approval.describe())
     if c.emergency:
         terms.append(f"emergency, at most {format_duration(c.emergency.max_duration)}")
     if c.record:
         terms.append("recorded")
-    return "; ".join(terms) or "always"
+    if c.accept_risk:
+        terms.append(f"IEC 62443 risk accepted: {c.accept_risk}")
+    return terms
+
+
+def conduit_terms(c: Conduit) -> str:
+    return "; ".join(conduit_terms_list(c)) or "always"
+
+
+def conduit_dict(c: Conduit) -> dict[str, object]:
+    """A conduit as data (for --json): no display strings to parse."""
+    s = c.schedule
+    return {
+        "name": c.name,
+        "from": {
+            "identities": list(c.sources.identities),
+            "roles": list(c.sources.roles),
+            "zones": list(c.sources.zones),
+        },
+        "to": {"kind": c.target.kind.value, "ref": c.target.ref},
+        "allow": [{"service": a.service, "classes": list(a.classes)} for a in c.allow],
+        "schedule": None
+        if s is None
+        else {
+            "days": [DAY_NAMES[d][:3].lower() for d in sorted(s.days)],
+            "start": f"{s.start:%H:%M}",
+            "end": "24:00" if s.end == time.max else f"{s.end:%H:%M}",
+            "tz": s.tz,
+        },
+        "approval": None
+        if c.approval is None
+        else {
+            "by_roles": list(c.approval.by_roles),
+            "by_identities": list(c.approval.by_identities),
+            "max_seconds": int(c.approval.max_duration.total_seconds()),
+        },
+        "emergency": None
+        if c.emergency is None
+        else {"max_seconds": int(c.emergency.max_duration.total_seconds())},
+        "record": c.record,
+        "accept_risk": c.accept_risk or None,
+        "mark": c.mark,
+        "location": str(c.location) if c.location else None,
+    }
 
 
 def conduit_sources(c: Conduit) -> str:

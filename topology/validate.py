@@ -25,8 +25,9 @@ def validate(topo: Topology, diags: Diagnostics) -> None:
         _schedule_open(conduit, diags)
         _risk(topo, conduit, diags)
     _marks(topo.conduits.values(), diags)
-    for site in topo.sites.values():
-        _management(topo, site, diags)
+    if not diags.errors:  # a zone that failed to build is not "unknown" again
+        for site in topo.sites.values():
+            _management_refs(topo, site, diags)
 
 
 def _zone_overlaps(zones: list[Zone], diags: Diagnostics) -> None:
@@ -108,17 +109,34 @@ def _target_zone(topo: Topology, conduit: Conduit) -> Zone | None:
     return topo.zone(asset.zone_ref) if asset else None
 
 
-def _risk(topo: Topology, conduit: Conduit, diags: Diagnostics) -> None:
+def risky_zone(topo: Topology, conduit: Conduit) -> Zone | None:
+    """The SL 3-4 zone a conduit reaches without a compensating control, if any."""
     zone = _target_zone(topo, conduit)
     if zone is None or zone.security_level < RISKY_LEVEL:
-        return
+        return None
     if conduit.approval or conduit.schedule or conduit.record or conduit.emergency:
+        return None
+    return zone
+
+
+def _risk(topo: Topology, conduit: Conduit, diags: Diagnostics) -> None:
+    zone = risky_zone(topo, conduit)
+    if conduit.accept_risk:
+        if zone is None:
+            diags.warning(
+                conduit.location,
+                f"conduit {conduit.name} accepts a risk it does not have",
+                "remove accept_risk: the conduit has a compensating control or reaches SL 1-2",
+            )
+        return
+    if zone is None:
         return
     diags.warning(
         conduit.location,
         f"conduit {conduit.name} reaches zone {zone.ref} (security level "
         f"{zone.security_level}) without approval, schedule or recording",
-        "IEC 62443 asks for a compensating control on conduits into SL 3-4 zones",
+        "IEC 62443 asks for a compensating control on conduits into SL 3-4 zones; "
+        "add one, or accept the risk for this conduit: accept_risk: REASON",
     )
 
 
@@ -134,16 +152,8 @@ def _marks(conduits: Iterable[Conduit], diags: Diagnostics) -> None:
         seen.setdefault(c.mark, c.name)
 
 
-def _management(topo: Topology, site: Site, diags: Diagnostics) -> None:
-    gw = site.gateway
-    if not gw.management:
-        diags.warning(
-            site.location,
-            f"site {site.name}: its gateway declares no management access",
-            "policyd's input chain then drops new SSH/API sessions to the gateway; add "
-            "gateway: {management: [{from: [ZONE or CIDR], allow: [ssh, api]}]}",
-        )
-    for access in gw.management:
+def _management_refs(topo: Topology, site: Site, diags: Diagnostics) -> None:
+    for access in site.gateway.management:
         for ref in access.sources:
             if "/" in ref and ref[0].isalpha() and topo.zone(ref) is None:
                 diags.error(site.location, f"site {site.name} management: unknown zone '{ref}'")

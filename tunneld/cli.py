@@ -49,7 +49,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
     p.add_argument("--status-socket", type=Path, help="default /run/zonegate/tunneld-NODE.sock")
     p.add_argument("--wg-backend", choices=("auto", "kernel", "wireguard-go"), default="auto")
-    p.add_argument("--kem-backend", choices=("cryptography", "liboqs"), default="cryptography")
+    p.add_argument(
+        "--kem-backend",
+        choices=kem.BACKEND_NAMES,
+        default="cryptography",
+        help="who computes ML-KEM (HQC comes from pqcrypto or liboqs); see: tunneld backends",
+    )
     p.add_argument(
         "--rekey-interval",
         type=float,
@@ -105,7 +110,7 @@ def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
 def _keygen(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="tunneld keygen", description="create an identity's keys")
     p.add_argument("dir", type=Path)
-    p.add_argument("--kem", default="ml-kem-768", choices=sorted(kem.PARAMS))
+    p.add_argument("--kem", default="ml-kem-768", choices=kem.IDENTITY_KEMS)
     args = p.parse_args(argv)
     try:
         pub = keygen(args.dir, args.kem)
@@ -142,9 +147,21 @@ def _status(argv: Sequence[str]) -> int:
 
 
 def _backends(argv: Sequence[str]) -> int:
+    """Each backend: present or why not, and for each of its algorithms what was proved
+    just now (C2SP known answer, round trip). Exit 1 if a present backend fails a check."""
+    argparse.ArgumentParser(
+        prog="tunneld backends",
+        description="list the KEM backends present here and prove what each computes",
+    ).parse_args(argv)
+    failed = False
     for a in kem.availability():
         print(f"{a.name:<14}{'available' if a.available else 'unavailable':<13}{a.reason}")
-    return 0
+        if not a.available:
+            continue
+        for alg, verdict in kem.prove(kem.get_backend(a.name)).items():
+            failed |= verdict.startswith("FAILED")
+            print(f"  {alg:<14}{verdict}")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

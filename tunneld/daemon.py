@@ -43,7 +43,7 @@ from tunneld.handshake_types import (
 from tunneld.keys import KeySet, load_keyset
 from tunneld.links import LinkSpec, reconcile_link
 from tunneld.messages import MAX_MESSAGE_SIZE
-from tunneld.plan import NodePlan, PeerPlan, plan
+from tunneld.plan import NodePlan, PeerPlan, PlanError, plan
 from tunneld.profile import check_usable, join_plan
 from tunneld.profile import load as load_profile
 from tunneld.status import serve_status
@@ -148,12 +148,22 @@ class Daemon:
         if self.opts.profile is not None:
             prof = load_profile(self.opts.profile)
             check_usable(prof, self.keys.public, datetime.now(UTC), str(self.opts.keys))
-            return join_plan(prof, self.keys.public)
+            return self._runnable(join_plan(prof, self.keys.public))
         if self.opts.topology is None:
             raise SystemExit("tunneld: --topology PATH and --node SITE, or join PROFILE")
         loaded = topology.load(self.opts.topology)
-        new = plan(loaded.topology, self.opts.node, datetime.now(UTC))
+        new = self._runnable(plan(loaded.topology, self.opts.node, datetime.now(UTC)))
         self._topo = loaded.topology
+        return new
+
+    def _runnable(self, new: NodePlan) -> NodePlan:
+        """Refuse a plan whose pinned KEM suites no backend here computes (e.g. HQC without
+        pqcrypto): at start-up, or on reload while the last good plan stays in force."""
+        for p in new.peers:
+            try:
+                kem_mod.require_suite(p.kem, self.backend)
+            except kem_mod.KemError as exc:
+                raise PlanError(f"peer {p.name} pins KEM suite {p.kem}: {exc}") from None
         return new
 
     def _load_keys(self) -> KeySet:

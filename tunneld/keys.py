@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
-from tunneld.kem import PARAMS, KemBackend, KemError, get_backend
+from tunneld.kem import IDENTITY_KEMS, PARAMS, KemBackend, KemError, get_backend
 
 FORMAT = "zonegate-tunneld-keys"
 WG_KEY = "wireguard.key"
@@ -97,8 +97,8 @@ class KeySet:
 
 def keygen(directory: Path, kem: str = "ml-kem-768", backend: KemBackend | None = None) -> Path:
     """Create a new key set in `directory` (created 0700); return the public bundle path."""
-    if kem not in PARAMS:
-        raise KeyFileError(f"unknown KEM {kem!r}; choose one of {', '.join(PARAMS)}")
+    if kem not in IDENTITY_KEMS:
+        raise KeyFileError(f"unknown KEM {kem!r}; choose one of {', '.join(IDENTITY_KEMS)}")
     backend = backend or get_backend()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -156,7 +156,7 @@ def parse_public(doc: object, where: str) -> PublicBundle:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
         raise KeyFileError(f"{where}: not a {FORMAT} v1 public bundle")
     kem = doc.get("kem")
-    if kem not in PARAMS:
+    if kem not in IDENTITY_KEMS:
         raise KeyFileError(f"{where}: unknown KEM {kem!r}")
     return PublicBundle(
         kem=kem,
@@ -185,7 +185,7 @@ def load_keyset(directory: Path | str, backend: KemBackend | None = None) -> Key
     except ValueError:
         raise KeyFileError(f"{directory / IDENTITY_KEY}: not JSON") from None
     kem = doc.get("kem") if isinstance(doc, dict) else None
-    if kem not in PARAMS or doc.get("format") != FORMAT:
+    if kem not in IDENTITY_KEMS or doc.get("format") != FORMAT:
         raise KeyFileError(f"{directory / IDENTITY_KEY}: not a {FORMAT} identity key")
     where = str(directory / IDENTITY_KEY)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from tunneld.kem import PARAMS_BY_WIRE_ID, KemParams
+from tunneld.kem import IDENTITY_KEMS, PARAMS, PARAMS_BY_WIRE_ID, KemParams
 
 VERSION = 1
 MAC_SIZE = 16
@@ -21,7 +21,7 @@ TAG_SIZE = 32
 ID_SIZE = 16
 X_SIZE = 32
 HEADER_SIZE = 4
-MAX_MESSAGE_SIZE = 4096  # larger than any valid message (ML-KEM-1024 InitHello: 3264)
+FRAME_LIMIT = 65535  # the transport frames messages with a 2-byte length
 
 INIT_HELLO = 1
 RESP_HELLO = 2
@@ -241,6 +241,17 @@ def message_size(msg_type: int, a: KemParams | None = None, b: KemParams | None 
     return HEADER_SIZE + sum(size for _, size in layout(msg_type, a, b))
 
 
+# The largest valid message: RespHello of ML-KEM-1024 + HQC-256 (17681 bytes). Anything
+# larger is rejected before it is read in full.
+MAX_MESSAGE_SIZE = max(
+    message_size(t, a, PARAMS[b])
+    for t in (INIT_HELLO, RESP_HELLO)
+    for a in PARAMS.values()
+    for b in IDENTITY_KEMS
+)
+assert MAX_MESSAGE_SIZE <= FRAME_LIMIT
+
+
 def decode(data: bytes) -> Message:
     """Parse one message; DecodeError with a reason for anything not exactly well-formed."""
     if len(data) > MAX_MESSAGE_SIZE:
@@ -258,6 +269,8 @@ def decode(data: bytes) -> Message:
         a, b = PARAMS_BY_WIRE_ID.get(a_id), PARAMS_BY_WIRE_ID.get(b_id)
         if a is None or b is None:
             raise DecodeError(f"{name}: unknown KEM id {a_id if a is None else b_id}")
+        if b.name not in IDENTITY_KEMS:
+            raise DecodeError(f"{name}: static KEM id {b_id} is not an identity KEM")
     elif msg_type == REFUSED:
         if a_id not in REFUSAL_CODES:
             raise DecodeError(f"{name}: unknown refusal code {a_id}")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Interface, IPv4Network
 
-from topology.model import Identity, Site, Topology
+from topology.model import Identity, Site, Sources, Topology
 from tunneld import messages as m
 from tunneld.handshake_types import Role
-from tunneld.kem import PARAMS
+from tunneld.kem import CODE_KEMS, PARAMS, suite_name
 from tunneld.keys import KeyFileError, PublicBundle, load_public
 
 
@@ -37,7 +37,7 @@ class PeerPlan:
     allowed_ips: tuple[str, ...]
     routes: tuple[IPv4Network, ...]
     role: Role
-    kem: str  # ephemeral KEM of the pair: the stronger of the two sides'
+    kem: str  # ephemeral KEM suite of the pair (pair_suite): both sides compute the same
     kind: str = "site"  # the peer identity's kind: site, user or service
 
 
@@ -71,6 +71,40 @@ def role_towards(local: str, peer: str) -> Role:
 
 def stronger(a: str, b: str) -> str:
     return a if PARAMS[a].public_key_size >= PARAMS[b].public_key_size else b
+
+
+def stronger_code(*asked: str | None) -> str | None:
+    """The strongest of optional code-based components (None: none asked for)."""
+    return max((c for c in asked if c is not None), key=CODE_KEMS.index, default=None)
+
+
+def _zone_sites(sources: Sources) -> set[str]:
+    return {ref.split("/", 1)[0] for ref in sources.zones}
+
+
+def pair_suite(topo: Topology, a: Site, b: Site) -> str:
+    """The ephemeral suite of a site pair: the stronger ML-KEM of the two sites, plus the
+    strongest code-based third component that either site, or any conduit between zones
+    of the two, pins. Both gateways compute it from the same topology and it is bound
+    into the transcript: neither side can be talked down."""
+    between = [
+        c.code_kem
+        for c in topo.conduits.values()
+        if {c.target.site} | _zone_sites(c.sources) >= {a.name, b.name}
+    ]
+    code = stronger_code(a.code_kem, b.code_kem, *between)
+    return suite_name(stronger(a.kem, b.kem), code)
+
+
+def user_suite(topo: Topology, site: Site, ident: Identity, user_kem: str) -> str:
+    """The suite between a site and a user or service identity (its bundle's KEM): the
+    site's code_kem and that of any conduit admitting the identity into the site."""
+    into = [
+        c.code_kem
+        for c in topo.conduits.values()
+        if c.target.site == site.name and c.sources.admits(ident)
+    ]
+    return suite_name(stronger(site.kem, user_kem), stronger_code(site.code_kem, *into))
 
 
 def site_bundle(topo: Topology, site: Site) -> PublicBundle:
@@ -154,7 +188,7 @@ def remote_peers(
                 allowed_ips=(str(overlay),),
                 routes=(overlay,),
                 role="responder",
-                kem=stronger(site.kem, bundle.kem),
+                kem=user_suite(topo, site, ident, bundle.kem),
                 kind=ident.kind,
             )
         )
@@ -183,7 +217,7 @@ def plan(topo: Topology, node: str, at: datetime | None = None) -> NodePlan:
                 allowed_ips=tuple(str(n) for n in (overlay, *zones)),
                 routes=(overlay, *zones),
                 role=role_towards(node, name),
-                kem=stronger(site.kem, other.kem),
+                kem=pair_suite(topo, site, other),
             )
         )
     users, refused, skipped, replan_at = remote_peers(topo, site, at)

@@ -33,7 +33,7 @@ from typing import Any
 from policyd.conventions import API_PORT
 from topology.model import Identity, TargetKind, Topology
 from tunneld.keys import KeyFileError, PublicBundle, load_public, parse_public
-from tunneld.plan import NodePlan, PeerPlan, PlanError, site_bundle, stronger
+from tunneld.plan import NodePlan, PeerPlan, PlanError, site_bundle, user_suite
 
 FORMAT = "zonegate-profile"
 VERSION = 1
@@ -176,7 +176,7 @@ def issue(
                 site=site_name,
                 endpoint=f"{site.gateway.underlay}:{site.gateway.port}",
                 overlay=site.gateway.overlay,
-                kem=stronger(site.kem, user_bundle.kem),
+                kem=user_suite(topo, site, ident, user_bundle.kem),
                 bundle=gw_bundle,
                 routes=tuple(ipaddress.collapse_addresses([overlay, *nets])),
                 api=f"http://{site.gateway.overlay}:{API_PORT}",

@@ -6,35 +6,65 @@ Exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
-import json
+import itertools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn
 
 from policyd import commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
+from topology.instants import parse_instant, rfc3339
 from topology.model import Topology
 from topology.policy_tests import TestResult, run_tests
-from topology.report import gateway_rows, topology_counts
+from topology.reach import FIELDS, reach_from, reach_to
+from topology.report import conduit_dict, gateway_rows, topology_counts
+from topology.schema import schema_text
 from topology.table import format_table
 from topology.version import package_version
 from tunneld import profile
+from zonegate import graphviz, iec62443, output
 
 Command = Callable[[argparse.Namespace], int]
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+ANY_TIME = "any time (schedules and validity windows are stated as terms; pin with --at)"
+
+
+def _machine(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False)) or getattr(args, "format", "text") == "json"
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    if _machine(args):
+        output.json_error(f"zonegate {args.command}: {message}", EXIT_USAGE)
+    else:
+        print(f"zonegate {args.command}: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _load_or_report(args: argparse.Namespace, strict: bool = False) -> Loaded | None:
     try:
         return load(args.path, strict=strict)
     except TopologyError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "diagnostics": [d.as_dict() for d in exc.diagnostics]}))
+        fmt = getattr(args, "format", "text")
+        if fmt == "sarif":
+            output.emit(output.sarif(exc.diagnostics, []))
+        elif fmt == "junit":
+            print(output.junit(args.path, exc.diagnostics, []), end="")
+        elif _machine(args):
+            output.emit(
+                output.envelope(
+                    args.command,
+                    False,
+                    path=args.path,
+                    diagnostics=[d.as_dict() for d in exc.diagnostics],
+                )
+            )
         else:
             for d in exc.diagnostics:
                 print(d, file=sys.stderr)
@@ -49,25 +79,34 @@ def _load_or_report(args: argparse.Namespace, strict: bool = False) -> Loaded | 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.json:
+        args.format = "json"
     loaded = _load_or_report(args, strict=args.strict)
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
     results = run_tests(topo)
     failed = [r for r in results if not r.passed]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": not failed,
-                    "counts": topology_counts(topo),
-                    "diagnostics": [d.as_dict() for d in loaded.diagnostics],
-                    "tests": [r.as_dict() for r in results],
-                },
-                indent=2,
+    code = EXIT_FAIL if failed else EXIT_OK
+    if args.format == "json":
+        output.emit(
+            output.envelope(
+                "check",
+                not failed,
+                path=args.path,
+                files=list(topo.files),
+                counts=topology_counts(topo),
+                diagnostics=[d.as_dict() for d in loaded.diagnostics],
+                tests=[r.as_dict() for r in results],
             )
         )
-        return EXIT_FAIL if failed else EXIT_OK
+        return code
+    if args.format == "sarif":
+        output.emit(output.sarif(loaded.diagnostics, results))
+        return code
+    if args.format == "junit":
+        print(output.junit(args.path, loaded.diagnostics, results), end="")
+        return code
     for d in loaded.diagnostics:
         print(d, file=sys.stderr)
     counts = ", ".join(f"{n} {k}" for k, n in topology_counts(topo).items())
@@ -82,7 +121,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"{len(results) - len(failed)}/{len(results)} policy tests pass")
-    return EXIT_FAIL if failed else EXIT_OK
+    return code
 
 
 def tests_table(results: Sequence[TestResult]) -> str:
@@ -92,7 +131,7 @@ def tests_table(results: Sequence[TestResult]) -> str:
             r.test.source,
             r.test.target,
             r.test.service + (" +grant" if r.test.granted else ""),
-            r.test.at.strftime("%a %Y-%m-%d %H:%M %z") if r.test.at else "-",
+            rfc3339(r.test.at) if r.test.at else "any time",
             r.test.expect,
             r.verdict.word,
             r.verdict.conduit or "default deny",
@@ -105,12 +144,12 @@ def tests_table(results: Sequence[TestResult]) -> str:
 
 def _parse_time(text: str) -> datetime:
     try:
-        value = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not a time; write e.g. 2026-11-25T10:00+01:00"
+            f"'{text}' is not a time; write now, or e.g. 2026-11-25T10:00+01:00 "
+            "(without an offset: UTC)"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -122,19 +161,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         verdict = evaluate(topo, flow)
     except FlowError as exc:
-        print(f"zonegate explain: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        out: dict[str, Any] = {"flow": vars(flow) | {"at": _iso(args.at)}, **verdict.as_dict()}
-        code = EXIT_OK
-        if args.compiled:
-            compiled = out["compiled"] = _compiled(topo, flow, args.at)
-            code = EXIT_OK if compiled.get("agrees", True) else EXIT_FAIL
-        print(json.dumps(out))
-        return code
+        return _usage_error(args, str(exc))
     conduit = topo.conduits.get(verdict.conduit or "")
+    if args.json:
+        extra: dict[str, Any] = {}
+        code = EXIT_OK
+        if args.compiled:  # the compiled verdict beside the model's; 1 when they disagree
+            compiled = extra["compiled"] = _compiled(topo, flow, args.at)
+            code = EXIT_OK if compiled.get("agrees", True) else EXIT_FAIL
+        output.emit(
+            output.envelope(
+                "explain",
+                True,
+                at=rfc3339(args.at) if args.at else None,
+                flow={
+                    "from": args.source,
+                    "to": args.target,
+                    "service": args.service,
+                    "granted": args.granted,
+                },
+                **verdict.as_dict(),
+                conduit_location=str(conduit.location) if conduit and conduit.location else None,
+                **extra,
+            )
+        )
+        return code
     where = f" ({conduit.location})" if conduit and conduit.location else ""
-    print(f"flow:       {args.source} -> {args.target} {args.service}" + _when(args.at))
+    print(f"flow:       {args.source} -> {args.target} {args.service}")
+    print(f"at:         {rfc3339(args.at) if args.at else ANY_TIME}")
     print(f"verdict:    {verdict.word}")
     print(f"conduit:    {verdict.conduit or 'default deny'}{where}")
     print(f"reason:     {verdict.reason}")
@@ -148,15 +202,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _compiled(topo: Topology, flow: Flow, at: datetime | None) -> dict[str, Any]:
     """The flow through the compiled nftables rules (an interpreter, no kernel), beside
     the model's verdict at the same instant."""
-    when = at or datetime.now(UTC)
+    when = at or parse_instant("now")
     model = evaluate(topo, dataclasses.replace(flow, at=when))
     try:
         kernel = compiled_verdict(topo, dataclasses.replace(flow, at=when), when)
     except FlowError as exc:
-        return {"at": when.isoformat(), "error": str(exc)}
+        return {"at": rfc3339(when), "error": str(exc)}
     marks = sorted({f"{res.ct_mark:#010x}" for _, _, res in kernel.hops if res.ct_mark})
     return {
-        "at": when.isoformat(),
+        "at": rfc3339(when),
         "verdict": "allow" if kernel.allowed else "deny",
         "gateways": list(dict.fromkeys(gw for gw, _, _ in kernel.hops)),
         "ct_marks": marks if kernel.allowed else [],
@@ -166,28 +220,20 @@ def _compiled(topo: Topology, flow: Flow, at: datetime | None) -> dict[str, Any]
 
 
 def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
+    """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
     c = _compiled(topo, flow, at)
     if "error" in c:
         print(f"compiled:   cannot be run through the rules ({c['error']})")
         return EXIT_OK
-    when = datetime.fromisoformat(c["at"])
     agree = "agrees with" if c["agrees"] else "DISAGREES with"
     marks = c["ct_marks"]
     print(
         f"compiled:   {c['verdict']} by the nftables rules of {' then '.join(c['gateways'])}"
-        f" at {when:%Y-%m-%d %H:%M %Z}"
+        f" at {c['at']}"
         + (f" (ct mark {', '.join(marks)})" if marks else "")
         + f"; {agree} the model at that time ({c['model_verdict']})"
     )
     return EXIT_OK if c["agrees"] else EXIT_FAIL
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at else None
-
-
-def _when(at: datetime | None) -> str:
-    return f" at {at.isoformat()}" if at else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -195,18 +241,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_FAIL
     topo = loaded.topology
-    sites = [args.gateway] if args.gateway else sorted(topo.sites)
+    if args.iec62443:
+        return iec62443.report_command(args, topo)
+    extra = [f"--{k}" for k in ("tests", "logs", "kernel", "levels", "format") if getattr(args, k)]
+    if extra:
+        return _usage_error(args, f"{', '.join(extra)} only with --iec62443")
     if args.gateway and args.gateway not in topo.sites:
-        print(f"zonegate report: no site '{args.gateway}'", file=sys.stderr)
-        return EXIT_USAGE
-    out = {s: gateway_rows(topo, s) for s in sites}
+        return _usage_error(args, f"no site '{args.gateway}'")
+    sites = [args.gateway] if args.gateway else sorted(topo.sites)
     if args.json:
-        print(json.dumps(out, indent=2))
+        output.emit(
+            output.envelope(
+                "report",
+                True,
+                gateways=[
+                    {
+                        "site": s,
+                        "underlay": topo.sites[s].gateway.underlay,
+                        "port": topo.sites[s].gateway.port,
+                        "overlay": str(topo.sites[s].gateway.overlay),
+                        "conduits": [
+                            conduit_dict(c)
+                            for c in sorted(topo.conduits.values(), key=lambda c: c.name)
+                            if c.target.site == s
+                        ],
+                    }
+                    for s in sites
+                ],
+            )
+        )
         return EXIT_OK
     for site in sites:
         gw = topo.sites[site].gateway
         print(f"\ngateway {site} ({gw.underlay}:{gw.port}, overlay {gw.overlay}) enforces:")
-        rows = [[r[k] for k in ("conduit", "from", "to", "allow", "terms")] for r in out[site]]
+        rows = [
+            [r[k] for k in ("conduit", "from", "to", "allow", "terms")]
+            for r in gateway_rows(topo, site)
+        ]
         if rows:
             print(format_table(["conduit", "from", "to", "allow", "terms"], rows))
         else:
@@ -214,17 +285,114 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reach(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args)
+    if loaded is None:
+        return EXIT_FAIL
+    topo = loaded.topology
+    try:
+        if args.to:
+            rows = reach_to(topo, args.to, args.at)
+        else:
+            rows = reach_from(topo, args.source, args.at)
+    except FlowError as exc:
+        return _usage_error(args, str(exc))
+    at = rfc3339(args.at) if args.at else None
+    if args.format == "json":
+        output.emit(
+            output.envelope(
+                "reach",
+                True,
+                at=at,
+                query={"to": args.to, "from": args.source},
+                reach=[r.as_dict() for r in rows],
+            )
+        )
+        return EXIT_OK
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["at", *FIELDS])
+        for r in rows:
+            d = r.as_dict()
+            writer.writerow(
+                [at or "any", *("; ".join(v) if isinstance(v, list) else v for v in d.values())]
+            )
+        return EXIT_OK
+    what = f"who can reach {args.to}" if args.to else f"what {args.source} can reach"
+    print(f"{what}, at {at or ANY_TIME}:")
+    if not rows:
+        print("  nothing (default deny)")
+        return EXIT_OK
+    table = [
+        [
+            r.source if args.to else r.target,
+            r.via if args.to else r.target_kind,
+            r.conduit,
+            ", ".join(r.services),
+            "; ".join(r.terms) or "always",
+        ]
+        for r in rows
+    ]
+    head = ["who", "as"] if args.to else ["reaches", "kind"]
+    print(format_table([*head, "conduit", "services", "terms"], table))
+    return EXIT_OK
+
+
 def cmd_diagram(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args)
     if loaded is None:
         return EXIT_FAIL
-    draw = diagram.dot if args.format == "dot" else diagram.mermaid
-    print(draw(loaded.topology), end="")
+    topo = loaded.topology
+    if args.site and args.site not in topo.sites:
+        return _usage_error(args, f"no site '{args.site}'")
+    if args.conduit and args.conduit not in topo.conduits:
+        return _usage_error(args, f"no conduit '{args.conduit}'")
+    view = diagram.View(site=args.site, conduit=args.conduit)
+    if args.format == "mermaid":
+        print(diagram.mermaid(topo, view), end="")
+        return EXIT_OK
+    text = diagram.dot(topo, view)
+    if args.format == "dot":
+        print(text, end="")
+        return EXIT_OK
+    try:
+        image = graphviz.render(text, args.format)
+    except graphviz.RenderError as exc:
+        return _usage_error(args, str(exc))
+    sys.stdout.buffer.write(image)
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(schema_text(), end="")
+    return EXIT_OK
+
+
+AT_HELP = (
+    "now, or an ISO 8601 time (UTC without an offset); default: any time, with "
+    "schedules and validity stated as terms"
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as JSON when the command line asks for JSON output."""
+
+    def error(self, message: str) -> NoReturn:
+        argv = sys.argv[1:] if self._json_argv is None else self._json_argv
+        if "--json" in argv or "--format=json" in argv or _pair(argv, "--format", "json"):
+            output.json_error(f"{self.prog}: {message}", EXIT_USAGE)
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+    _json_argv: list[str] | None = None
+
+
+def _pair(argv: list[str], flag: str, value: str) -> bool:
+    return any(a == flag and b == value for a, b in itertools.pairwise(argv))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="zonegate",
         description="Zones and conduits (IEC 62443) as code: check, explain, report on "
         "and draw topology files.",
@@ -232,19 +400,29 @@ def build_parser() -> argparse.ArgumentParser:
         "  zonegate check examples/plant -v\n"
         "  zonegate explain examples/plant --from vendor-tech --to plant-a/plc-1 "
         "--service modbus/write\n"
-        "  zonegate diagram examples/plant --format dot | dot -Tsvg > plant.svg\n"
+        "  zonegate reach examples/plant --to plant-a/plc-1\n"
+        "  zonegate diagram examples/plant --format svg > plant.svg\n"
+        "  zonegate report --iec62443 examples/plant --tests build/test-results.xml\n"
         "exit codes: 0 all well, 1 errors or failing policy tests, 2 usage errors\n"
         "file format: docs/topology.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"zonegate {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
 
     p = sub.add_parser("check", help="validate a topology and run its policy tests")
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("-v", "--verbose", action="store_true", help="print every test's verdict")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "sarif", "junit"],
+        default="text",
+        help="json (zonegate.check/1), sarif (GitHub code scanning) or junit (CI test reports)",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("explain", help="say whether a flow is allowed, and why")
@@ -254,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--service", required=True, help="service, service/class or tcp/PORT (modbus/write)"
     )
-    p.add_argument("--at", type=_parse_time, help="evaluate at this time (ISO 8601)")
+    p.add_argument("--at", type=_parse_time, help=AT_HELP)
     p.add_argument("--granted", action="store_true", help="as if a grant were active")
     p.add_argument(
         "--compiled",
@@ -264,16 +442,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("report", help="what each gateway enforces")
+    p = sub.add_parser(
+        "report", help="what each gateway enforces; with --iec62443 the evidence report"
+    )
     p.add_argument("path", help="a topology file or a directory of them")
     p.add_argument("--gateway", help="only this site's gateway")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    iec62443.add_arguments(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("diagram", help="draw zones and conduits (Mermaid or Graphviz)")
+    p = sub.add_parser("reach", help="who can reach an asset or zone, or what an identity can")
     p.add_argument("path", help="a topology file or a directory of them")
-    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--to", help="SITE/ASSET or SITE/ZONE: everything that can reach it")
+    which.add_argument("--from", dest="source", help="identity or SITE/ZONE: all it can reach")
+    p.add_argument("--at", type=_parse_time, help=AT_HELP)
+    p.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    p.set_defaults(func=cmd_reach)
+
+    p = sub.add_parser("diagram", help="draw sites, zones, gateways, identities and conduits")
+    p.add_argument("path", help="a topology file or a directory of them")
+    p.add_argument(
+        "--format",
+        choices=["mermaid", "dot", "svg", "png"],
+        default="mermaid",
+        help="svg and png need Graphviz (dot) installed",
+    )
+    p.add_argument("--site", help="only this site and what reaches it")
+    p.add_argument("--conduit", help="only this conduit, its sources and its target")
     p.set_defaults(func=cmd_diagram)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of topology files (for editors)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("render", help="the nftables ruleset a gateway enforces")
     commands.add_render_arguments(p)
@@ -298,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    Parser._json_argv = None if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     func: Command = args.func
     try:

@@ -66,6 +66,10 @@ def test_network_team_commands_work(plain_venv: Path, tmp_path: Path) -> None:
     ):
         res = run(plain_venv, "zonegate", *argv)
         assert res.returncode == 0 and res.stdout, res
+    # the IEC 62443 report finds its levels table in the installed package; exit 1 (no
+    # test results given) is the report's loud "evidence missing"
+    res = run(plain_venv, "zonegate", "report", "--iec62443", str(PLANT), "--summary")
+    assert res.returncode == 1 and "requirement checks over 5 zones" in res.stdout, res
     # A remote user's profile, from a topology with pinned keys.
     made = materialize_keys(PLANT, tmp_path / "keyed", ["plant-a", "plant-b", "vendor-tech"])
     out = tmp_path / "vendor.profile.json"

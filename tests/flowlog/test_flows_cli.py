@@ -133,6 +133,7 @@ def uids(lines: list[str]) -> list[str]:
         (["--event", "audit", "--event", "loss"], ["audit", "loss"]),
     ],
 )
+@pytest.mark.sr("SR 6.1")
 def test_filters(
     log: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: list[str]
 ) -> None:
@@ -141,6 +142,7 @@ def test_filters(
     assert uids(lines) == expected
 
 
+@pytest.mark.sr("SR 6.1 RE1")
 def test_json_lines_are_the_records_as_logged(
     log: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,6 +181,7 @@ def test_parse_since() -> None:
         parse_since("soon")
 
 
+@pytest.mark.sr("SR 6.1")
 def test_filter_on_audit_actor_and_grant_conduit() -> None:
     grant = {
         "event": "audit",

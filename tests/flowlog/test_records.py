@@ -74,6 +74,7 @@ def end_event(mark: int = MARK) -> CtEvent:
     )
 
 
+@pytest.mark.sr("SR 2.8")
 def test_flow_end_record_names_everything(attr: Attributor) -> None:
     rec = flow_record(attr, end_event(), "end", 1_700_000_000.0, 1_700_000_002.5).data
     assert rec["ts"] == "2023-11-14T22:13:20.000000Z"
@@ -100,6 +101,7 @@ def test_unknown_mark_is_still_recorded(attr: Attributor) -> None:
     assert "conduit" not in rec and rec["reason"] == "unknown conduit mark"
 
 
+@pytest.mark.sr("SR 2.8", "SR 5.2")
 def test_deny_record() -> None:
     attr = Attributor(PLANT, "plant-a")
     pkt = DeniedPacket(

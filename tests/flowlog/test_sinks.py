@@ -22,6 +22,7 @@ def rec(i: int, kind: str = "audit") -> Record:
     return Record({"ts": "2026-01-01T00:00:00.000000Z", "event": kind, "n": i, "pad": "x" * 50})
 
 
+@pytest.mark.sr("SR 2.8")
 def test_rotation_by_size_keeps_order_and_count(tmp_path: Path) -> None:
     path = tmp_path / "flows.jsonl"
     sink = JsonLinesFile(path, max_bytes=1000, keep=3)
@@ -65,6 +66,7 @@ def test_file_sink_event_filter_and_reopen_appends(tmp_path: Path) -> None:
     assert [r["n"] for r in read_records(path)] == [1, 2]
 
 
+@pytest.mark.sr("SR 2.8 RE1", "SR 6.1 RE1")
 def test_syslog_rfc5424_over_udp() -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
@@ -94,6 +96,7 @@ def test_syslog_to_a_missing_socket_counts_errors_without_raising(tmp_path: Path
     sink.close()
 
 
+@pytest.mark.sr("SR 6.1 RE1", "SR 6.2")
 def test_live_stream_fans_out_and_reports_its_own_gaps() -> None:
     async def scenario() -> tuple[list[Record], list[Record]]:
         live = LiveStream("plant-a")
@@ -116,6 +119,7 @@ def test_live_stream_fans_out_and_reports_its_own_gaps() -> None:
     assert [r.data["n"] for r in got_slow[1:]] == [2, 3, 4]
 
 
+@pytest.mark.sr("SR 2.8")
 def test_recorder_audit_events_reach_every_sink(tmp_path: Path) -> None:
     topo = topology.load("examples/plant").topology
     path = tmp_path / "flows.jsonl"

@@ -31,4 +31,7 @@ class TestDemo:
         assert "MISMATCH" not in table and table.count(" ok") >= 6
         assert "PSK AGE" in out  # tunneld status, with post-quantum PSK ages
         assert "grant_expired" in out  # the flow log recorded the expiry
+        evidence = out[out.index("== 10. IEC 62443 evidence") :]
+        assert "requirement checks over 5 zones" in evidence
+        assert "Approvals: 1" in evidence  # the lead's approval, read from the run's log
         assert "torn down: nothing left behind" in out

@@ -65,6 +65,7 @@ def run(scenario: Scenario, local: bool = True) -> World:
     return world
 
 
+@pytest.mark.sr("SR 1.13 RE1", "SR 2.8")
 def test_request_approve_revoke_flow() -> None:
     async def scenario(client: TestClient[Any, Any], world: World) -> None:
         r = await client.post(
@@ -96,6 +97,7 @@ def test_request_approve_revoke_flow() -> None:
     assert world.events[1][1]["by"] == "local:shift-lead-1"
 
 
+@pytest.mark.sr("SR 2.1 RE3", "SR 2.8")
 def test_emergency_opens_at_once_and_is_audited() -> None:
     async def scenario(client: TestClient[Any, Any], world: World) -> None:
         body = {"conduit": "safety-emergency", "duration": "30m", "reason": "SIS trip"}
@@ -167,6 +169,7 @@ def test_malformed_bodies_get_4xx_with_reasons_and_change_nothing(
     assert world.state.book.grants == {} and world.events == [] and world.enforcer.calls == []
 
 
+@pytest.mark.sr("SR 1.1")
 def test_remote_callers_are_their_tunnel_address_only() -> None:
     async def scenario(client: TestClient[Any, Any], world: World) -> None:
         body = {"conduit": "vendor-maintenance", "duration": "1h", "reason": "x"}
@@ -198,6 +201,7 @@ def test_status_metrics_health_openapi() -> None:
     run(scenario)
 
 
+@pytest.mark.sr("SR 6.1 RE1", "SR 6.2")
 def test_live_flow_stream_as_json_lines() -> None:
     from policyd.flowlog.records import Record
     from policyd.flowlog.sinks import LiveStream

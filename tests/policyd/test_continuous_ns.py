@@ -116,6 +116,7 @@ def executed(tmp_path: Path, peer: str, function: int) -> int:
     )
 
 
+@pytest.mark.sr("SR 2.1")
 def test_udp_function_check_on_every_datagram(net: Net, tmp_path: Path) -> None:
     """A read-only Modbus/UDP conduit: each datagram from a fresh source port is a new
     flow; before, only established packets were checked, so every write landed."""
@@ -128,6 +129,7 @@ def test_udp_function_check_on_every_datagram(net: Net, tmp_path: Path) -> None:
     assert writes(tmp_path / "journal.jsonl") == []
 
 
+@pytest.mark.sr("SR 2.6")
 def test_revoked_grant_ends_the_open_session(net: Net, tmp_path: Path) -> None:
     """Revoking a write grant stops the open session's next write in the kernel, and a
     mid-stream pickup after the conntrack entry is gone is checked as a new flow."""
@@ -147,6 +149,7 @@ def test_revoked_grant_ends_the_open_session(net: Net, tmp_path: Path) -> None:
     assert len(writes(tmp_path / "journal.jsonl")) == 1
 
 
+@pytest.mark.sr("SR 2.6")
 def test_grant_expiry_ends_the_open_session(net: Net, tmp_path: Path) -> None:
     topo = setup(net, tmp_path)
     kernel(net, topo, "grant", "vendor-write", "vendor-1", "3")
@@ -158,6 +161,7 @@ def test_grant_expiry_ends_the_open_session(net: Net, tmp_path: Path) -> None:
     assert len(writes(tmp_path / "journal.jsonl")) == 1
 
 
+@pytest.mark.sr("SR 2.6")
 def test_removed_conduit_ends_its_sessions(net: Net, tmp_path: Path) -> None:
     """Removing a read-only conduit on reload: its open session is neither unrestricted
     nor alive; before, the established path accepted any mark without a check."""
@@ -173,6 +177,7 @@ def test_removed_conduit_ends_its_sessions(net: Net, tmp_path: Path) -> None:
     assert executed(tmp_path, ENGINEER, 3) == 1 and writes(tmp_path / "journal.jsonl") == []
 
 
+@pytest.mark.sr("SR 2.1")
 def test_changed_conduit_restricts_its_open_sessions(net: Net, tmp_path: Path) -> None:
     """A conduit that loses its write class on reload: the open session keeps reading
     and its writes stop at once."""
@@ -187,6 +192,7 @@ def test_changed_conduit_restricts_its_open_sessions(net: Net, tmp_path: Path) -
     assert len(writes(tmp_path / "journal.jsonl")) == 1
 
 
+@pytest.mark.sr("SR 2.6")
 def test_identity_validity_end_ends_the_session(net: Net, tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -204,6 +210,7 @@ def test_identity_validity_end_ends_the_session(net: Net, tmp_path: Path) -> Non
     assert executed(tmp_path, ENGINEER, 3) == 1
 
 
+@pytest.mark.sr("SR 2.6")
 def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
     """After a reload removes a conduit, policyd deletes its flows' conntrack entries and
     each gets a flow `end` record saying why; new flows are classified afresh."""
@@ -238,6 +245,7 @@ def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
     assert writes(tmp_path / "journal.jsonl") == []
 
 
+@pytest.mark.sr("SR 2.1")
 def test_a_class_another_conduit_allows_reaches_the_device(net: Net, tmp_path: Path) -> None:
     """engineer-1 reads plc-1 through one conduit and may run diagnostics through another:
     the model allowed diagnostics, the kernel (flow marked with the reading conduit) did
@@ -259,6 +267,7 @@ def test_a_class_another_conduit_allows_reaches_the_device(net: Net, tmp_path: P
     assert writes(tmp_path / "journal.jsonl") == []
 
 
+@pytest.mark.sr("SR 2.6")
 def test_role_removed_ends_the_session(net: Net, tmp_path: Path) -> None:
     """engineer-1 loses plc-engineer on reload (membership only: an element delete)."""
     topo = setup(net, tmp_path)
@@ -276,6 +285,7 @@ def test_role_removed_ends_the_session(net: Net, tmp_path: Path) -> None:
     assert executed(tmp_path, ENGINEER, 3) == 1
 
 
+@pytest.mark.sr("SR 2.6")
 def test_schedule_close_ends_the_session(net: Net, tmp_path: Path) -> None:
     """A conduit open until the next full minute (UTC): the session's first packet after
     it is dropped by the kernel, with no reload and nobody running."""

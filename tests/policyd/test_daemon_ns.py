@@ -69,6 +69,7 @@ class Policyd:
         return "".join(self.lines)
 
 
+@pytest.mark.sr("SR 5.2 RE3", "SR 7.6")
 def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     good = topology_yaml()
@@ -122,6 +123,7 @@ def test_reload_reject_and_fail_closed(net: Net, tmp_path: Path) -> None:
     assert not net.modbus("guest", PLC1, "read")
 
 
+@pytest.mark.sr("SR 5.2 RE3")
 def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())
@@ -141,6 +143,7 @@ def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
     assert net.modbus("engineer-1", PLC1, "write")  # no table: the path is open again
 
 
+@pytest.mark.sr("SR 5.2 RE3")
 def test_broken_file_at_start_fails_closed(net: Net, tmp_path: Path) -> None:
     """A broken file at first start: deny-all table (ssh kept), policyd keeps running and
     applies the first good file; before, it exited and the gateway forwarded everything."""
@@ -161,6 +164,7 @@ def test_broken_file_at_start_fails_closed(net: Net, tmp_path: Path) -> None:
     assert actions.index("fail_closed") < actions.index("policy_applied"), actions
 
 
+@pytest.mark.sr("SR 5.2", "SR 7.6")
 def test_drift_is_repaired_and_audited(net: Net, tmp_path: Path) -> None:
     """A table flushed by hand is restored on SIGHUP and by the periodic check."""
     topo = tmp_path / "topo.yaml"
@@ -204,6 +208,7 @@ def audit_records(flow_log: Path) -> list[dict[str, Any]]:
     return [r for r in recs if r.get("event") == "audit"]
 
 
+@pytest.mark.sr("SR 7.6 RE1")
 def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())
@@ -217,10 +222,16 @@ def test_render_and_diff_commands(net: Net, tmp_path: Path) -> None:
     base = [str(topo), "--gateway", "plant-a", "--tunnel", net.tunnel]
     out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
     assert out.returncode == 1 and "+table inet zonegate" in out.stdout, out.stdout + out.stderr
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, "--json", check=False)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["schema"] == "zonegate.diff/1" and not doc["in_sync"]
+    assert "+table inet zonegate {" in doc["diff"] and doc["gateway"] == "plant-a"
     d = Policyd(net, topo)
     d.wait_for("applied ruleset")
     out = net.ns(net.gw, PY, "-c", code, "diff", *base, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+    out = net.ns(net.gw, PY, "-c", code, "diff", *base, "--json", check=False)
+    assert out.returncode == 0 and json.loads(out.stdout)["in_sync"] is True
     out = net.ns(net.gw, PY, "-c", code, "render", *base, "--json", check=False)
     assert out.returncode == 0 and '"nftables"' in out.stdout
     bad = subprocess.run(

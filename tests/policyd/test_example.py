@@ -24,6 +24,7 @@ TOPO = topology.load(EXAMPLE).topology
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
+@pytest.mark.sr("SR 7.6")
 @pytest.mark.parametrize("gateway", ["plant-a", "plant-b"])
 def test_golden_example(gateway: str) -> None:
     rs = compile_ruleset(TOPO, gateway, now=T0)
@@ -34,6 +35,7 @@ def test_example_has_tests() -> None:
     assert len(TOPO.tests) >= 15
 
 
+@pytest.mark.sr("SR 2.1")
 @pytest.mark.parametrize("index", range(len(TOPO.tests)), ids=[t.describe() for t in TOPO.tests])
 def test_declared_tests(index: int) -> None:
     test = TOPO.tests[index]

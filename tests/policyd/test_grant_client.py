@@ -84,3 +84,11 @@ def test_grant_cli_says_when_policyd_is_unreachable(
 ) -> None:
     assert main(zg(tmp_path / "none.sock", "list")) == 1
     assert "cannot reach policyd" in capsys.readouterr().err
+
+
+def test_grant_cli_unreachable_under_json_is_a_json_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["grant", "--socket", str(tmp_path / "none.sock"), "--json", "list"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "zonegate.error/1" and "cannot reach policyd" in doc["error"]

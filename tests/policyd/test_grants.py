@@ -20,6 +20,7 @@ def book() -> GrantBook:
     return GrantBook(load(EXAMPLE).topology)
 
 
+@pytest.mark.sr("SR 1.13 RE1")
 def test_request_approve_expire(book: GrantBook) -> None:
     g = book.request("vendor-tech", "vendor-maintenance", 2 * H, "replace pump firmware", NOW)
     assert g.state is GrantState.REQUESTED and g.expires_at is None
@@ -59,6 +60,7 @@ def test_bad_requests_are_refused_with_reason(
     assert book.grants == {}
 
 
+@pytest.mark.sr("SR 1.13 RE1", "SR 2.1 RE2")
 def test_requester_cannot_approve_itself_and_only_named_approvers_can(book: GrantBook) -> None:
     g = book.request("vendor-tech", "vendor-maintenance", H, "firmware", NOW)
     for who, message in [
@@ -83,6 +85,7 @@ def test_grant_never_outlives_the_identity(book: GrantBook) -> None:
         book.request("vendor-tech", "vendor-maintenance", H, "x", end + H)
 
 
+@pytest.mark.sr("SR 2.1 RE3")
 def test_emergency_is_immediate_capped_and_only_on_emergency_conduits(book: GrantBook) -> None:
     g = book.emergency("safety-engineer-1", "safety-emergency", H, "SIS trip loop", NOW)
     assert g.state is GrantState.ACTIVE and g.emergency and g.expires_at == NOW + H
@@ -94,6 +97,7 @@ def test_emergency_is_immediate_capped_and_only_on_emergency_conduits(book: Gran
         book.emergency("engineer-1", "safety-emergency", H, "x", NOW)
 
 
+@pytest.mark.sr("SR 2.6")
 def test_revoke_by_holder_approver_or_administrator_only(book: GrantBook) -> None:
     g = book.emergency("safety-engineer-1", "safety-emergency", H, "x", NOW)
     with pytest.raises(GrantError, match="may not revoke") as info:
@@ -123,6 +127,7 @@ def test_visible_to_holder_and_approvers(book: GrantBook) -> None:
     assert book.visible_to("engineer-1") == []
 
 
+@pytest.mark.sr("SR 2.6")
 def test_grants_of_removed_conduits_or_identities_are_revoked(book: GrantBook) -> None:
     import dataclasses
 

@@ -40,6 +40,7 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.sr("SR 1.13 RE1", "SR 2.1", "SR 2.6")
 def test_vendor_grant_opens_and_expires_in_the_kernel(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())
@@ -85,6 +86,7 @@ def test_vendor_grant_opens_and_expires_in_the_kernel(net: Net, tmp_path: Path) 
     assert flows and all(r["identity"] == "vendor-1" for r in flows)
 
 
+@pytest.mark.sr("SR 2.6")
 def test_revoke_ends_a_live_session(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())
@@ -164,6 +166,7 @@ def test_revoke_ends_a_live_session(net: Net, tmp_path: Path) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.sr("SR 1.1", "SR 1.13")
 def test_api_only_answers_through_the_tunnel(net: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(topology_yaml())

@@ -79,6 +79,7 @@ print(json.dumps({"first": first, "err": err, "after": h.diff_text(rs)}))
     assert "policy drop" in net.table_text()
 
 
+@pytest.mark.sr("SR 1.13 RE1")
 def test_grants_and_membership_without_reload(net: Net, tmp_path: Path) -> None:
     code = (
         prelude(net, tmp_path)
@@ -116,6 +117,7 @@ print(json.dumps({"granted": granted, "left": left, "kept": kept, "after": after
     assert res["delta"] == [0, 1] and res["ids"] == []
 
 
+@pytest.mark.sr("SR 2.1", "SR 2.1 RE1", "SR 5.2", "SR 5.2 RE1")
 def test_traffic_through_gateway(net: Net, tmp_path: Path) -> None:
     net.start_servers()
     # Before any policy the path is open: the probes themselves work.

@@ -62,7 +62,10 @@ def test_no_management_access_is_a_warning(tmp_path: Path) -> None:
     loaded = load(tmp_path, "")
     warnings = [d.message for d in loaded.diagnostics if d.severity == "warning"]
     assert any("declares no management access" in w for w in warnings), warnings
-    assert not load(tmp_path, "[{from: [plant-a/office], allow: [ssh]}]").diagnostics
+    codes = [d.code for d in loaded.diagnostics if "no management access" in d.message]
+    assert codes == ["ZG-W009"], codes
+    fixed = load(tmp_path, "[{from: [plant-a/office], allow: [ssh]}]").diagnostics
+    assert not [d for d in fixed if "no management access" in d.message], fixed
 
 
 @pytest.mark.parametrize(
@@ -80,6 +83,7 @@ def test_bad_management_entries(tmp_path: Path, mgmt: str, message: str) -> None
         load(tmp_path, mgmt)
     text = "\n".join(str(d) for d in exc.value.diagnostics)
     assert message in text and "t.yaml:" in text, text
+    assert any(d.code in ("ZG-E044", "ZG-E020", "ZG-E021") for d in exc.value.diagnostics), text
 
 
 @pytest.mark.parametrize("iface", ["eth1", "eth1.20", "enp3s0f1"])

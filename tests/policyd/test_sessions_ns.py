@@ -69,6 +69,7 @@ def audits(flow_log: Path, action: str) -> list[dict[str, Any]]:
     return [r for r in recs if r.get("event") == "audit" and r.get("action") == action]
 
 
+@pytest.mark.sr("SR 2.8")
 def test_recorded_conduit_writes_one_pcap_per_flow(rnet: Net, tmp_path: Path) -> None:
     topo = tmp_path / "topo.yaml"
     topo.write_text(recorded_topology())

@@ -66,6 +66,7 @@ def peers(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["routes", "interface"])
+@pytest.mark.sr("SR 5.1", "SR 5.2")
 def test_spoofed_zone_address_is_dropped(net: Net, tmp_path: Path, explicit: bool) -> None:
     iface = f", interface: {net.tag}c" if explicit else ""
     topo = tmp_path / "topo.yaml"
@@ -82,6 +83,7 @@ def test_spoofed_zone_address_is_dropped(net: Net, tmp_path: Path, explicit: boo
     assert peers(tmp_path).count(CELL_HOST) == 2
 
 
+@pytest.mark.sr("SR 5.1", "SR 5.2")
 def test_overlay_address_from_a_lan_cannot_join_an_open_flow(net: Net, tmp_path: Path) -> None:
     """An identity's UDP flow is open through the tunnel; a LAN host that takes the
     identity's overlay address and the same ports is dropped (the route to the overlay

@@ -19,6 +19,7 @@ from tests.tunneld.nsutil import ping
 pytestmark = pytest.mark.root
 
 
+@pytest.mark.sr("SR 1.1", "SR 1.1 RE1", "SR 1.13")
 def test_users_join_with_pq_psk_and_reach_exactly_their_routes(plant: PlantNet) -> None:
     plant.start_gateway()
     vendor = plant.join("vendor-tech")
@@ -43,6 +44,7 @@ def test_users_join_with_pq_psk_and_reach_exactly_their_routes(plant: PlantNet) 
     assert gw["peers"]["vendor-tech"]["wg_rx"] > 0
 
 
+@pytest.mark.sr("SR 1.1")
 def test_expired_identity_is_refused_and_told_why(plant: PlantNet) -> None:
     profile = plant.issue_profile("vendor-tech")  # issued while valid
     plant.set_identity("vendor-tech", valid_until=_ago(days=1), valid_from=_ago(days=30))
@@ -71,6 +73,7 @@ def test_expired_identity_is_refused_and_told_why(plant: PlantNet) -> None:
     assert gw["refused_identities"]["vendor-tech"] == 4  # REFUSED_EXPIRED
 
 
+@pytest.mark.sr("SR 2.6")
 def test_revoked_while_joined_loses_the_tunnel(joined_plant: PlantNet) -> None:
     plant = joined_plant
     vendor = plant.users["vendor-tech"]
@@ -95,6 +98,7 @@ def test_revoked_while_joined_loses_the_tunnel(joined_plant: PlantNet) -> None:
     assert "[unauthenticated reply]" in vendor.log_text()
 
 
+@pytest.mark.sr("SR 2.6")
 def test_validity_ending_while_joined_cuts_the_tunnel_without_reload(
     joined_plant: PlantNet,
 ) -> None:
@@ -123,6 +127,7 @@ def test_validity_ending_while_joined_cuts_the_tunnel_without_reload(
     )
 
 
+@pytest.mark.sr("SR 1.1")
 def test_keys_not_matching_the_pin_get_no_psk_and_no_traffic(plant: PlantNet) -> None:
     # The user's profile and keys agree, but the gateway's topology pins other keys for
     # vendor-tech (e.g. re-keyed since): its InitHello can not be attributed.

@@ -46,6 +46,7 @@ def grant(plant: PlantNet, user: User, *args: str) -> tuple[int, Any]:
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
 
 
+@pytest.mark.sr("SR 1.13", "SR 1.13 RE1", "SR 2.1 RE1")
 def test_vendor_access_through_real_tunnels(plant: PlantNet) -> None:
     plant.start_gateway()
     plant.spawn_lan(

@@ -28,6 +28,10 @@ conduits:
     from: {roles: [engineer]}
     to: {asset: site-a/plc-1}
     allow: [{modbus: read}, ssh]
+  lead-office:
+    from: {roles: [lead, auditor]}
+    to: {zone: site-a/office}
+    allow: [https]
 tests:
   - {from: eng-1, to: site-a/plc-1, service: modbus/read, expect: allow}
 """

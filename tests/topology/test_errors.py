@@ -32,7 +32,7 @@ CASES = [
         "allow: [{modbus: read}, ssh]",
         "allow: [{modbus: read}, ssh",
         "YAML syntax",
-        "tests:",
+        "allow: [{modbus: read}, ssh",
     ),
     ("unknown-top-key", "conduits:\n", "conduit:\n", "unknown key 'conduit'", "conduit:"),
     (
@@ -116,6 +116,27 @@ CASES = [
         "approval:",
     ),
     ("overlap", "10.1.9.0/24", "10.1.0.0/16", "overlaps zone", "office:"),
+    (
+        "unknown-code-kem",
+        "overlay: 100.64.0.1}\n",
+        "overlay: 100.64.0.1}\n    code_kem: hqc-129\n",
+        "unknown code_kem 'hqc-129'",
+        "code_kem:",
+    ),
+    (
+        "conduit-code-kem",
+        "allow: [{modbus: read}, ssh]",
+        "allow: [{modbus: read}, ssh]\n    code_kem: hqc-265",
+        "did you mean 'hqc-256'?",
+        "code_kem:",
+    ),
+    (
+        "code-kem-mceliece",
+        "overlay: 100.64.0.1}\n",
+        "overlay: 100.64.0.1}\n    code_kem: mceliece-460896\n",
+        "expected one of: hqc-128, hqc-192, hqc-256",
+        "code_kem:",
+    ),
     (
         "overlay-collision",
         "overlay: 100.64.1.2}",

@@ -23,6 +23,7 @@ def plant() -> Topology:
     return load(EXAMPLE).topology
 
 
+@pytest.mark.sr("SR 2.1", "SR 2.1 RE1")
 def test_example_declared_tests_all_pass(plant: Topology) -> None:
     results = run_tests(plant)
     assert len(results) >= 15

@@ -47,10 +47,11 @@ class Node:
         self.log = base / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, topology: Path, keys: Path) -> None:
+    def start(self, topology: Path, keys: Path, kem_backend: str = "cryptography") -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         argv = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "tunneld.cli"]
         argv += ["--topology", str(topology), "--node", self.name, "--keys", str(keys)]
+        argv += ["--kem-backend", kem_backend]
         argv += ["--ifname", self.ifname, "--status-socket", str(self.sock)]
         argv += ["--rekey-interval", str(INTERVAL)]
         with self.log.open("ab") as log:
@@ -126,7 +127,8 @@ class Sites:
         self.a = Node(pair, pair.a, "site-a", base)
         self.b = Node(pair, pair.b, "site-b", base)
 
-    def topology(self, name: str, pin_b: Path | None = None) -> Path:
+    def topology(self, name: str, pin_b: Path | None = None, code_kem_b: str = "") -> Path:
+        """`code_kem_b`: site-b asks for that code-based third component on its tunnels."""
         d = self.base / f"topo-{name}"
         d.mkdir(exist_ok=True)
         text = TOPOLOGY.format(
@@ -135,6 +137,9 @@ class Sites:
             keys_a=self.keys["site-a"] / "identity.pub",
             keys_b=(pin_b or self.keys["site-b"]) / "identity.pub",
         )
+        if code_kem_b:
+            anchor = "overlay: 100.64.0.2}\n"
+            text = text.replace(anchor, anchor + f"    code_kem: {code_kem_b}\n")
         (d / "plant.yaml").write_text(text)
         return d
 
@@ -181,6 +186,7 @@ def test_tunnel_up_psk_rotates_and_traffic_flows(sites: Sites) -> None:
     assert "site-b" in text and "initiator" in text
 
 
+@pytest.mark.sr("SR 1.1")
 def test_wrong_identity_key_gets_no_psk_and_no_traffic(sites: Sites) -> None:
     impostor = sites.base / "keys" / "impostor"
     keygen(impostor)
@@ -218,6 +224,7 @@ def send_raw(ns: str, host: str, frames: list[bytes]) -> None:
     )
 
 
+@pytest.mark.sr("SR 1.1", "SR 1.13")
 def test_tampered_handshake_packets_are_rejected(sites: Sites) -> None:
     both_up(sites)
     before = rotations(sites.b)
@@ -247,3 +254,34 @@ def test_restarting_one_side_recovers(sites: Sites) -> None:
     sites.b.start(sites.topology("shared"), sites.keys["site-b"])
     wait_for(lambda: rotations(sites.b) >= 1, 15, "PSK after restart", sites.a, sites.b)
     assert ping(sites.pair.a, "100.64.0.2"), sites.b.log_tail()
+
+
+def test_three_component_tunnel_across_backends(sites: Sites) -> None:
+    """X25519 + ML-KEM + HQC-256 pinned for the pair; site-a computes with pqcrypto,
+    site-b with cryptography (ML-KEM) + pqcrypto (HQC). RespHello is 16.7 kB: the
+    transport carries it; the tunnel comes up, rotates and carries traffic."""
+    topo = sites.topology("hqc", code_kem_b="hqc-256")
+    sites.a.start(topo, sites.keys["site-a"], kem_backend="pqcrypto")
+    sites.b.start(topo, sites.keys["site-b"], kem_backend="cryptography")
+    wait_for(lambda: rotations(sites.a) >= 2, 8 * INTERVAL, "two PSKs", sites.a, sites.b)
+    assert sites.a.peer()["kem"] == sites.b.peer()["kem"] == "ml-kem-768+hqc-256"
+    wait_for(lambda: sites.a.psk_digest() == sites.b.psk_digest(), 5, "same PSK", sites.a)
+    assert ping(sites.pair.a, "100.64.0.2"), sites.a.log_tail()
+
+
+def test_peer_without_the_third_component_gets_no_tunnel(sites: Sites) -> None:
+    """site-b pins HQC; site-a's (stale) topology does not: no PSK, no traffic, and b
+    says why. Nothing falls back to two components."""
+    sites.a.start(sites.topology("a"), sites.keys["site-a"])
+    sites.b.start(sites.topology("b", code_kem_b="hqc-128"), sites.keys["site-b"])
+    wait_for(
+        lambda: int(sites.b.peer()["failures"]) >= 2 if sites.b.status() else False,
+        20,
+        "rejections at b",
+        sites.a,
+        sites.b,
+    )
+    assert rotations(sites.a) == 0 and rotations(sites.b) == 0
+    assert "ephemeral KEM is not ml-kem-768+hqc-128" in str(sites.b.peer()), sites.b.peer()
+    assert sites.a.psk_digest() != sites.b.psk_digest()
+    assert not ping(sites.pair.a, "100.64.0.2", timeout=3.0)

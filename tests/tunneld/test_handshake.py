@@ -265,7 +265,7 @@ def test_truncated_or_extended_messages_rejected_unchanged(n: int, cut: int, ext
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda d: d + bytes(5000), "oversized"),
+        (lambda d: d + bytes(m.MAX_MESSAGE_SIZE), "oversized"),
         (lambda d: d[:100], "truncated"),
         (lambda d: b"\xff" + d[1:], "unknown message type"),
         (lambda d: d[:2] + b"\x02" + d[3:], "ephemeral KEM"),  # KEM downgrade/upgrade

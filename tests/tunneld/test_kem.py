@@ -1,37 +1,128 @@
-"""ML-KEM backends: known answers, interop with an independent implementation, liboqs probe."""
+"""KEM backends: known answers on every backend, interop between backends and with an
+independent implementation, seed expansion, HQC, detection of absent backends."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kyber_py.ml_kem import ML_KEM_768, ML_KEM_1024
 
-from tunneld import kem
+from tunneld import kem, mlkem_expand
 from tunneld.hybrid import HybridCiphertext, HybridPrivateKey, HybridPublicKey
-from tunneld.kem import KemError, get_backend, probe_liboqs
+from tunneld.kem import KemError, get_backend, load_vector, probe_liboqs, probe_pqcrypto
 
-VECTORS = Path(__file__).parent / "vectors"
 KYBER = {"ml-kem-768": ML_KEM_768, "ml-kem-1024": ML_KEM_1024}
+# Every backend the test extra installs; liboqs can not be installed here (no registry
+# ships its shared library) and is covered by the probe tests below.
+BACKENDS = ["cryptography", "pqcrypto"]
 
 
-def load_vector(name: str) -> dict[str, bytes]:
-    out = {}
-    for line in (VECTORS / name).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" = ")
-            out[key] = bytes.fromhex(value.strip())
-    return out
+def test_test_extra_installs_both_backends() -> None:
+    """The cross-backend tests must never pass by having only one backend to compare."""
+    rows = {a.name: a for a in kem.availability()}
+    missing = [n for n in BACKENDS if not rows[n].available]
+    assert not missing, f"install the test extra (pip install -e '.[test]'): {missing}"
 
 
-def test_kat_cryptography_mlkem768() -> None:
-    v = load_vector("mlkem768_cctv_unlucky.txt")
-    priv = get_backend("cryptography").from_seed("ml-kem-768", v["d"] + v["z"])
+@pytest.mark.parametrize("alg", ["ml-kem-768", "ml-kem-1024"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_c2sp_kat_on_every_backend(backend: str, alg: str) -> None:
+    v = load_vector(kem.KAT_FILES[alg])
+    priv = get_backend(backend).from_seed(alg, v["d"] + v["z"])
     assert priv.public_bytes.startswith(v["ek_prefix"])
     assert priv.public_bytes.endswith(v["ek_suffix"])
     assert priv.decapsulate(v["c"]) == v["K"]
+    assert kem.check_kat(get_backend(backend), alg) is None
+
+
+def test_independent_mlkem1024_reproduces_its_vector() -> None:
+    v = load_vector("mlkem1024_cctv_unlucky.txt")
+    ek, _ = ML_KEM_1024._keygen_internal(v["d"], v["z"])
+    assert ML_KEM_1024._encaps_internal(ek, v["m"]) == (v["K"], v["c"])
+
+
+def test_kat_check_fails_on_a_wrong_backend() -> None:
+    """`tunneld backends` says FAILED when a backend computes a wrong key."""
+
+    class Skewed(kem.CryptographyBackend):
+        def from_seed(self, alg: str, seed: bytes) -> kem.KemPrivateKey:
+            return super().from_seed(alg, bytes([seed[0] ^ 1]) + seed[1:])
+
+    assert "wrong encapsulation key" in (kem.check_kat(Skewed(), "ml-kem-1024") or "")
+    assert kem.prove(Skewed())["ml-kem-768"].startswith("FAILED")
+    assert kem.prove(get_backend("cryptography"))["ml-kem-768"].startswith("ok")
+
+
+@pytest.mark.parametrize("alg", ["ml-kem-768", "ml-kem-1024"])
+@pytest.mark.parametrize(("a", "b"), [("cryptography", "pqcrypto"), ("pqcrypto", "cryptography")])
+def test_cross_backend_interop(alg: str, a: str, b: str) -> None:
+    """Same seed, same key; A's ciphertexts decapsulate in B and the other way round;
+    a key pair B draws itself (not from a seed) takes A's ciphertexts too."""
+    ba, bb = get_backend(a), get_backend(b)
+    seed = os.urandom(64)
+    ka, kb = ba.from_seed(alg, seed), bb.from_seed(alg, seed)
+    assert ka.public_bytes == kb.public_bytes
+    ss, ct = ba.load_public(alg, kb.public_bytes).encapsulate()
+    assert kb.decapsulate(ct) == ss
+    ss2, ct2 = bb.load_public(alg, ka.public_bytes).encapsulate()
+    assert ka.decapsulate(ct2) == ss2
+    fresh = bb.generate(alg, os.urandom)
+    ss3, ct3 = ba.load_public(alg, fresh.public_bytes).encapsulate()
+    assert fresh.decapsulate(ct3) == ss3
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.binary(min_size=64, max_size=64), st.sampled_from(["ml-kem-768", "ml-kem-1024"]))
+def test_seed_expansion_matches_cryptography_and_kyber_py(seed: bytes, alg: str) -> None:
+    """pqcrypto's keys from a seed are computed by mlkem_expand: it must give the key
+    pyca/cryptography derives and the expanded key kyber-py derives, for any seed."""
+    ek, dk = mlkem_expand.keygen(alg, seed)
+    assert ek == get_backend("cryptography").from_seed(alg, seed).public_bytes
+    assert (ek, dk) == KYBER[alg]._keygen_internal(seed[:32], seed[32:])
+
+
+@pytest.mark.parametrize("alg", kem.CODE_KEMS)
+def test_hqc_round_trip_sizes_and_implicit_rejection(alg: str) -> None:
+    backend = get_backend("pqcrypto")
+    p = kem.COMPONENTS[alg]
+    priv = backend.generate(alg, os.urandom)
+    shared, ct = backend.load_public(alg, priv.public_bytes).encapsulate()
+    assert (len(priv.public_bytes), len(ct), len(shared)) == (
+        p.public_key_size,
+        p.ciphertext_size,
+        p.shared_secret_size,
+    )
+    assert priv.decapsulate(ct) == shared
+    assert priv.decapsulate(bytes([ct[0] ^ 1]) + ct[1:]) != shared
+    assert priv.seed == b""  # drawn fresh: never stored
+    with pytest.raises(KemError, match="seed"):
+        backend.from_seed(alg, bytes(64))
+    with pytest.raises(KemError, match="public key"):
+        backend.load_public(alg, priv.public_bytes[:-1])
+    with pytest.raises(KemError, match="ciphertext"):
+        priv.decapsulate(ct[:-1])
+
+
+def test_hqc_needs_a_backend_that_has_it() -> None:
+    crypto = get_backend("cryptography")
+    assert kem.backend_for("hqc-128", crypto).name == "pqcrypto"
+    assert kem.backend_for("ml-kem-768", crypto) is crypto
+    with pytest.raises(KemError, match="unknown KEM suite"):
+        kem.require_suite("ml-kem-768+mceliece", crypto)
+
+
+def test_pqcrypto_absent_is_unavailable_not_fatal() -> None:
+    def importer(name: str) -> object:
+        raise ImportError(name)
+
+    avail, backend = probe_pqcrypto(importer)
+    assert not avail.available and backend is None
+    assert "pip install 'zonegate[pq]'" in avail.reason
 
 
 def test_kat_independent_mlkem768() -> None:
@@ -61,9 +152,11 @@ def test_interop_with_kyber_py(alg: str, seed_byte: int) -> None:
     assert ref.decaps(dk, ct2) == shared2
 
 
-def test_params_match_backend_sizes() -> None:
-    backend = get_backend("cryptography")
-    for alg, p in kem.PARAMS.items():
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_params_match_backend_sizes(backend_name: str) -> None:
+    backend = get_backend(backend_name)
+    for alg in kem.ML_KEMS:
+        p = kem.PARAMS[alg]
         priv = backend.from_seed(alg, bytes(p.seed_size))
         shared, ct = backend.load_public(alg, priv.public_bytes).encapsulate()
         assert (len(priv.public_bytes), len(ct), len(shared)) == (
@@ -73,8 +166,9 @@ def test_params_match_backend_sizes() -> None:
         )
 
 
-def test_bad_inputs_raise_kem_error() -> None:
-    backend = get_backend("cryptography")
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_bad_inputs_raise_kem_error(backend_name: str) -> None:
+    backend = get_backend(backend_name)
     with pytest.raises(KemError):
         backend.from_seed("ml-kem-768", b"short")
     with pytest.raises(KemError):
@@ -128,6 +222,7 @@ def test_liboqs_backend_is_used_when_present() -> None:
 def test_availability_on_this_machine_reports_not_raises() -> None:
     rows = {a.name: a for a in kem.availability()}
     assert rows["cryptography"].available
+    assert list(rows) == ["cryptography", "pqcrypto", "liboqs"]
     if not rows["liboqs"].available:
         with pytest.raises(KemError, match="unavailable"):
             get_backend("liboqs")
@@ -159,3 +254,22 @@ def test_hybrid_roundtrip_and_binding() -> None:
     assert other_x != shared
     with pytest.raises(KemError, match="low-order"):
         priv.decapsulate(HybridCiphertext(bytes(32), ct.m))
+
+
+def test_backends_command_lists_and_proves_each_backend() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "tunneld.cli", "backends"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    out = res.stdout.decode()
+    assert res.returncode == 0, out + res.stderr.decode()
+    lines = out.splitlines()
+    for name in BACKENDS:
+        start = next(i for i, line in enumerate(lines) if line.startswith(name))
+        assert "available" in lines[start] and "unavailable" not in lines[start]
+        assert "ml-kem-768    ok (KAT, round trip)" in lines[start + 1]
+        assert "ml-kem-1024   ok (KAT, round trip)" in lines[start + 2]
+    assert any(line.strip().startswith("hqc-256") and "ok" in line for line in lines)
+    assert any(line.startswith("liboqs") for line in lines)

@@ -63,10 +63,10 @@ def test_roundtrip(msg: m.Message) -> None:
         (lambda d: d[:3], "truncated header"),
         (lambda d: d[:-1], "truncated"),
         (lambda d: d + b"\x00", "trailing data"),
-        (lambda d: d + bytes(5000), "oversized"),
+        (lambda d: d + bytes(m.MAX_MESSAGE_SIZE), "oversized"),
         (lambda d: bytes([9]) + d[1:], "unknown message type"),
         (lambda d: d[:1] + bytes([2]) + d[2:], "unsupported version"),
-        (lambda d: d[:2] + bytes([7]) + d[3:], "unknown KEM id"),
+        (lambda d: d[:2] + bytes([99]) + d[3:], "unknown KEM id"),
         (lambda d: b"", "truncated header"),
     ],
 )

@@ -127,6 +127,7 @@ def unauthenticated_answer(egw: Endpoint, msg1: bytes) -> m.Refused:
     return refusal
 
 
+@pytest.mark.sr("SR 1.13")
 def test_prober_can_not_tell_known_from_unknown_identities() -> None:
     """Before MAC1 proves the sender, the answer is the same for every initiator id."""
     # (a) an identity the gateway has never heard of

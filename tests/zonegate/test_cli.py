@@ -16,6 +16,7 @@ from zonegate.cli import main
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 
 
+@pytest.mark.sr("SR 7.6")
 def test_check_example_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--strict"]) == 0
     out = capsys.readouterr().out
@@ -56,6 +57,7 @@ def test_check_failing_policy_test_prints_its_place(
     assert "20/21 policy tests pass" in captured.out
 
 
+@pytest.mark.sr("SR 7.6 RE1")
 def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(EXAMPLE), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -162,6 +164,7 @@ def test_render_summary_names_each_conduit_and_its_mark(capsys: pytest.CaptureFi
     assert "engineers-plant-b" not in out  # plant-b's conduit is enforced by plant-b
 
 
+@pytest.mark.sr("SR 5.2 RE1", "SR 7.6 RE1")
 def test_explain_compiled_agrees_with_the_model_on_every_declared_test(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

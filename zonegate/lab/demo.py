@@ -33,6 +33,7 @@ import topology
 from topology.evaluate import Flow, evaluate
 from topology.model import Topology
 from topology.table import format_table
+from zonegate.iec62443 import DEFAULT_RESULTS
 from zonegate.lab.explore import hold, instructions
 from zonegate.lab.plant_daemons import in_host
 from zonegate.lab.scenario import Scenario, interrupts_as_exceptions
@@ -187,9 +188,11 @@ class Demo:
         ]
         say(format_table(["#", "WHO", "WHAT", "EXPECTED", "GOT", "RESULT"], rows))
         self.show_flows()
+        heading(10, "IEC 62443 evidence from the file, the tests and this run's logs")
+        self.show_evidence(source)
         failed = not all(s.ok for s in self.steps)
         if self.keep and self.scenario.plant is not None:
-            heading(10, "Explore")
+            heading(11, "Explore")
             say(instructions(self.scenario.plant, self.scenario.flow_logs()))
             hold(self.scenario.plant)
         return 1 if failed else 0
@@ -214,6 +217,19 @@ class Demo:
         shown = lines if len(lines) <= 17 else lines[:1] + lines[-16:]
         say("\n".join(shown) if shown else "  (empty)")
         say(f"Read it yourself: .venv/bin/zonegate flows --log {log}")
+
+    def show_evidence(self, source: Path) -> None:
+        """The report's summary; its gaps are findings about the example, not demo failures."""
+        assert self.scenario is not None
+        argv = [sys.executable, "-m", "zonegate.cli", "report", "--iec62443", str(source)]
+        argv.append("--summary")
+        for log in self.scenario.flow_logs():
+            argv += ["--logs", log]
+        results = DEFAULT_RESULTS  # written by scripts/test
+        argv += ["--tests", str(results)] if results.exists() else []
+        say(f"  $ zonegate report --iec62443 {' '.join(argv[5:])}")
+        say("  " + in_root(argv).rstrip().replace("\n", "\n  "))
+        say("  Full report: add --format html -o report.html (docs/iec62443.md)")
 
 
 def in_root(argv: list[str]) -> str:
