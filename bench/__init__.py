@@ -1,0 +1,1 @@
+"""Benchmarks that measure the product from outside its runtime packages."""

@@ -13,12 +13,9 @@ import sys
 from pathlib import Path
 
 from policyd.compiler import CompileOptions
-from policyd.conventions import API_PORT, RUN_DIR
+from policyd.conventions import API_PORT, LOG_DIR, RUN_DIR, STATE_DIR
 from policyd.daemon import Daemon, Settings
 from topology.version import package_version
-
-LOG_DIR = Path("/var/log/zonegate")
-STATE_DIR = Path("/var/lib/zonegate")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,6 +51,27 @@ def parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--api-port", type=int, default=API_PORT, help=f"default {API_PORT}")
     api.add_argument("--no-api", action="store_true", help="serve no control API")
+    api.add_argument(
+        "--local-user",
+        action="append",
+        default=[],
+        metavar="USER=IDENTITY",
+        help="a unix user on the gateway who may act on the local socket as IDENTITY "
+        "(repeatable; root may act as any identity, nobody else unless mapped)",
+    )
+    api.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="an identity that may read /v1/status and /metrics (repeatable; root locally can)",
+    )
+    api.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=30.0,
+        help="seconds between grant reconciliations of kernel and book (default 30)",
+    )
     flows = p.add_argument_group("flow and audit log")
     flows.add_argument(
         "--flow-log", type=Path, help=f"JSON lines file (default {LOG_DIR}/flows-GATEWAY.jsonl)"
@@ -71,6 +89,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def local_users(pairs: list[str]) -> dict[int, frozenset[str]]:
+    """USER=IDENTITY pairs as uid -> identities; an unknown user is an error."""
+    import pwd
+
+    out: dict[int, set[str]] = {}
+    for pair in pairs:
+        user, sep, identity = pair.partition("=")
+        if not sep or not user or not identity:
+            raise SystemExit(f"policyd: --local-user {pair!r}: expected USER=IDENTITY")
+        try:
+            uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise SystemExit(f"policyd: --local-user {pair!r}: no unix user '{user}'") from None
+        out.setdefault(uid, set()).add(identity)
+    return {uid: frozenset(names) for uid, names in out.items()}
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -91,10 +126,18 @@ def settings(args: argparse.Namespace) -> Settings:
         sessions=None if args.no_sessions else (args.sessions or LOG_DIR / f"sessions-{gw}"),
         state_dir=args.state_dir,
         tunnel_prefixes=tuple(t.rstrip("*") for t in tunnels),
+        local_users=local_users(args.local_user),
+        operators=frozenset(args.operator),
+        reconcile_every=args.reconcile_every,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["totp"]:
+        from policyd import totp_cli
+
+        return totp_cli.main(argv[1:])
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -11,6 +11,8 @@ from topology.model import MARK_TAG, MARK_TAG_MASK, conduit_mark
 
 # The control API: a unix socket per gateway here, and this port on the overlay address.
 RUN_DIR = Path("/run/zonegate")
+STATE_DIR = Path("/var/lib/zonegate")  # grants, TOTP secrets
+LOG_DIR = Path("/var/log/zonegate")  # flow and audit log, session recordings
 API_PORT = 9780
 
 TABLE_FAMILY = "inet"
@@ -32,6 +34,7 @@ RECORD_QTHRESH = 16  # packets the kernel batches per netlink message (flushed o
 
 __all__ = [
     "API_PORT",
+    "LOG_DIR",
     "MARK_TAG",
     "MARK_TAG_MASK",
     "NFLOG_DENY_PREFIX",
@@ -41,6 +44,7 @@ __all__ = [
     "RECORD_QTHRESH",
     "RECORD_SNAPLEN",
     "RUN_DIR",
+    "STATE_DIR",
     "TABLE_FAMILY",
     "TABLE_NAME",
     "conduit_mark",

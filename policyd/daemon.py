@@ -25,6 +25,8 @@ from typing import Any
 import topology
 from policyd.api.app import serve
 from policyd.api.context import ControlState
+from policyd.api.guard import Guard
+from policyd.api.metrics import Sample, exposition, gateway_samples
 from policyd.compiler import (
     CompileError,
     CompileOptions,
@@ -32,16 +34,21 @@ from policyd.compiler import (
     compile_ruleset,
     deny_all_ruleset,
 )
-from policyd.enforcer import KernelEnforcer, arrived_via_tunnel
+from policyd.console.events import Broadcaster
+from policyd.enforcer import KernelGrants, arrived_via_tunnel
 from policyd.flowlog import conntrack
+from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
+from policyd.grant_service import GrantService
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle, addresses
+from policyd.notify import NOTIFY_EVENTS, Notifier, destinations
 from policyd.render import canonical
 from policyd.session_end import Ended, not_admitted, of_source
+from policyd.totp import TotpStore
 from topology.diagnostics import TopologyError
 from topology.files import topology_files
 from topology.model import Topology
@@ -92,6 +99,9 @@ class Settings:
     sessions: Path | None = None  # pcap per flow of `record: true` conduits; None: off
     state_dir: Path | None = None
     tunnel_prefixes: tuple[str, ...] = field(default=("zg",))
+    local_users: dict[int, frozenset[str]] = field(default_factory=dict)  # uid -> identities
+    operators: frozenset[str] = frozenset()  # identities that may read status and metrics
+    reconcile_every: float = 30.0  # seconds between kernel/book reconciliations
     drift_check: float = 30.0  # seconds between comparisons of kernel and compiled table
 
 
@@ -106,8 +116,11 @@ class Daemon:
         self.stop = False
         self.hup = False
         self.recorder: FlowRecorder | None = None
-        self.book: GrantBook | None = None
-        self.store: GrantStore | None = None
+        self.grants: GrantService | None = None
+        self.guard = Guard()
+        self.events = Broadcaster()  # grant events for open consoles
+        self.notifier = Notifier(on_failure=self._notify_failed)
+        self.topology_moved = False  # the grant service has not seen the new topology yet
         self.applied_at: datetime | None = None
         self.installed: Ruleset | None = None  # what the kernel should hold (may be deny-all)
         self.previous: Ruleset | None = None  # the policy before the last apply (flow names)
@@ -182,19 +195,7 @@ class Daemon:
         assert self.topology is not None
         if self.recorder is not None:
             self.recorder.update_topology(self.topology)
-        if self.book is not None:
-            self.book.topology = self.topology
-            for grant in self.book.drop_orphans(datetime.now(UTC)):
-                self.audit(
-                    AuditEvent(
-                        "grant_revoked",
-                        actor="topology",
-                        message=f"{grant.identity} on {grant.conduit}: {grant.note}",
-                        details=grant.as_dict(),
-                    )
-                )
-            if self.store is not None:
-                self.store.save(self.book)
+        self.topology_moved = True  # the loop hands it to the grant service (async)
 
     def reload(self, why: str) -> None:
         log.info("reload (%s)", why)
@@ -235,16 +236,20 @@ class Daemon:
         addr: Any = plan.identities.get(source) or plan.zones.get(source)
         if addr is None:
             return
+        self.end_flows_from(plan.mark, addr, reason, f"{source} on {conduit}")
+
+    def end_flows_from(self, mark: int, source: Any, reason: str, why: str) -> int:
+        """End the flows of one conduit (by mark) from one address or network."""
         try:
             flows = conntrack.dump()
         except OSError as e:
             log.error("conntrack dump failed: %s", e)
-            return
-        self.end_flows(of_source(flows, plan.mark, addr, reason), f"{source} on {conduit}")
+            return 0
+        return self.end_flows(of_source(flows, mark, source, reason), why)
 
-    def end_flows(self, ended: list[Ended], why: str) -> None:
+    def end_flows(self, ended: list[Ended], why: str) -> int:
         if not ended:
-            return
+            return 0
         if self.recorder is not None:
             names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
             if self.previous is not None:
@@ -254,21 +259,12 @@ class Daemon:
             n = conntrack.delete([e.flow for e in ended])
         except OSError as exc:
             log.error("conntrack delete failed: %s", exc)
-            return
+            return 0
         reasons: dict[str, int] = {}
         for item in ended:
             reasons[item.reason] = reasons.get(item.reason, 0) + 1
         log.info("ended %d session(s) no longer admitted (%s): %s", n, why, reasons)
-
-    # -- audit, grants, API ---------------------------------------------------------------
-
-    def audit(self, event: AuditEvent) -> None:
-        if self.recorder is not None:
-            self.recorder.emit_audit(event)
-            return
-        log.info("audit %s %s %s", event.action, event.outcome, event.message)
-        if self.s.flow_log is not None:
-            self.pending.append(event)  # written once the recorder starts
+        return n
 
     # -- fail closed and drift ---------------------------------------------------------
 
@@ -337,33 +333,34 @@ class Daemon:
             )
         )
 
-    def api_audit(self, action: str, fields: dict[str, Any]) -> None:
-        grant = fields.get("grant", {})
-        self.audit(
-            AuditEvent(
-                action,
-                actor=fields.get("by"),
-                message=f"{grant.get('identity')} on {grant.get('conduit')}",
-                details=grant,
-            )
-        )
-        if self.store is not None and self.book is not None:
-            self.store.save(self.book)
+    # -- audit, grants, API ---------------------------------------------------------------
 
-    def expire_grants(self) -> None:
-        if self.book is None:
-            return
-        for grant in self.book.expire(datetime.now(UTC)):
-            self.audit(
-                AuditEvent(
-                    "grant_expired",
-                    message=f"{grant.identity} on {grant.conduit} (expired in the kernel)",
-                    details=grant.as_dict(),
-                )
-            )
-            self.end_grant_flows(grant.conduit, grant.identity, "grant_expired")
-            if self.store is not None:
-                self.store.save(self.book)
+    def audit(self, event: AuditEvent) -> None:
+        if self.recorder is not None:
+            self.recorder.emit_audit(event)
+        else:
+            log.info("audit %s %s %s", event.action, event.outcome, event.message)
+            if self.s.flow_log is not None:
+                self.pending.append(event)  # written once the recorder starts
+        if event.action in NOTIFY_EVENTS and self.topology is not None:
+            grant = dict(event.details)
+            self.events.publish({"action": event.action, "grant": grant})
+            hooks = destinations(self.topology, str(grant.get("conduit")), self._notify_failed)
+            data = {"grant": grant, "by": event.actor, "gateway": self.s.gateway}
+            self.notifier.notify(event.action, data, hooks)
+
+    def _notify_failed(self, action: str, details: dict[str, Any]) -> None:
+        """A webhook that could not be told is itself audited (never notified again)."""
+        failure = AuditEvent(action, "failure", details.get("reason", ""), details=details)
+        if self.recorder is not None:
+            self.recorder.emit_audit(failure)
+        log.warning("%s: %s", action, details)
+
+    async def follow_grants(self) -> None:
+        """Let the grant service end what a new topology invalidates, then reconcile."""
+        if self.grants is not None and self.topology_moved and self.topology is not None:
+            self.topology_moved = False
+            await self.grants.topology_changed(self.topology)
 
     def status(self) -> dict[str, Any]:
         rs = self.current
@@ -376,27 +373,22 @@ class Daemon:
                 "next_change": rs.next_change.isoformat() if rs and rs.next_change else None,
             },
             "flows": self.recorder.status() if self.recorder else None,
+            "api": self.guard.stats(),
         }
 
-    def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {"policy_applied": 1.0 if self.current else 0.0}
-        if self.recorder is not None:
-            for name, value in self.recorder.counts.items():
-                out[f"flow_records_{name}"] = float(value)
-            for name, value in self.recorder.lost.items():
-                out[f"flow_records_lost_{name.replace('-', '_')}"] = float(value)
-            out["flow_overruns"] = float(self.recorder.overruns)
-        return out
+    def samples(self) -> list[Sample]:
+        return gateway_samples(self.current is not None, self.grants, self.guard, self.recorder)
 
     async def _start_recorder(self) -> None:
         assert self.topology is not None
         if self.s.flow_log is None:
             return
-        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log)]
+        sinks: list[Sink] = [JsonLinesFile(self.s.flow_log, gateway=self.s.gateway)]
         if self.s.syslog:
             sinks.append(Syslog5424(self.s.syslog))
         config = RecorderConfig(sessions_dir=self.s.sessions)
-        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config)
+        chain = AuditChain.resume(self.s.flow_log)
+        self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config, chain)
         await self.recorder.start()
         for event in self.pending:
             self.recorder.emit_audit(event)
@@ -407,23 +399,36 @@ class Daemon:
 
     async def _start_api(self) -> list[Any]:
         assert self.topology is not None
-        self.book = GrantBook(self.topology)
+        store = None
         if self.s.state_dir is not None:
-            self.store = GrantStore(self.s.state_dir / f"grants-{self.s.gateway}.json")
-            self.store.load(self.book)
+            store = GrantStore(self.s.state_dir / f"grants-{self.s.gateway}.json")
+        kernel_grants = KernelGrants(self)
+        self.grants = GrantService(GrantBook(self.topology), kernel_grants, self.audit, store)
+        await self.grants.start()
+        self.topology_moved = True  # end what changed while policyd was down
+        await self.follow_grants()
         if self.s.api_socket is None:
             return []
+        prefixes = self.s.tunnel_prefixes
         state = ControlState(
-            book=self.book,
-            enforcer=KernelEnforcer(self),
-            audit=self.api_audit,
+            service=self.grants,
             gateway=self.s.gateway,
             status=self.status,
-            metrics=self.metrics,
-            via_tunnel=lambda a: arrived_via_tunnel(a, self.s.tunnel_prefixes),
+            metrics=exposition(self.samples),
+            via_tunnel=lambda a: arrived_via_tunnel(a, prefixes),
             live=self.recorder.live if self.recorder else None,
+            local_users=self.s.local_users,
+            operators=self.s.operators,
+            totp=TotpStore(self.s.state_dir / "totp") if self.s.state_dir else None,
+            audit=self.audit,
+            events=self.events,
+            flow_log=self.s.flow_log,
+            sessions=kernel_grants.sessions,
         )
-        runners = await serve(state, self.s.api_socket, self.s.api_listen, self.s.api_port)
+        self.notifier.start()
+        runners = await serve(
+            state, self.s.api_socket, self.s.api_listen, self.s.api_port, self.guard
+        )
         where = f"{self.s.api_socket}" + (
             f" and {self.s.api_listen}:{self.s.api_port}" if self.s.api_listen else ""
         )
@@ -456,6 +461,7 @@ class Daemon:
         finally:
             for runner in self.runners:
                 await runner.cleanup()
+            await self.notifier.stop()
             if self.s.flush_on_exit:
                 self.nft.flush_table()
                 log.info("exiting: table flushed (--flush-on-exit)")
@@ -468,7 +474,8 @@ class Daemon:
         return 0
 
     async def _start_services(self) -> None:
-        """Recorder and API need a good topology: started with the first good policy."""
+        """Recorder, grants and API need a good topology: started with the first good
+        policy (at once, or after failing closed at start)."""
         if self.started or self.current is None:
             return
         self.started = True
@@ -477,6 +484,7 @@ class Daemon:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        next_reconcile = loop.time() + self.s.reconcile_every
         self.last_drift_check = loop.time()
         checks = 0
         while not self.stop:
@@ -489,25 +497,33 @@ class Daemon:
             self.wake.clear()
             if self.stop:
                 break
-            self.expire_grants()
+            if self.grants is not None:
+                await self.grants.tick()
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + self.s.reconcile_every
+                    await self.grants.reconcile()
             if self.hup:
                 self.hup = False
                 self.seen = fingerprint(self.s.topology)
                 self.reload("SIGHUP")
                 self.check_drift("SIGHUP")
-            else:
-                now_fp = fingerprint(self.s.topology)
-                if now_fp != self.seen:
-                    self.seen = now_fp
-                    self.reload("file changed")
-                elif (
-                    self.current
-                    and self.current.next_change
-                    and datetime.now(UTC) >= self.current.next_change
-                ):
-                    self.reload("scheduled change")
-                elif loop.time() - self.last_drift_check >= self.s.drift_check:
-                    checks += 1
-                    self.check_drift("periodic check", full=checks % FULL_DRIFT_EVERY == 0)
-                    self.sweep("periodic check")
+                await self._start_services()
+                await self.follow_grants()
+                continue
+            now_fp = fingerprint(self.s.topology)
+            if now_fp != self.seen:
+                self.seen = now_fp
+                self.reload("file changed")
+                await self.follow_grants()
+            elif (
+                self.current
+                and self.current.next_change
+                and datetime.now(UTC) >= self.current.next_change
+            ):
+                self.reload("scheduled change")
+                await self.follow_grants()
+            elif loop.time() - self.last_drift_check >= self.s.drift_check:
+                checks += 1
+                self.check_drift("periodic check", full=checks % FULL_DRIFT_EVERY == 0)
+                self.sweep("periodic check")
             await self._start_services()

@@ -26,6 +26,8 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_DUMP = 0x300
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
@@ -97,6 +99,17 @@ def parse_attrs(data: bytes) -> dict[int, bytes]:
     return out
 
 
+def iter_attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Every attribute in order (repeated types included, unlike `parse_attrs`)."""
+    pos = 0
+    while pos + _NLATTR.size <= len(data):
+        size, kind = _NLATTR.unpack_from(data, pos)
+        if size < _NLATTR.size:
+            break
+        yield kind & NLA_TYPE_MASK, data[pos + _NLATTR.size : pos + size]
+        pos += (size + 3) & ~3
+
+
 def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(type, seq, payload) of each netlink message in one datagram."""
     pos = 0
@@ -166,6 +179,28 @@ class NfnlSocket:
         kind = (NFNL_SUBSYS_NFTABLES << 8) | message.kind
         sock.send(self._header(kind, flags, message.family, 0, message.attrs))
         return self._await_ack(sock, self._seq, what)
+
+    def dump(self, message: Message, what: str) -> Iterator[bytes]:
+        """A dump request: the attributes of every reply message until NLMSG_DONE."""
+        sock = self._socket()
+        kind = (NFNL_SUBSYS_NFTABLES << 8) | message.kind
+        sock.send(self._header(kind, NLM_F_REQUEST | NLM_F_DUMP, message.family, 0, message.attrs))
+        seq = self._seq
+        while True:
+            if not select.select([sock], [], [], self._timeout)[0]:
+                raise NfnlError(errno.ETIMEDOUT, what)
+            data = sock.recv(1 << 20)
+            for mtype, mseq, payload in _messages(data):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", payload)
+                    if code:
+                        raise NfnlError(-code, what)
+                    continue
+                yield payload[_NFGENMSG.size :]
 
     def _await_ack(self, sock: socket.socket, last: int, what: str) -> bytes:
         """Read replies up to the ack of sequence `last`; raise the first error seen.

@@ -67,7 +67,7 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E030", r"is defined twice", "the same name defined in two places"),
     Code(
         "ZG-E031",
-        r"^unknown (?:role|identity|site|service|zone|asset)|has unknown role"
+        r"^unknown (?:role|identity|site|service|zone|asset|webhook)|has unknown role"
         r"|has no (?:zone|asset)|must be SITE/|is neither a role nor an identity"
         r"|site identity for unknown site",
         "a reference to a name that does not exist",
@@ -102,6 +102,7 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E053", r"key file '.*' does not exist", "`keys:` points nowhere"),
     Code("ZG-E054", r"is never valid", "an empty validity window"),
     # Conduits and services.
+    Code("ZG-E080", r"^webhook '", "a webhook needs one of url or url_file, and a known format"),
     Code(
         "ZG-E060",
         r"'from' names nobody|allows nothing|needs exactly one of",
@@ -124,6 +125,8 @@ CODES: tuple[Code, ...] = (
     Code("ZG-E065", r"schedule that is never open", "a schedule whose start equals its end"),
     Code("ZG-E066", r"hash to the same flow mark", "two conduit names with one flow mark"),
     Code("ZG-E067", r"accept_risk", "`accept_risk` needs a reason"),
+    Code("ZG-E068", r"distinct approvers", "dual approval that can never complete"),
+    Code("ZG-E069", r"^unknown second factor", "`second_factor` is `totp`"),
     # Tests.
     Code("ZG-E070", r"^expect must be", "a test's expectation is allow or deny"),
     Code("ZG-E999", r"", "an error without a code yet (please report it)"),

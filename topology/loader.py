@@ -126,6 +126,11 @@ class Builder(PlacesReader, ConduitReader):
             if c is not None
         }
         tests = tuple(t for t in (self._build_test(n) for n, _ in self.tests) if t is not None)
+        webhooks = {
+            w.name: w
+            for w in (self._build_webhook(e) for e in self.entries["webhooks"].values())
+            if w is not None
+        }
         return Topology(
             sites=frozen_map(self.sites),
             roles=frozen_map(self.roles),
@@ -134,6 +139,7 @@ class Builder(PlacesReader, ConduitReader):
             conduits=frozen_map(conduits),
             tests=tests,
             files=tuple(self.files),
+            webhooks=frozen_map(webhooks),
         )
 
 

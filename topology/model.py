@@ -231,6 +231,8 @@ class Approval:
     by_roles: tuple[str, ...]
     by_identities: tuple[str, ...]
     max_duration: timedelta
+    count: int = 1  # distinct approvers needed (none of them the requester): dual approval
+    second_factor: SecondFactor | None = None  # asked of every approver and revoker
 
     def names(self, identity: Identity) -> bool:
         """Whether the identity is one this approval names (by name or role); the
@@ -241,7 +243,9 @@ class Approval:
 
     def describe(self) -> str:
         who = ", ".join([*self.by_roles, *self.by_identities])
-        return f"approval by {who}, at most {format_duration(self.max_duration)}"
+        n = f"{self.count} approvals" if self.count > 1 else "approval"
+        factor = f" with {self.second_factor}" if self.second_factor else ""
+        return f"{n} by {who}{factor}, at most {format_duration(self.max_duration)}"
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,27 @@ class Emergency:
     """A break-glass conduit: opened without approval, for a short time, loudly."""
 
     max_duration: timedelta
+    second_factor: SecondFactor | None = None  # asked of whoever opens it
+
+
+SecondFactor = Literal["totp"]
+WebhookFormat = Literal["json", "slack"]
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where grant events are posted (policyd/notify.py): a generic JSON body or a
+    Slack/Teams-style `{"text": ...}`. The URL is the topology's; keep tokens out of
+    git with `url_file:` (read on the gateway)."""
+
+    name: str
+    url: str | None
+    url_file: str | None = None
+    format: WebhookFormat = "json"
+    location: Location | None = None
+
+    def __repr__(self) -> str:  # a URL may carry a token
+        return f"Webhook({self.name!r}, format={self.format!r})"
 
 
 @dataclass(frozen=True)
@@ -295,6 +320,7 @@ class Conduit:
     approval: Approval | None = None
     emergency: Emergency | None = None
     record: bool = False
+    notify: tuple[str, ...] = ()  # webhooks told of this conduit's grant events
     description: str = ""
     location: Location | None = None
     accept_risk: str = ""  # why the IEC 62443 risk warning is accepted for this conduit
@@ -302,6 +328,13 @@ class Conduit:
     # X25519 and ML-KEM: the site pair of a zone-to-zone conduit, or each admitted user's
     # tunnel into the target site (None: as the sites say).
     code_kem: str | None = None
+
+    @property
+    def second_factor(self) -> SecondFactor | None:
+        """What grant actions on this conduit ask beyond the tunnel key."""
+        if self.approval is not None:
+            return self.approval.second_factor
+        return self.emergency.second_factor if self.emergency is not None else None
 
     @property
     def mark(self) -> int:
@@ -358,6 +391,7 @@ class Topology:
     conduits: Mapping[str, Conduit]
     tests: tuple[PolicyTest, ...]
     files: tuple[str, ...]
+    webhooks: Mapping[str, Webhook] = field(default_factory=lambda: frozen_map({}))
 
     def zone(self, ref: str) -> Zone | None:
         site, _, name = ref.partition("/")

@@ -18,10 +18,12 @@ from topology.model import (
     Expect,
     PolicyTest,
     Schedule,
+    SecondFactor,
     ServiceRef,
     Sources,
     Target,
     TargetKind,
+    Webhook,
 )
 from topology.read_context import Entry, ReadContext
 from topology.refs import parse_service_spec
@@ -42,6 +44,7 @@ class ConduitReader(ReadContext):
             "approval",
             "emergency",
             "record",
+            "notify",
             "code_kem",
             "description",
             "accept_risk",
@@ -59,9 +62,10 @@ class ConduitReader(ReadContext):
         emergency = None
         em_node = self.r.mapping(node.get("emergency"), "emergency")
         if em_node is not None:
-            self.r.keys(em_node, ("max",), "emergency")
+            self.r.keys(em_node, ("max", "second_factor"), "emergency")
             em_max = self.r.duration(self.r.required(em_node, "max", "emergency"), "max")
-            emergency = Emergency(em_max) if em_max else None
+            factor = self._second_factor(em_node)
+            emergency = Emergency(em_max, factor) if em_max else None
             ok = ok and emergency is not None
             if node.get("approval") is not None:
                 self.diags.error(
@@ -97,6 +101,7 @@ class ConduitReader(ReadContext):
             approval=approval,
             emergency=emergency,
             record=record,
+            notify=tuple(self._refs(node, "notify", self.entries["webhooks"], "webhook")),
             description=self.r.string(node.get("description"), "description") or "",
             location=e.location,
             accept_risk=accept_risk or "",
@@ -259,7 +264,7 @@ class ConduitReader(ReadContext):
         m = self.r.mapping(node, "approval")
         if m is None:
             return None
-        self.r.keys(m, ("by", "max"), "approval")
+        self.r.keys(m, ("by", "max", "count", "second_factor"), "approval")
         roles, idents = [], []
         for ref, loc in self.r.string_list(self.r.required(m, "by", "approval"), "by"):
             if ref in self.entries["roles"]:
@@ -275,9 +280,53 @@ class ConduitReader(ReadContext):
                 )
                 return None
         max_duration = self.r.duration(self.r.required(m, "max", "approval"), "max")
-        if max_duration is None or not (roles or idents):
+        count = 1 if m.get("count") is None else self.r.integer(m.get("count"), "count", 1, 9)
+        if max_duration is None or not (roles or idents) or count is None:
             return None
-        return Approval(tuple(roles), tuple(idents), max_duration)
+        factor = self._second_factor(m)
+        return Approval(tuple(roles), tuple(idents), max_duration, count, factor)
+
+    def _second_factor(self, m: YMap) -> SecondFactor | None:
+        node = m.get("second_factor")
+        value = self.r.string(node, "second_factor")
+        if value is None:
+            return None
+        if value != "totp":
+            assert node is not None
+            self.diags.error(
+                node.location,
+                f"unknown second factor '{value}'",
+                "the one second factor is 'totp' (enrol with policyd totp enroll)",
+            )
+            return None
+        return "totp"
+
+    def _build_webhook(self, e: Entry) -> Webhook | None:
+        node = self._named_map(e, "webhook", ("url", "url_file", "format"))
+        if node is None:
+            return None
+        what = f"webhook '{e.name}'"
+        url = self.r.string(node.get("url"), "url")
+        url_file = self.r.string(node.get("url_file"), "url_file")
+        if (url is None) == (url_file is None):
+            self.diags.error(
+                e.location,
+                f"{what} needs exactly one of url or url_file",
+                "url_file: a file on the gateway holding the URL (keeps tokens out of git)",
+            )
+            return None
+        if url is not None and not url.startswith(("https://", "http://")):
+            loc = node.get("url")
+            assert loc is not None
+            self.diags.error(loc.location, f"{what} url must start with https:// or http://")
+            return None
+        fmt = self.r.string(node.get("format"), "format") or "json"
+        if fmt not in ("json", "slack"):
+            loc = node.get("format")
+            assert loc is not None
+            self.diags.error(loc.location, f"{what} format '{fmt}' is not json or slack")
+            return None
+        return Webhook(e.name, url, url_file, "slack" if fmt == "slack" else "json", e.location)
 
     def _build_test(self, node: YNode) -> PolicyTest | None:
         m = self.r.mapping(node, "a test")

@@ -18,8 +18,17 @@ from topology.model import (
 from topology.services import BUILTIN_SERVICES
 from topology.yamlnodes import YMap, YNode
 
-SECTIONS = ("version", "sites", "roles", "identities", "services", "conduits", "tests")
-NAMED_SECTIONS = ("sites", "roles", "identities", "services", "conduits")
+SECTIONS = (
+    "version",
+    "sites",
+    "roles",
+    "identities",
+    "services",
+    "conduits",
+    "webhooks",
+    "tests",
+)
+NAMED_SECTIONS = ("sites", "roles", "identities", "services", "conduits", "webhooks")
 FORMAT_VERSION = 1
 
 

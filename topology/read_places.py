@@ -8,6 +8,7 @@ from typing import cast
 
 from topology.diagnostics import Location
 from topology.fields import suggest
+from topology.keybundle import BundleError, read_bundle
 from topology.model import (
     CODE_KEMS,
     Asset,
@@ -311,6 +312,15 @@ class PlacesReader(ReadContext):
                     f"{what} key file '{keys_text}' does not exist",
                     "run 'tunneld keygen DIR' where the identity lives and commit DIR/*.pub",
                 )
+            else:
+                try:
+                    read_bundle(key_path)
+                except BundleError as exc:
+                    self.diags.error(
+                        node.key_location("keys"),
+                        f"{what} key file '{keys_text}': {exc}",
+                        "make new keys with 'tunneld keygen DIR' and pin DIR/identity.pub",
+                    )
             keys = str(key_path)
         day_tz = self._day_tz(site)
         valid_from = self.r.moment(node.get("valid_from"), "valid_from", day_tz)

@@ -276,12 +276,22 @@ def conduit() -> Schema:
             "tz": text("IANA time zone, default UTC"),
         },
     )
+    factor = {"enum": ["totp"], "description": "a second factor for these actions (TOTP)"}
     approval = obj(
         "closed until a grant is approved",
-        {"by": ref("names"), "max": ref("duration")},
+        {
+            "by": ref("names"),
+            "max": ref("duration"),
+            "count": integer("distinct approvers needed (dual approval: 2)", 1, 9),
+            "second_factor": factor,
+        },
         ("by", "max"),
     )
-    emergency = obj("break-glass: opened without approval", {"max": ref("duration")}, ("max",))
+    emergency = obj(
+        "break-glass: opened without approval",
+        {"max": ref("duration"), "second_factor": factor},
+        ("max",),
+    )
     out = obj(
         "a conduit: the only way anything is allowed",
         {
@@ -292,6 +302,7 @@ def conduit() -> Schema:
             "approval": approval,
             "emergency": emergency,
             "record": {"type": "boolean", "description": "record the conduit's sessions"},
+            "notify": ref("names"),
             "description": ref("description"),
             "accept_risk": text("why the IEC 62443 risk warning is accepted for this conduit"),
             "code_kem": CODE_KEM,
@@ -299,6 +310,19 @@ def conduit() -> Schema:
         ("from", "to", "allow"),
     )
     out["not"] = {"required": ["approval", "emergency"]}
+    return out
+
+
+def webhook() -> Schema:
+    out = obj(
+        "where grant events are posted: exactly one of url or url_file",
+        {
+            "url": {"type": "string", "pattern": "^https?://", "description": "the URL"},
+            "url_file": text("a file on the gateway holding the URL (keeps tokens out of git)"),
+            "format": {"enum": ["json", "slack"], "description": "body: the event, or {text}"},
+        },
+    )
+    out["oneOf"] = [{"required": ["url"]}, {"required": ["url_file"]}]
     return out
 
 
@@ -338,6 +362,7 @@ def topology_schema() -> Schema:
             "identities": named("identities", identity()),
             "services": services,
             "conduits": named("conduits", conduit()),
+            "webhooks": named("webhooks for grant notifications", webhook()),
             "tests": {"type": ["array", "null"], "items": policy_test()},
         },
         "$defs": definitions(),

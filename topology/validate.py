@@ -80,15 +80,38 @@ def _asset_addresses(topo: Topology, diags: Diagnostics) -> None:
 
 
 def _approvers(topo: Topology, conduit: Conduit, diags: Diagnostics) -> None:
-    if conduit.approval is None:
+    approval = conduit.approval
+    if approval is None:
         return
-    for role in conduit.approval.by_roles:
+    for role in approval.by_roles:
         if not topo.members(role):
             diags.error(
                 conduit.location,
                 f"conduit {conduit.name} is approved by role '{role}', which has no members",
                 f"give an identity the role '{role}', or nobody can ever approve",
             )
+    # Dual approval: N distinct approvers, none of them the requester, must be possible
+    # for every identity the conduit admits.
+    approvers = {i.name for i in topo.identities.values() if approval.names(i)}
+    requesters = [i for i in topo.identities.values() if conduit.sources.admits(i)]
+    short = sorted(r.name for r in requesters if len(approvers - {r.name}) < approval.count)
+    if approval.by_roles and not all(topo.members(r) for r in approval.by_roles):
+        return  # already reported above
+    if len(approvers) < approval.count:
+        diags.error(
+            conduit.location,
+            f"conduit {conduit.name} needs {approval.count} distinct approvers but only "
+            f"{len(approvers)} identities can approve",
+            "add approvers to 'by', or lower 'count'",
+        )
+    elif short and approval.count > 1:
+        diags.error(
+            conduit.location,
+            f"conduit {conduit.name} needs {approval.count} distinct approvers besides the "
+            f"requester, but {', '.join(short)} would have only {approval.count - 1} "
+            "(a requester never approves its own grant)",
+            "add approvers to 'by', or lower 'count'",
+        )
 
 
 def _schedule_open(conduit: Conduit, diags: Diagnostics) -> None:

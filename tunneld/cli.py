@@ -12,9 +12,9 @@ from pathlib import Path
 
 from topology.version import package_version
 from tunneld import kem
-from tunneld.keys import KeyFileError, keygen
+from tunneld.keys import KeyFileError, keygen, load_public
 
-SUBCOMMANDS = ("keygen", "status", "backends", "join")
+SUBCOMMANDS = ("keygen", "status", "backends", "join", "scrub")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="tunneld",
         description="WireGuard tunnels keyed by a hybrid post-quantum handshake. "
         "Other commands: tunneld join PROFILE --keys DIR | tunneld keygen DIR | "
-        "tunneld status | tunneld backends",
+        "tunneld status | tunneld backends | tunneld scrub",
     )
     p.add_argument("--version", action="version", version=f"tunneld {package_version()}")
     p.add_argument("--topology", required=True, type=Path, help="topology file or directory")
@@ -40,6 +40,12 @@ def _join_parser() -> argparse.ArgumentParser:
         "stopped or until the profile expires.",
     )
     p.add_argument("profile", type=Path, help="the tunnel profile (JSON)")
+    p.add_argument(
+        "--signer",
+        required=True,
+        help="fingerprint of the network team's profile-signing key, as they told you "
+        "out of band (phone, paper); a profile signed by any other key is refused",
+    )
     _common(p)
     return p
 
@@ -86,6 +92,7 @@ def _run_daemon(argv: Sequence[str], join: bool = False) -> int:
         topology=None if join else args.topology,
         node="" if join else args.node,
         profile=args.profile if join else None,
+        signer=args.signer if join else None,
         keys=args.keys,
         ifname=args.ifname,
         status_socket=args.status_socket,
@@ -118,6 +125,7 @@ def _keygen(argv: Sequence[str]) -> int:
         print(f"tunneld keygen: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.dir}/ (private, 0700); pin {pub} in the topology as keys:")
+    print(f"identity fingerprint {load_public(pub).fingerprint}")
     return 0
 
 
@@ -146,6 +154,26 @@ def _status(argv: Sequence[str]) -> int:
     return 0
 
 
+def _scrub(argv: Sequence[str]) -> int:
+    from tunneld.wg import WgError, WireGuard
+
+    p = argparse.ArgumentParser(
+        prog="tunneld scrub",
+        description="Remove what a stopped or killed tunneld left under an interface name: "
+        "its peers (so no PSK stays usable), the interface and a stale UAPI socket. The "
+        "shipped systemd unit runs this after every stop (ExecStopPost).",
+    )
+    p.add_argument("--ifname", default="zg0", help="WireGuard interface name (default zg0)")
+    args = p.parse_args(argv)
+    try:
+        found = WireGuard(args.ifname).scrub()
+    except WgError as exc:
+        print(f"tunneld scrub: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.ifname}: " + (", ".join(found) + " removed" if found else "nothing left over"))
+    return 0
+
+
 def _backends(argv: Sequence[str]) -> int:
     """Each backend: present or why not, and for each of its algorithms what was proved
     just now (C2SP known answer, round trip). Exit 1 if a present backend fails a check."""
@@ -169,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in SUBCOMMANDS:
         if args[0] == "join":
             return _run_daemon(args[1:], join=True)
-        cmd = {"keygen": _keygen, "status": _status, "backends": _backends}[args[0]]
+        cmds = {"keygen": _keygen, "status": _status, "backends": _backends, "scrub": _scrub}
+        cmd = cmds[args[0]]
         return cmd(args[1:])
     return _run_daemon(args)
 

@@ -43,9 +43,11 @@ from tunneld.handshake_types import (
 from tunneld.keys import KeySet, load_keyset
 from tunneld.links import LinkSpec, reconcile_link
 from tunneld.messages import MAX_MESSAGE_SIZE
+from tunneld.observe import Metrics, RateLimitedLog, message_kind
 from tunneld.plan import NodePlan, PeerPlan, PlanError, plan
 from tunneld.profile import check_usable, join_plan
 from tunneld.profile import load as load_profile
+from tunneld.slots import Slot, Slots
 from tunneld.status import serve_status
 from tunneld.timers import Timers
 from tunneld.wg import InterfaceSpec, PeerSpec, WgError, WireGuard
@@ -53,8 +55,10 @@ from tunneld.wg import InterfaceSpec, PeerSpec, WgError, WireGuard
 log = logging.getLogger("tunneld")
 FRAME = struct.Struct(">H")
 CONNECT_TIMEOUT = 5.0
-IDLE_TIMEOUT = 15.0
-MAX_CONNECTIONS = 64
+# One connection carries one handshake attempt (docs/handshake.md section 11): at most
+# this many frames (InitHello, InitConf and its retransmissions), all within this time.
+CONNECTION_DEADLINE = 10.0
+MAX_FRAMES = 4
 
 
 class RealClock:
@@ -87,12 +91,25 @@ class PeerStatus:
         self.last_failure_at = time.time()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a plan needs, computed before anything is changed: a reload whose
+    keys or peers do not parse changes nothing (applied whole or not at all)."""
+
+    plan: NodePlan
+    spec: InterfaceSpec
+    link: LinkSpec
+    configs: dict[str, PeerConfig]
+    refused: list[RefusedIdentity]
+
+
 @dataclass
 class Options:
     topology: Path | None = None  # a gateway: topology + node (site name)
     node: str = ""
     keys: Path | None = None
     profile: Path | None = None  # a user or service: tunnel profile (tunneld join)
+    signer: str | None = None  # the profile signer's fingerprint, given out of band
     ifname: str = "zg0"
     status_socket: Path | None = None
     listen: str = "0.0.0.0"
@@ -138,7 +155,9 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._conns = 0
+        self.metrics = Metrics()
+        self.slots = Slots()
+        self._rejections = RateLimitedLog(log, self.metrics)
         self._server: asyncio.Server | None = None
         self.exit_reason = ""
 
@@ -146,7 +165,13 @@ class Daemon:
 
     def _load_plan(self) -> NodePlan:
         if self.opts.profile is not None:
-            prof = load_profile(self.opts.profile)
+            if not self.opts.signer:
+                raise SystemExit(
+                    "tunneld: join needs --signer FINGERPRINT, the profile signer's fingerprint "
+                    "your network team gave you (on the phone or on paper, not in the mail "
+                    "with the profile)"
+                )
+            prof = load_profile(self.opts.profile, self.opts.signer)
             check_usable(prof, self.keys.public, datetime.now(UTC), str(self.opts.keys))
             return self._runnable(join_plan(prof, self.keys.public))
         if self.opts.topology is None:
@@ -182,42 +207,55 @@ class Daemon:
             nudge=p.endpoint is not None,
         )
 
-    def _refused_identities(self) -> list[RefusedIdentity]:
-        return [
-            RefusedIdentity(r.name, r.bundle.hybrid(self.backend), r.bundle.wireguard, r.code)
-            for r in self.plan.refused
-        ]
-
-    async def _apply_plan(self) -> None:
-        """Reconcile WireGuard, link and handshake peers with the current plan."""
+    def _prepare(self, new: NodePlan) -> Prepared:
+        """Parse every key of `new` (raises on the first bad one, before any change)."""
         spec = InterfaceSpec(
-            self.keys.wg_private,
-            self.plan.listen_port,
-            tuple(peer_spec(p) for p in self.plan.peers),
+            self.keys.wg_private, new.listen_port, tuple(peer_spec(p) for p in new.peers)
         )
-        self.wg.reconcile(spec)
-        routes = tuple(r for p in self.plan.peers for r in p.routes)
+        routes = tuple(r for p in new.peers for r in p.routes)
+        link = LinkSpec(self.wg.ifname, (new.address,), routes)
+        configs = {p.name: self._peer_config(p) for p in new.peers}
+        refused = [
+            RefusedIdentity(r.name, r.bundle.hybrid(self.backend), r.bundle.wireguard, r.code)
+            for r in new.refused
+        ]
+        for pub in [c.static for c in configs.values()] + [r.static for r in refused]:
+            self.keys.static.static_dh(pub.x_public)  # the static DH each peer needs
+        return Prepared(new, spec, link, configs, refused)
+
+    async def _apply_plan(self, prep: Prepared) -> None:
+        """Reconcile WireGuard, link and handshake peers with a prepared plan."""
+        self.plan = prep.plan
+        self.wg.reconcile(prep.spec)
         # pyroute2's synchronous API runs its own event loop: keep it off ours.
-        link = LinkSpec(self.wg.ifname, (self.plan.address,), routes)
-        await asyncio.to_thread(reconcile_link, link)
-        new = {p.name: p for p in self.plan.peers}
+        await asyncio.to_thread(reconcile_link, prep.link)
+        new = {p.name: p for p in prep.plan.peers}
         assert self.endpoint is not None
+        changed = []
         for name in list(self._peers):
             if name not in new or new[name] != self._peers[name]:
                 self.endpoint.remove_peer(name)
                 del self._peers[name]
+                if name in new:
+                    changed.append(name)
         for name, p in new.items():
             if name not in self._peers:
-                self.endpoint.add_peer(self._peer_config(p))
+                self.endpoint.add_peer(prep.configs[name])
                 self._peers[name] = p
-                self.status[name] = PeerStatus(p.role, p.endpoint or "(learned)", p.kind)
+                if name not in self.status or name in changed:
+                    self.status[name] = PeerStatus(p.role, p.endpoint or "(learned)", p.kind)
         for name in list(self.status):
             if name not in new:
                 del self.status[name]
-        self.endpoint.set_refused(self._refused_identities())
-        for line in self.plan.skipped:
+        for name in changed:
+            # The state machine starts this peer over; WireGuard must not keep the old
+            # PSK meanwhile (its expiry timer went with the old peer state).
+            if self._randomise(name, "peer changed by a reload"):
+                log.info("peer %s changed: random PSK until its next handshake", name)
+        self.endpoint.set_refused(prep.refused)
+        for line in prep.plan.skipped:
             log.warning("%s", line)
-        for r in self.plan.refused:
+        for r in prep.plan.refused:
             log.info("identity %s is refused here: %s", r.name, r.reason)
 
     def reload(self) -> None:
@@ -226,13 +264,23 @@ class Daemon:
     async def _reload(self) -> None:
         """SIGHUP: re-read the topology; a bad one keeps the running config."""
         try:
-            self.plan = self._load_plan()
+            prep = self._prepare(self._load_plan())
         except Exception as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        await self._apply_plan()
-        self._wake.set()
-        log.info("reloaded %s", self.opts.topology)
+        if await self._apply_or_fail_closed(prep):
+            self._wake.set()
+            log.info("reloaded %s", self.opts.topology)
+
+    async def _apply_or_fail_closed(self, prep: Prepared) -> bool:
+        """Apply a prepared plan; if WireGuard or the link fails half way, the running
+        state is unknown: remove the interface and stop (never keep an unknown PSK)."""
+        try:
+            await self._apply_plan(prep)
+        except Exception as exc:
+            self._teardown(f"a new plan could not be applied ({exc}); no old PSK stays usable")
+            return False
+        return True
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -247,13 +295,17 @@ class Daemon:
             rng=secrets.token_bytes,
             timers=self.opts.timers,
         )
-        await self._apply_plan()
+        await self._apply_plan(self._prepare(self.plan))
         if self.plan.listen_port is not None:
             self._server = await asyncio.start_server(
-                self._on_incoming, self.opts.listen, self.plan.listen_port, reuse_address=True
+                self._on_incoming,
+                self.opts.listen,
+                self.plan.listen_port,
+                reuse_address=True,
+                backlog=1024,  # a SYN flood must not crowd out a genuine connect
             )
         sock = self.opts.status_socket or default_socket(self.node)
-        self._status_runner = await serve_status(self, sock)
+        self._status_runner = await serve_status(self, sock, self.metrics.text)
         self._spawn(self._timer_loop())
 
     async def run(self) -> None:
@@ -291,34 +343,47 @@ class Daemon:
     # -- events -------------------------------------------------------------------
 
     def _handle(self, events: list[Event], writer: asyncio.StreamWriter | None) -> None:
+        """Act on each event; an error on one never skips the others (see _handle_one)."""
         for e in events:
-            if isinstance(e, Send):
-                if e.reply and writer is not None and not writer.is_closing():
-                    writer.write(FRAME.pack(len(e.data)) + e.data)
-                else:
-                    self._send_to_peer(e.peer, e.data)
-            elif isinstance(e, PskReady):
-                self._install(e)
-            elif isinstance(e, PskExpired):
-                st = self.status[e.peer]
-                st.expired += 1
-                st.fail("PSK expired: no handshake within its lifetime; random PSK set")
-                self.wg.expire_psk(peer_spec(self._peers[e.peer]))
+            try:
+                self._handle_one(e, writer)
+            except Exception:
+                log.exception("error while handling %s", type(e).__name__)
+                if isinstance(e, PskReady | PskExpired) and e.peer in self._peers:
+                    self._randomise(e.peer, f"error while handling {type(e).__name__}")
+
+    def _handle_one(self, e: Event, writer: asyncio.StreamWriter | None) -> None:
+        if isinstance(e, Send):
+            if e.reply and writer is not None and not writer.is_closing():
+                writer.write(FRAME.pack(len(e.data)) + e.data)
+            else:
+                self._send_to_peer(e.peer, e.data)
+        elif isinstance(e, PskReady):
+            self._install(e)
+        elif isinstance(e, PskExpired):
+            st = self.status[e.peer]
+            st.expired += 1
+            st.fail("PSK expired: no handshake within its lifetime; random PSK set")
+            self.metrics.psk_expired.labels(e.peer).inc()
+            if self._randomise(e.peer, "PSK expired"):
                 log.warning("peer %s: PSK expired, replaced by a random one", e.peer)
-            elif isinstance(e, Rejected):
-                st = self.status.get(e.peer, self.unknown) if e.peer else self.unknown
-                st.fail(e.reason)
-                log.warning("rejected message from %s: %s", e.peer or "unknown", e.reason)
-            elif isinstance(e, Timeout):
-                self.status[e.peer].fail(e.reason)
-                log.info("peer %s: %s", e.peer, e.reason)
-            elif isinstance(e, Refusal):
-                text = describe_refusal(e.peer, e.code, e.authenticated, self.node)
-                st = self.status[e.peer]
-                st.fail(text)
-                st.refusals += 1
-                st.last_refusal = text
-                log.warning("%s; retrying with backoff", text)
+        elif isinstance(e, Rejected):
+            st = self.status.get(e.peer, self.unknown) if e.peer else self.unknown
+            st.fail(e.reason)
+            self.metrics.rejected.labels(message_kind(e.reason)).inc()
+            self._rejections.warning(
+                time.monotonic(), "rejected message from %s: %s", e.peer or "unknown", e.reason
+            )
+        elif isinstance(e, Timeout):
+            self.status[e.peer].fail(e.reason)
+            log.info("peer %s: %s", e.peer, e.reason)
+        elif isinstance(e, Refusal):
+            text = describe_refusal(e.peer, e.code, e.authenticated, self.node)
+            st = self.status[e.peer]
+            st.fail(text)
+            st.refusals += 1
+            st.last_refusal = text
+            log.warning("%s; retrying with backoff", text)
 
     def _install(self, e: PskReady) -> None:
         t0 = time.perf_counter()
@@ -333,14 +398,62 @@ class Daemon:
             else:
                 self.wg.set_psk(self._peers[e.peer].bundle.wireguard, e.psk)
         except WgError as exc:
-            self.status[e.peer].fail(f"PSK install failed: {exc}")
+            self.metrics.wg_errors.labels("install").inc()
+            st.fail(f"PSK install failed: {exc}")
             log.error("peer %s: PSK install failed: %s", e.peer, exc)
+            # WireGuard may still hold the previous PSK: replace it, then start over.
+            self._randomise(e.peer, "PSK install failed")
+            if self.endpoint is not None and self.endpoint.role(e.peer) == "initiator":
+                self.endpoint.rekey_now(e.peer)
             return
         st.install_ms = (time.perf_counter() - t0) * 1000
         st.rotations += 1
         st.last_handshake = time.time()
         st.psk_installed = time.monotonic()
+        self.metrics.handshakes.labels(e.peer).inc()
         log.info("peer %s: new PSK installed (%s, rotation %d)", e.peer, e.role, st.rotations)
+
+    def _randomise(self, name: str, why: str) -> bool:
+        """Never fail open: put a random PSK where WireGuard holds `name`'s PSK; if it
+        refuses, remove the peer; if even that fails, remove the interface and stop.
+        Returns whether the peer is still there (with a random PSK)."""
+        spec = peer_spec(self._peers[name])
+        st = self.status.get(name)
+        if st is not None:
+            st.psk_installed = None  # the next PSK re-creates the peer (see _install)
+        try:
+            self.wg.expire_psk(spec)
+            return True
+        except WgError as exc:
+            first = exc
+            self.metrics.wg_errors.labels("random_psk").inc()
+        try:
+            self.wg.remove_peer(spec.public_key)
+            log.error(
+                "peer %s: %s; WireGuard refused a random PSK (%s): peer removed until its "
+                "next handshake",
+                name,
+                why,
+                first,
+            )
+            return False
+        except WgError as exc:
+            self.metrics.wg_errors.labels("remove_peer").inc()
+            self._teardown(
+                f"peer {name}: {why}; WireGuard refused both a random PSK ({first}) and "
+                f"removing the peer ({exc}): interface removed so no old PSK stays usable"
+            )
+            return False
+
+    def _teardown(self, reason: str) -> None:
+        """Last resort of fail-closed: no interface, no PSK; stop (systemd restarts us)."""
+        log.critical("%s", reason)
+        try:
+            self.wg.destroy()
+        except Exception:
+            log.exception("removing interface %s failed", self.wg.ifname)
+        self.exit_reason = reason
+        self._stop.set()
 
     def _check_calendar(self) -> None:
         """Wall-clock events: a validity window opens or closes; a profile expires."""
@@ -357,23 +470,36 @@ class Daemon:
             # must not keep an identity whose validity just ended.
             log.info("an identity's validity window opened or closed: re-planning")
             assert self._topo is not None
-            self.plan = plan(self._topo, self.node, now)
-            self._spawn(self._apply_plan())
+            prep = self._prepare(plan(self._topo, self.node, now))
+            self.plan = prep.plan  # replan_at moves on even before the apply ran
+            self._spawn(self._apply_or_fail_closed(prep))
 
     async def _timer_loop(self) -> None:
-        assert self.endpoint is not None
+        """Supervised: an unexpected error is logged and counted and the loop goes on,
+        because PSK expiry depends on it (a dead loop would keep an old PSK forever)."""
         while not self._stop.is_set():
+            try:
+                await self._timer_step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.loop_errors.inc()
+                log.exception("timer loop error (the loop keeps running)")
+                await asyncio.sleep(0.1)
+
+    async def _timer_step(self) -> None:
+        assert self.endpoint is not None
+        self._check_calendar()
+        delay = max(0.0, self.endpoint.next_deadline() - time.monotonic())
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(delay, 1.0)):
+                await self._wake.wait()
+        self._wake.clear()
+        if not self._stop.is_set():
+            self._handle(self.endpoint.poll(), None)
             self._check_calendar()
-            delay = max(0.0, self.endpoint.next_deadline() - time.monotonic())
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(delay, 1.0)):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not self._stop.is_set():
-                self._handle(self.endpoint.poll(), None)
-                self._check_calendar()
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     # -- transport ----------------------------------------------------------------
 
@@ -401,7 +527,7 @@ class Daemon:
         self._out[name] = writer
         writer.write(FRAME.pack(len(first)) + first)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, None)
         finally:
             if self._out.get(name) is writer:
                 del self._out[name]
@@ -409,31 +535,48 @@ class Daemon:
     async def _on_incoming(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if self._conns >= MAX_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) else "?"
+        slot = Slot(source, time.monotonic(), writer.close)
+        outcome = self.slots.admit(slot)
+        self.metrics.connections.labels(outcome).inc()
+        if outcome == "refused":
             writer.close()
             return
-        self._conns += 1
+        self.metrics.open_connections.set(len(self.slots))
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, slot)
         finally:
-            self._conns -= 1
+            self.slots.release(slot)
+            self.metrics.open_connections.set(len(self.slots))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Read frames until EOF, idle timeout or an oversized frame; feed the endpoint."""
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot | None
+    ) -> None:
+        """One handshake attempt: at most MAX_FRAMES frames within CONNECTION_DEADLINE;
+        the first rejected frame, an oversized one or a completed handshake closes it."""
         assert self.endpoint is not None
         try:
-            while True:
-                async with asyncio.timeout(IDLE_TIMEOUT):
+            async with asyncio.timeout(CONNECTION_DEADLINE):
+                for _ in range(MAX_FRAMES):
                     head = await reader.readexactly(FRAME.size)
-                (size,) = FRAME.unpack(head)
-                if size > MAX_MESSAGE_SIZE:
-                    self.unknown.fail(f"oversized frame ({size} bytes); connection closed")
-                    break
-                async with asyncio.timeout(IDLE_TIMEOUT):
+                    (size,) = FRAME.unpack(head)
+                    if size > MAX_MESSAGE_SIZE:
+                        self._handle([Rejected(None, f"oversized frame ({size} bytes)")], None)
+                        break
                     data = await reader.readexactly(size)
-                self._handle(self.endpoint.receive(data), writer)
-                self._wake.set()  # the input may have moved a deadline
-                await writer.drain()
+                    events = self.endpoint.receive(data)
+                    self._handle(events, writer)
+                    self._wake.set()  # the input may have moved a deadline
+                    await writer.drain()
+                    if any(isinstance(e, Rejected) for e in events):
+                        break
+                    if slot is not None and not any(
+                        isinstance(e, Send) and e.cached for e in events
+                    ):
+                        slot.proven = True  # a fresh, accepted frame (MAC1 at least)
+                    if any(isinstance(e, PskReady) for e in events):
+                        break
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         finally:
@@ -459,6 +602,7 @@ class Daemon:
                 "refusals": st.refusals,
                 "last_refusal": st.last_refusal,
                 "kem": p.kem,
+                "fingerprint": p.bundle.fingerprint,
                 "last_handshake": st.last_handshake,
                 "last_handshake_ago": None
                 if st.last_handshake is None
@@ -475,6 +619,7 @@ class Daemon:
             }
         return {
             "node": self.node,
+            "fingerprint": self.keys.public.fingerprint,
             "interface": self.wg.ifname,
             "wireguard_backend": self.wg.backend,
             "kem_backend": self.backend.name,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tunneld import messages as m
@@ -49,8 +49,8 @@ from tunneld.timers import Timers, TokenBucket, backoff
 @dataclass
 class _Initiating:
     index: int
-    eph: HybridPrivateKey
-    k_static_resp: bytes
+    eph: HybridPrivateKey = field(repr=False)
+    k_static_resp: bytes = field(repr=False)
     h1: bytes
     msg1: bytes
     attempts: int
@@ -58,7 +58,7 @@ class _Initiating:
     started: float
     stage: Literal["hello", "conf"] = "hello"
     peer_index: int = 0
-    keys: t.SessionKeys | None = None
+    keys: t.SessionKeys | None = field(default=None, repr=False)
     h3: bytes = b""
     msg3: bytes = b""
     conf_sends: int = 0
@@ -68,9 +68,15 @@ class _Initiating:
 class _Responding:
     index: int
     peer_index: int
-    keys: t.SessionKeys
+    keys: t.SessionKeys = field(repr=False)
     h3: bytes
     created: float
+    timestamp: int  # the InitHello's: becomes last_init_ts only once confirmed
+    hello: bytes  # the InitHello as received: an identical copy gets `answer` again
+    answer: bytes
+
+
+MAX_PENDING = 16  # answered, unconfirmed InitHellos kept per peer (bounded by the bucket)
 
 
 @dataclass
@@ -99,9 +105,11 @@ class _Peer:
     psk_installed_at: float | None = None
     psk_expired: bool = True
     initiating: _Initiating | None = None
-    responding: _Responding | None = None
+    # responder: answered InitHellos awaiting InitConf, by our index. Several may wait:
+    # a forged or replayed hello then never displaces the genuine one.
+    responding: dict[int, _Responding] = field(default_factory=dict)
     completed: _Completed | None = None
-    last_init_ts: int = 0  # responder: newest accepted InitHello timestamp
+    last_init_ts: int = 0  # responder: timestamp of the newest *confirmed* handshake
     last_sent_ts: int = 0  # our newest timestamp sent (InitHello or RekeyRequest)
     last_nudge_ts: int = 0  # initiator: newest accepted RekeyRequest timestamp
     nudge_at: float = 0.0
@@ -239,8 +247,8 @@ class Endpoint:
                 else:
                     deadlines.append(p.next_rekey_at)
             else:
-                if p.responding is not None:
-                    deadlines.append(p.responding.created + tm.responder_timeout)
+                for r in p.responding.values():
+                    deadlines.append(r.created + tm.responder_timeout)
                 if self._wants_nudge(p, None):
                     deadlines.append(p.nudge_at)
         return min(deadlines, default=self.clock.monotonic() + 3600.0)
@@ -266,7 +274,7 @@ class Endpoint:
         rows: list[object] = [tuple(sorted(self._sessions.items()))]
         for name in sorted(self._peers):
             p = self._peers[name]
-            i, r, c = p.initiating, p.responding, p.completed
+            i, c = p.initiating, p.completed
             rows.append(
                 (
                     name,
@@ -283,7 +291,10 @@ class Endpoint:
                     None
                     if i is None
                     else (i.index, i.stage, i.attempts, i.retransmit_at, i.peer_index, i.msg3),
-                    None if r is None else (r.index, r.peer_index, r.h3, r.created),
+                    tuple(
+                        (r.index, r.peer_index, r.h3, r.created, r.timestamp)
+                        for r in p.responding.values()
+                    ),
                     None if c is None else (c.index, c.msg3, c.msg4),
                 )
             )
@@ -313,6 +324,16 @@ class Endpoint:
     def _check_mac(p: _Peer, msg: m.Message, what: str) -> None:
         if not t.mac1_ok(p.mac_in, m.body(msg), msg.mac1):
             raise _Reject(p.cfg.name, f"{what}: bad MAC1 (tampered, reflected or wrong key)")
+
+    def _check_clock(self, name: str, what: str, timestamp: int) -> None:
+        skew = (timestamp - self.clock.time_ns()) / 1e9
+        if abs(skew) > self.timers.clock_skew:
+            side = "ahead of" if skew > 0 else "behind"
+            raise _Reject(
+                name,
+                f"{what}: timestamp {abs(skew):.0f} s {side} our clock (more than "
+                f"{self.timers.clock_skew:.0f} s: replayed, forged, or a clock needs NTP)",
+            )
 
     def _abort(self, p: _Peer) -> None:
         if p.initiating is not None:
@@ -436,6 +457,9 @@ class Endpoint:
         self._check_mac(p, msg, "RekeyRequest")
         if msg.timestamp <= p.last_nudge_ts:
             raise _Reject(name, "RekeyRequest: replayed (timestamp not newer)")
+        # MAC1 is classical only: without this bound one forged far-future request
+        # would make us ignore every later genuine one.
+        self._check_clock(name, "RekeyRequest", msg.timestamp)
         p.last_nudge_ts = msg.timestamp
         now = self.clock.monotonic()
         st = p.initiating
@@ -462,16 +486,17 @@ class Endpoint:
         # Until MAC1 has proven the sender, every answer depends only on the message and
         # on our own keys, never on whom we know: an unattributed hello gets the same
         # unauthenticated refusal whether its id is pinned, refused or unknown here.
+        # Nothing is charged to the claimed sender before MAC1: anyone can claim anyone.
         claimed = self._by_id.get(msg.initiator)
+        said = f" (claims to be {claimed})" if claimed is not None else ""
         if msg.responder != self._local_id:
-            # Attributed to the claimed sender for status only; nothing is trusted.
             not_us = self._refusal(m.REFUSED_NOT_FOR_US, msg, data, None)
             raise _Reject(
-                claimed, "InitHello: not addressed to this node (our key not pinned?)", not_us
+                None, f"InitHello: not addressed to this node (our key not pinned?){said}", not_us
             )
         if msg.static_kem != PARAMS[self.local.static.kem].wire_id:
             not_us = self._refusal(m.REFUSED_NOT_FOR_US, msg, data, None)
-            raise _Reject(claimed, "InitHello: static KEM is not our identity's KEM", not_us)
+            raise _Reject(None, f"InitHello: static KEM is not our identity's KEM{said}", not_us)
         refused = self._refused.get(msg.initiator) if claimed is None else None
         if claimed is not None:
             mac_in = self._peers[claimed].mac_in
@@ -484,9 +509,10 @@ class Endpoint:
         if claimed is None and refused is None:
             raise _Reject(None, "InitHello: from an identity not pinned here", unknown)
         if not mac_ok:
+            who = claimed or (refused.name if refused else "")
             raise _Reject(
-                claimed or (refused.name if refused else None),
-                "InitHello: bad MAC1 (tampered, reflected or wrong key)",
+                None,
+                f"InitHello: bad MAC1 (tampered, reflected or wrong key; claims {who})",
                 unknown,
             )
         if refused is not None:
@@ -503,7 +529,11 @@ class Endpoint:
         if msg.eph_kem != PARAMS[p.cfg.kem].wire_id:
             raise _Reject(name, f"InitHello: ephemeral KEM is not {p.cfg.kem}")
         if msg.timestamp <= p.last_init_ts:
-            raise _Reject(name, "InitHello: replayed (timestamp not newer than last accepted)")
+            raise _Reject(name, "InitHello: replayed (timestamp not newer than last confirmed)")
+        self._check_clock(name, "InitHello", msg.timestamp)
+        for r in p.responding.values():
+            if r.hello == data:  # our RespHello was lost or this is a replay: same answer
+                return [Send(name, r.answer, reply=True, cached=True)]
         now = self.clock.monotonic()
         tokens = p.bucket.available(now)
         if tokens < 1.0:
@@ -536,12 +566,19 @@ class Endpoint:
         out = body + t.mac1(p.mac_out, body)
         # Commit.
         p.bucket.take(now, tokens)
-        p.last_init_ts = msg.timestamp
-        if p.responding is not None:
-            self._sessions.pop(p.responding.index, None)
-        p.responding = _Responding(index, msg.sender, keys, t.mix(h2, confirm), now)
+        if len(p.responding) >= MAX_PENDING:
+            oldest = min(p.responding.values(), key=lambda r: r.created)
+            self._drop_responding(p, oldest.index)
+        h3 = t.mix(h2, confirm)
+        p.responding[index] = _Responding(
+            index, msg.sender, keys, h3, now, msg.timestamp, data, out
+        )
         self._sessions[index] = name
         return [Send(name, out, reply=True)]
+
+    def _drop_responding(self, p: _Peer, index: int) -> None:
+        del p.responding[index]
+        self._sessions.pop(index, None)
 
     def _on_init_conf(self, msg: m.InitConf, data: bytes) -> list[Event]:
         name = self._sessions.get(msg.receiver)
@@ -549,12 +586,12 @@ class Endpoint:
         if p is not None and p.completed is not None and p.completed.index == msg.receiver:
             if hmac.compare_digest(data, p.completed.msg3):
                 # Our RespConf was lost: answer again, nothing changes.
-                return [Send(p.cfg.name, p.completed.msg4, reply=True)]
+                return [Send(p.cfg.name, p.completed.msg4, reply=True, cached=True)]
             raise _Reject(name, "InitConf: session already confirmed (replayed or tampered)")
         p = self._session_peer(msg.receiver, "InitConf")
         name = p.cfg.name
-        st = p.responding
-        if st is None or st.index != msg.receiver:
+        st = p.responding.get(msg.receiver)
+        if st is None:
             raise _Reject(name, "InitConf: session is not one we answered (reflected?)")
         if msg.sender != st.peer_index:
             raise _Reject(name, "InitConf: sender index does not match the session")
@@ -569,7 +606,13 @@ class Endpoint:
         if p.completed is not None:
             self._sessions.pop(p.completed.index, None)
         p.completed = _Completed(st.index, data, out)
-        p.responding = None
+        # Confirmed: only now does the timestamp become the replay floor, and every
+        # answered hello not newer than it is dead.
+        p.last_init_ts = st.timestamp
+        del p.responding[st.index]
+        for r in list(p.responding.values()):
+            if r.timestamp <= st.timestamp:
+                self._drop_responding(p, r.index)
         p.psk_installed_at, p.psk_expired = now, False
         p.nudges = 0
         return [PskReady(name, st.keys.psk, "responder"), Send(name, out, reply=True)]
@@ -578,7 +621,7 @@ class Endpoint:
 
     def _wants_nudge(self, p: _Peer, now: float | None) -> bool:
         """Responder: ask the initiator for a handshake when we have no fresh PSK."""
-        if p.cfg.role != "responder" or not p.cfg.nudge or p.responding is not None:
+        if p.cfg.role != "responder" or not p.cfg.nudge or p.responding:
             return False
         if p.psk_installed_at is None or p.psk_expired:
             return True
@@ -611,11 +654,10 @@ class Endpoint:
                     out.append(Timeout(name, f"no answer to {st.stage}; new InitHello"))
                     out.extend(self._start(p, now, st.attempts + 1))
         else:
-            r = p.responding
-            if r is not None and now >= r.created + tm.responder_timeout:
-                self._sessions.pop(r.index, None)
-                p.responding = None
-                out.append(Timeout(name, "no InitConf; handshake state dropped"))
+            for r in list(p.responding.values()):
+                if now >= r.created + tm.responder_timeout:
+                    self._drop_responding(p, r.index)
+                    out.append(Timeout(name, "no InitConf; handshake state dropped"))
             if self._wants_nudge(p, now) and now >= p.nudge_at:
                 ts = self._timestamp(p)
                 req = m.RekeyRequest(p.cfg.id, self._local_id, ts)

@@ -74,11 +74,16 @@ class RefusedIdentity:
 
 @dataclass(frozen=True)
 class Send:
-    """Transmit `data` to `peer`; `reply` means on the connection the input came from."""
+    """Transmit `data` to `peer`; `reply` means on the connection the input came from.
+
+    `cached`: the same answer again for an input identical to one already answered (a
+    retransmission, or a replay of a recorded message); it proves nothing about the
+    sender, so the daemon does not count it as proof for the connection's slot."""
 
     peer: str
     data: bytes
     reply: bool
+    cached: bool = False
 
 
 @dataclass(frozen=True)

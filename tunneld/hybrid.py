@@ -158,6 +158,9 @@ class HybridPrivateKey:
         keys = [backend_for(p, backend).generate(p, rng) for p in PARAMS[kem].components]
         return cls(backend, kem, x_secret, b"".join(k.seed for k in keys), _keys=keys)
 
+    def __repr__(self) -> str:
+        return f"HybridPrivateKey({self.kem}, public {self.digest.hex()[:16]}...)"
+
     def decapsulate(self, ct: HybridCiphertext) -> bytes:
         ss_x = x25519_exchange(self._x, ct.x)
         parts = split(self.kem, ct.m, "ciphertext_size")

@@ -394,7 +394,10 @@ class _OqsPrivate:
         return self._seed
 
     def decapsulate(self, ciphertext: bytes) -> bytes:
-        return bytes(self._kem.decap_secret(ciphertext))
+        try:
+            return bytes(self._kem.decap_secret(ciphertext))
+        except Exception as exc:  # liboqs raises RuntimeError/ValueError of its own
+            raise KemError(f"liboqs decapsulation failed: {type(exc).__name__}") from exc
 
 
 class _OqsPublic:
@@ -408,8 +411,11 @@ class _OqsPublic:
         return self._public
 
     def encapsulate(self) -> tuple[bytes, bytes]:
-        with self._oqs.KeyEncapsulation(self._alg) as kem:
-            ct, ss = kem.encap_secret(self._public)
+        try:
+            with self._oqs.KeyEncapsulation(self._alg) as kem:
+                ct, ss = kem.encap_secret(self._public)
+        except Exception as exc:
+            raise KemError(f"liboqs encapsulation failed: {type(exc).__name__}") from exc
         return bytes(ss), bytes(ct)
 
 
@@ -433,16 +439,22 @@ class OqsBackend:
     def from_seed(self, alg: str, seed: bytes) -> KemPrivateKey:
         self._check(alg)
         _check_seed(alg, seed)
-        kem = self._oqs.KeyEncapsulation(_OQS_NAMES[alg])
-        public = bytes(kem.generate_keypair_seed(seed))
+        try:
+            kem = self._oqs.KeyEncapsulation(_OQS_NAMES[alg])
+            public = bytes(kem.generate_keypair_seed(seed))
+        except Exception as exc:  # liboqs raises RuntimeError/ValueError of its own
+            raise KemError(f"liboqs key generation failed: {type(exc).__name__}") from exc
         return _OqsPrivate(kem, public, seed)
 
     def generate(self, alg: str, rng: Random) -> KemPrivateKey:
         self._check(alg)
         if COMPONENTS[alg].seed_size:
             return self.from_seed(alg, rng(COMPONENTS[alg].seed_size))
-        kem = self._oqs.KeyEncapsulation(_OQS_NAMES[alg])
-        return _OqsPrivate(kem, bytes(kem.generate_keypair()), b"")
+        try:
+            kem = self._oqs.KeyEncapsulation(_OQS_NAMES[alg])
+            return _OqsPrivate(kem, bytes(kem.generate_keypair()), b"")
+        except Exception as exc:
+            raise KemError(f"liboqs key generation failed: {type(exc).__name__}") from exc
 
     def load_public(self, alg: str, public: bytes) -> KemPublicKey:
         self._check(alg)

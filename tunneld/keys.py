@@ -17,15 +17,16 @@ import json
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from topology.keybundle import FORMAT, BundleError, parse_bundle
 from tunneld.hybrid import HybridPrivateKey, HybridPublicKey
 from tunneld.kem import IDENTITY_KEMS, PARAMS, KemBackend, KemError, get_backend
+from tunneld.signing import fingerprint
 
-FORMAT = "zonegate-tunneld-keys"
 WG_KEY = "wireguard.key"
 IDENTITY_KEY = "identity.key"
 PUBLIC = "identity.pub"
@@ -77,6 +78,12 @@ class PublicBundle:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
+    @property
+    def fingerprint(self) -> str:
+        """Short form of `digest` to compare over the phone (tunneld/signing.py)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return fingerprint("zonegate identity", canonical.encode())
+
     def digest(self) -> str:
         """Names this bundle in a tunnel profile: SHA-256 of its canonical JSON."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -90,8 +97,8 @@ class PublicBundle:
 class KeySet:
     """A node's own keys, loaded from its key directory."""
 
-    wg_private: bytes
-    static: HybridPrivateKey
+    wg_private: bytes = field(repr=False)
+    static: HybridPrivateKey = field(repr=False)
     public: PublicBundle
 
 
@@ -152,20 +159,13 @@ def load_public(path: Path | str) -> PublicBundle:
 
 
 def parse_public(doc: object, where: str) -> PublicBundle:
-    """A public bundle from its parsed JSON (a file, or inline in a tunnel profile)."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
-        raise KeyFileError(f"{where}: not a {FORMAT} v1 public bundle")
-    kem = doc.get("kem")
-    if kem not in IDENTITY_KEMS:
-        raise KeyFileError(f"{where}: unknown KEM {kem!r}")
-    return PublicBundle(
-        kem=kem,
-        wireguard=unb64(doc.get("wireguard"), f"{where}: wireguard", 32),
-        x25519=unb64(doc.get("x25519"), f"{where}: x25519", 32),
-        kem_public=unb64(
-            doc.get("kem_public"), f"{where}: kem_public", PARAMS[kem].public_key_size
-        ),
-    )
+    """A public bundle from its parsed JSON (a file, or inline in a tunnel profile),
+    validated like `zonegate check` does (topology.keybundle): sizes, points, ML-KEM."""
+    try:
+        k = parse_bundle(doc)
+    except BundleError as exc:
+        raise KeyFileError(f"{where}: {exc}") from None
+    return PublicBundle(kem=k.kem, wireguard=k.wireguard, x25519=k.x25519, kem_public=k.kem_public)
 
 
 def load_keyset(directory: Path | str, backend: KemBackend | None = None) -> KeySet:

@@ -4,9 +4,12 @@
 its overlay address, the digest of its public key bundle, and per gateway it can reach
 the endpoint, the gateway's pinned public bundle, the routes (exactly the zones and
 assets its conduits reach there, plus the gateway's overlay address for the control
-API) and an expiry. `tunneld join PROFILE --keys DIR` (the user) turns it into a node
-plan with one initiator peer per gateway. The user's private keys never leave DIR; the
-profile only names their public bundle, so it can be mailed in the clear (0644).
+API) and an expiry, and signs it with the network team's profile-signing key
+(tunneld/signing.py). `tunneld join PROFILE --keys DIR --signer FINGERPRINT` (the user)
+checks the signature against the signer fingerprint given out of band, then turns it
+into a node plan with one initiator peer per gateway. The user's private keys never
+leave DIR; the profile names only public keys, so it holds no secret (0644), and the
+signature is what makes mailing it in the clear safe: a swapped profile does not verify.
 
 Profile expiry is enforced by the joining client only. What actually admits or refuses
 a user is the gateway's topology (the identity, its pinned keys and validity window),
@@ -17,6 +20,7 @@ docs/remote-access.md, section "Tunnel profiles".
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import os
@@ -24,7 +28,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -34,6 +38,14 @@ from policyd.conventions import API_PORT
 from topology.model import Identity, TargetKind, Topology
 from tunneld.keys import KeyFileError, PublicBundle, load_public, parse_public
 from tunneld.plan import NodePlan, PeerPlan, PlanError, site_bundle, user_suite
+from tunneld.signing import (
+    Signer,
+    SignerPublic,
+    SigningError,
+    load_signer,
+    normalise,
+    signer_keygen,
+)
 
 FORMAT = "zonegate-profile"
 VERSION = 1
@@ -76,9 +88,28 @@ class Profile:
     issued: datetime
     expires: datetime
     gateways: tuple[GatewayEntry, ...]
+    # Fingerprint of the key whose signature verified when parsed; None: unsigned.
+    signed_by: str | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
+        """The unsigned body (what the signature covers, see `signed_json`)."""
+        return json.dumps(self.body(), indent=2) + "\n"
+
+    def signed_json(self, signer: Signer) -> str:
+        body = self.body()
+        ed, ml = signer.sign(canonical(body))
         doc = {
+            **body,
+            "signature": {
+                "signer": signer.public.to_dict(),
+                "ed25519": base64.b64encode(ed).decode(),
+                "ml_dsa_65": base64.b64encode(ml).decode(),
+            },
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    def body(self) -> dict[str, object]:
+        return {
             "format": FORMAT,
             "version": VERSION,
             "identity": self.identity,
@@ -89,7 +120,10 @@ class Profile:
             "expires": _iso(self.expires),
             "gateways": [g.to_dict() for g in self.gateways],
         }
-        return json.dumps(doc, indent=2) + "\n"
+
+
+def canonical(body: dict[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _iso(t: datetime) -> str:
@@ -213,6 +247,7 @@ def parse(text: str, where: str) -> Profile:
             f"{where}: profile version {doc.get('version')!r}; this tunneld reads version "
             f"{VERSION} (upgrade tunneld or ask for a new profile)"
         )
+    signed_by = _verify(doc, where)
     try:
         gateways = tuple(_gateway(g, f"{where}: gateways[{i}]") for i, g in enumerate(_list(doc)))
         return Profile(
@@ -223,9 +258,33 @@ def parse(text: str, where: str) -> Profile:
             issued=_time(doc, "issued", where),
             expires=_time(doc, "expires", where),
             gateways=gateways,
+            signed_by=signed_by,
         )
     except ValueError as exc:
         raise ProfileError(f"{where}: {exc}") from None
+
+
+def _verify(doc: dict[str, Any], where: str) -> str | None:
+    """The signer's fingerprint if the profile is signed and both signatures verify;
+    None if unsigned; ProfileError if a signature is there and does not verify."""
+    sig = doc.pop("signature", None)
+    if sig is None:
+        return None
+    try:
+        if not isinstance(sig, dict):
+            raise SigningError("'signature' is not an object")
+        signer = SignerPublic.from_dict(sig.get("signer"), "signature.signer")
+        ed, ml = (
+            base64.b64decode(str(sig.get(k)), validate=True) for k in ("ed25519", "ml_dsa_65")
+        )
+    except (SigningError, ValueError) as exc:
+        raise ProfileError(f"{where}: malformed signature ({exc})") from None
+    if not signer.verify(canonical(doc), ed, ml):
+        raise ProfileError(
+            f"{where}: the signature does not verify: the profile was changed after it was "
+            f"issued (or damaged); do not use it, ask your network team for a new one"
+        )
+    return signer.fingerprint
 
 
 def _list(doc: dict[str, Any]) -> list[Any]:
@@ -289,7 +348,8 @@ def _gateway(g: object, where: str) -> GatewayEntry:
     )
 
 
-def load(path: Path | str) -> Profile:
+def load(path: Path | str, signer: str | None = None) -> Profile:
+    """Read a profile; with `signer` (a fingerprint), refuse it unless that key signed it."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -297,7 +357,20 @@ def load(path: Path | str) -> Profile:
         raise ProfileError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: {exc}") from None
-    return parse(text, str(path))
+    profile = parse(text, str(path))
+    if signer is not None:
+        if profile.signed_by is None:
+            raise ProfileError(
+                f"{path} is not signed; only signed profiles are used (ask your network "
+                f"team for one issued with: zonegate profile issue ... --signing-key DIR)"
+            )
+        if normalise(profile.signed_by) != normalise(signer):
+            raise ProfileError(
+                f"{path} is signed by {profile.signed_by}, not by the signer you were given "
+                f"({normalise(signer)}); it may have been swapped in transit: do not use it, "
+                f"call your network team"
+            )
+    return profile
 
 
 def check_usable(profile: Profile, own: PublicBundle, now: datetime, keys_dir: str) -> None:
@@ -360,26 +433,33 @@ def join_plan(profile: Profile, own: PublicBundle, resolve: Resolver = resolve_i
 
 
 def describe(profile: Profile) -> str:
+    signed = (
+        f"signed by {profile.signed_by} (signature valid; compare this fingerprint with "
+        f"the one your network team gave you)"
+        if profile.signed_by
+        else "NOT SIGNED: tunneld join will refuse it"
+    )
     lines = [
         f"profile for {profile.kind} {profile.identity}, overlay {profile.overlay}",
         f"issued {_iso(profile.issued)}, expires {_iso(profile.expires)}",
+        signed,
         f"keys {profile.keys_digest}",
     ]
     for g in profile.gateways:
         lines.append(
             f"gateway {g.site} at {g.endpoint} ({g.kem}), API {g.api}, "
-            f"routes {', '.join(str(r) for r in g.routes)}"
+            f"routes {', '.join(str(r) for r in g.routes)}, key fingerprint {g.bundle.fingerprint}"
         )
     return "\n".join(lines)
 
 
-def write(profile: Profile, out: Path) -> None:
-    """Atomic replace, 0644: a profile holds no secret (see the module docstring)."""
+def write(profile: Profile, out: Path, signer: Signer) -> None:
+    """Signed, atomic replace, 0644: a profile holds no secret (see the module docstring)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(profile.to_json())
+            f.write(profile.signed_json(signer))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
@@ -408,17 +488,41 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="where to write the profile")
     p.add_argument(
+        "--signing-key",
+        required=True,
+        type=Path,
+        help="the network team's profile-signing key directory (zonegate profile "
+        "signer-keygen DIR); users check its fingerprint when they join",
+    )
+    p.add_argument(
         "--days",
         type=int,
         default=DEFAULT_DAYS,
         help=f"expire after N days, or at the identity's valid_until if earlier "
         f"(default {DEFAULT_DAYS})",
     )
-    p = sub.add_parser("show", help="print what a profile contains")
+    p = sub.add_parser("show", help="print what a profile contains, and who signed it")
     p.add_argument("profile", type=Path)
+    p = sub.add_parser(
+        "signer-keygen",
+        help="create the network team's profile-signing key (Ed25519 + ML-DSA-65)",
+        description="Create DIR/signer.key (0600) and DIR/signer.pub and print the signer "
+        "fingerprint. Give that fingerprint to users out of band (phone, paper): "
+        "tunneld join --signer FINGERPRINT refuses profiles signed by any other key.",
+    )
+    p.add_argument("dir", type=Path)
 
 
 def profile_command(args: argparse.Namespace) -> int:
+    if args.profile_action == "signer-keygen":
+        try:
+            pub = signer_keygen(args.dir)
+        except SigningError as exc:
+            print(f"zonegate profile signer-keygen: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"wrote {args.dir}/ (private, 0700)\nsigner fingerprint {pub.fingerprint}")
+        print("give this fingerprint to every user out of band (tunneld join --signer ...)")
+        return EXIT_OK
     if args.profile_action == "show":
         try:
             print(describe(load(args.profile)))
@@ -435,10 +539,12 @@ def profile_command(args: argparse.Namespace) -> int:
             print(d, file=sys.stderr)
         return EXIT_FAIL
     try:
+        signer = load_signer(args.signing_key)
         bundle = load_public(args.pubkeys)
         prof = issue(loaded.topology, args.identity, bundle, datetime.now(UTC), args.days)
-        write(prof, args.out)
-    except (KeyFileError, ProfileError) as exc:
+        write(prof, args.out, signer)
+        prof = load(args.out, signer.public.fingerprint)
+    except (KeyFileError, ProfileError, SigningError) as exc:
         print(f"zonegate profile issue: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"wrote {args.out}\n{describe(prof)}")

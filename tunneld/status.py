@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import ClientSession, UnixConnector, web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tunneld.messages import REFUSAL_CODES
 
@@ -17,20 +19,32 @@ class HasSnapshot(Protocol):
 
 
 SNAPSHOT = web.AppKey("snapshot", HasSnapshot)
+METRICS: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics")
 
 
 async def _status(request: web.Request) -> web.Response:
     return web.json_response(request.app[SNAPSHOT].snapshot())
 
 
-async def serve_status(source: HasSnapshot, path: Path) -> web.AppRunner:
-    """Serve GET /status on `path` (0660, directory 0755); returns the runner to clean up."""
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS]()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def serve_status(
+    source: HasSnapshot, path: Path, metrics: Callable[[], bytes] | None = None
+) -> web.AppRunner:
+    """Serve GET /status (and GET /metrics, Prometheus text) on `path` (0660, directory
+    0755); returns the runner to clean up."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if path.is_socket():
         path.unlink()
     app = web.Application()
     app[SNAPSHOT] = source
     app.router.add_get("/status", _status)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
@@ -72,6 +86,11 @@ def render(status: dict[str, Any]) -> str:
             f"{_age(p['psk_age']) if p['psk_age'] is not None else 'none':<9}"
             f"{p['rotations']:>9}{p['failures']:>9}  {p['last_failure'] or '-'}"
         )
+    if status.get("fingerprint"):
+        lines.append("\nkey fingerprints (compare with the peer's own, e.g. over the phone):")
+        lines.append(f"  {status['node']:<{width}}{status['fingerprint']}  (this node)")
+        for name, p in sorted(status["peers"].items()):
+            lines.append(f"  {name:<{width}}{p.get('fingerprint', '?')}")
     refused = status.get("refused_identities") or {}
     if refused:
         names = ", ".join(

@@ -25,6 +25,10 @@ class Timers:
     nudge_grace: float = 15.0  # responder asks for a rekey when the PSK is this overdue
     init_rate: float = 1.0  # accepted InitHello per second per peer (token bucket)
     init_burst: int = 5
+    # An InitHello's timestamp must lie within this many seconds of the responder's
+    # clock: a forged far-future one cannot block later hellos, and a recorded one can
+    # be replayed only this long, also after a responder restart (docs/handshake.md 9b).
+    clock_skew: float = 120.0
 
     def __post_init__(self) -> None:
         if self.psk_lifetime <= self.rekey_interval:
@@ -46,6 +50,7 @@ class Timers:
             nudge_grace=interval / 8,
             init_rate=max(1.0, 10.0 / interval),
             init_burst=10,
+            clock_skew=120.0,
         )
 
 

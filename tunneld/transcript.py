@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunneld.messages import MAC_SIZE
 
@@ -58,10 +58,10 @@ def mix(h: bytes, data: bytes) -> bytes:
 class SessionKeys:
     """Everything derived once all three hybrid shared secrets are known."""
 
-    resp_confirm: bytes
-    init_confirm: bytes
-    resp_installed: bytes
-    psk: bytes
+    resp_confirm: bytes = field(repr=False)
+    init_confirm: bytes = field(repr=False)
+    resp_installed: bytes = field(repr=False)
+    psk: bytes = field(repr=False)
 
 
 def _expand(prk: bytes, label: bytes) -> bytes:

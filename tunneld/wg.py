@@ -12,10 +12,13 @@ sessions, so a failed PQ handshake stops traffic instead of falling back to clas
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -27,6 +30,7 @@ from tunneld.keys import wg_public_key
 
 log = logging.getLogger("tunneld.wg")
 UAPI_DIR = Path("/var/run/wireguard")
+PR_SET_PDEATHSIG = 1
 
 
 class WgError(Exception):
@@ -141,6 +145,28 @@ def diff(want: InterfaceSpec, have: Observed) -> list[Change]:
     return out
 
 
+def uapi_request(path: Path, request: bytes, timeout: float = 5.0) -> bytes:
+    """One UAPI exchange with wireguard-go (raises OSError, TimeoutError included)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def _die_with_parent() -> None:
+    """In the wireguard-go child: SIGTERM when tunneld dies, even by SIGKILL, so a killed
+    daemon takes its interface (and the last PSK) with it instead of leaving it up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def require_binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -159,6 +185,7 @@ class WireGuard:
         self.requested = backend
         self.backend = ""
         self.use_uapi: bool | None = None  # None: UAPI socket when it exists, else `wg set`
+        self.uapi_timeout = 5.0  # seconds; a hung wireguard-go is a WgError, not a hang
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -172,7 +199,12 @@ class WireGuard:
     def _run(self, args: Sequence[str], stdin: bytes | None = None) -> str:
         argv = self._argv(*args)
         log.debug("[#] %s", " ".join(argv))  # argv never holds secrets
-        res = subprocess.run(argv, input=stdin, capture_output=True, timeout=10, check=False)
+        try:
+            res = subprocess.run(argv, input=stdin, capture_output=True, timeout=10, check=False)
+        except subprocess.TimeoutExpired:
+            raise WgError(f"{args[0]} {args[1] if len(args) > 1 else ''} timed out") from None
+        except OSError as exc:
+            raise WgError(f"{args[0]} could not run: {exc.strerror}") from None
         if res.returncode != 0:
             raise WgError(
                 f"{args[0]} {args[1] if len(args) > 1 else ''} failed: "
@@ -185,6 +217,9 @@ class WireGuard:
     def create(self) -> str:
         """Create the interface; returns the backend used ("kernel" or "wireguard-go")."""
         require_binary("wg", "wireguard-tools")
+        found = self.scrub()
+        if found:
+            log.warning("removed a leftover interface %s: %s", self.ifname, ", ".join(found))
         if self.requested in ("auto", "kernel"):
             try:
                 self._run(["ip", "link", "add", "dev", self.ifname, "type", "wireguard"])
@@ -200,6 +235,7 @@ class WireGuard:
         self._proc = subprocess.Popen(
             self._argv(exe, "-f", self.ifname),
             env=env,
+            preexec_fn=_die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -212,6 +248,45 @@ class WireGuard:
             time.sleep(0.01)
         self.backend = "wireguard-go"
         return self.backend
+
+    def scrub(self) -> list[str]:
+        """Remove what a killed daemon left behind under our name: every peer first (so no
+        PSK survives even if removing the link fails), then the link, then a stale UAPI
+        socket. Returns what was found; `tunneld scrub` runs this as a stop hook."""
+        found: list[str] = []
+        if self.uapi_path.exists():
+            try:
+                reply = uapi_request(self.uapi_path, b"set=1\nreplace_peers=true\n\n")
+                found.append("wireguard-go (peers removed)" if b"errno=0" in reply else "")
+            except OSError:
+                found.append("stale UAPI socket")
+        try:
+            self._run(["ip", "link", "show", "dev", self.ifname])
+            exists = True
+        except WgError:
+            exists = False
+        if exists:
+            if not found:
+                try:  # only ever delete a WireGuard interface
+                    self._run(["wg", "show", self.ifname, "dump"])
+                except WgError:
+                    raise WgError(
+                        f"interface {self.ifname} exists and is not WireGuard; "
+                        f"choose another --ifname"
+                    ) from None
+                with contextlib.suppress(WgError):  # kernel backend: peers out first
+                    self._run(["wg", "setconf", self.ifname, "/dev/null"])
+            self._run(["ip", "link", "del", "dev", self.ifname])
+            found.append("link")
+        deadline = time.monotonic() + 2.0
+        while self.uapi_path.exists() and time.monotonic() < deadline:
+            try:  # wireguard-go exits once its TUN device is gone and removes its socket
+                uapi_request(self.uapi_path, b"get=1\n\n", timeout=0.2)
+            except OSError:
+                self.uapi_path.unlink(missing_ok=True)
+                break
+            time.sleep(0.05)
+        return [f for f in found if f]
 
     def destroy(self) -> None:
         if self._proc is not None:
@@ -272,6 +347,9 @@ class WireGuard:
             raise WgError("PSK must be 32 bytes")
         self._set([f"public_key={peer.hex()}", "update_only=true", f"preshared_key={psk.hex()}"])
 
+    def remove_peer(self, peer: bytes) -> None:
+        self._set([f"public_key={peer.hex()}", "remove=true"])
+
     def expire_psk(self, spec: PeerSpec) -> None:
         """Random PSK and no sessions: remove the peer and add it back, in one transaction."""
         self.reset_peer(spec, None)
@@ -293,16 +371,10 @@ class WireGuard:
 
     def _uapi_set(self, lines: list[str]) -> None:
         request = ("set=1\n" + "\n".join(lines) + "\n\n").encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(str(self.uapi_path))
-            s.sendall(request)
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+        try:
+            reply = uapi_request(self.uapi_path, request, self.uapi_timeout)
+        except OSError as exc:  # refused, gone, timed out: never a secret in the text
+            raise WgError(f"UAPI set on {self.ifname} failed: {exc.__class__.__name__}") from None
         if b"errno=0\n" not in reply:
             errno = reply.decode(errors="replace").strip().replace("\n", " ")[:80]
             raise WgError(f"UAPI set on {self.ifname} failed: {errno}")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
-from policyd import commands, flows_cli, grant_client
+from policyd import audit_cli, commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
 from topology import Loaded, TopologyError, diagram, load
 from topology.evaluate import ALL_GRANTS, Flow, FlowError, evaluate
@@ -494,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flows", help="read, filter and follow the flow and audit log")
     flows_cli.add_flows_arguments(p)
     p.set_defaults(func=flows_cli.flows_command)
+
+    p = sub.add_parser("audit", help="check the audit log: verify its hash chain")
+    audit_cli.add_audit_arguments(p)
+    p.set_defaults(func=audit_cli.audit_command)
     return parser
 
 

@@ -1,7 +1,7 @@
 """/v1/grants and /v1/emergency: just-in-time access over the API.
 
-Every step goes through the GrantBook's rules, then the kernel (an element with a
-timeout, or its removal plus the identity's live sessions), then the audit trail.
+Handlers establish who calls and hand over to the GrantService, which owns the book,
+the kernel elements, the audit trail and the state file. Listing changes nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from datetime import timedelta
 from aiohttp import web
 
 from policyd.api import schemas
-from policyd.api.context import LOCAL, STATE, Caller, ControlState, caller_of, grant_view
-from policyd.api.errors import body
-from policyd.grants import Grant, GrantError, GrantState
+from policyd.api.context import STATE, caller_of, grant_view, readers_of
+from policyd.api.errors import ApiError, body
+from policyd.api.second_factor import require_second_factor
 from topology.fields import parse_duration
 
 routes = web.RouteTableDef()
@@ -22,47 +22,26 @@ routes = web.RouteTableDef()
 def _duration(text: str) -> timedelta:
     value = parse_duration(text)
     if value is None or value <= timedelta(0):
-        raise GrantError(422, f"duration: '{text}' is not a duration like 30m or 2h")
+        raise ApiError(422, f"duration: '{text}' is not a duration like 30m or 2h")
     return value
-
-
-def _open(state: ControlState, grant: Grant, before: Grant | None) -> None:
-    """Put an active grant into the kernel; if the kernel refuses, the book forgets it."""
-    book = state.book
-    ident, conduit = book.topology.identities[grant.identity], book.topology.conduits[grant.conduit]
-    assert grant.expires_at is not None
-    timeout = grant.expires_at - state.clock()
-    try:
-        state.enforcer.open_grant(ident, conduit, max(timeout, timedelta(seconds=1)))
-    except Exception:
-        if before is None:
-            del book.grants[grant.id]
-        else:
-            book.grants[grant.id] = before
-        raise
-
-
-def _close(state: ControlState, grant: Grant) -> None:
-    book = state.book
-    ident, conduit = book.topology.identities[grant.identity], book.topology.conduits[grant.conduit]
-    state.enforcer.close_grant(ident, conduit)
-
-
-def _audit(state: ControlState, event: str, grant: Grant, caller: Caller) -> None:
-    state.audit(event, {"grant": grant_view(grant), "by": caller.label(), "gateway": state.gateway})
 
 
 async def _new_grant(request: web.Request, emergency: bool) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.EMERGENCY_REQUEST if emergency else schemas.GRANT_REQUEST)
-    caller = caller_of(request, data.get("as"))
-    make = state.book.emergency if emergency else state.book.request
-    grant = make(
-        caller.identity, data["conduit"], _duration(data["duration"]), data["reason"], state.clock()
-    )
+    caller = await caller_of(request, data.get("as"))
     if emergency:
-        _open(state, grant, before=None)
-    _audit(state, "emergency_opened" if emergency else "grant_requested", grant, caller)
+        require_second_factor(
+            state, caller, data["conduit"], data.get("second_factor"), "emergency"
+        )
+    make = state.service.emergency if emergency else state.service.request
+    grant = await make(
+        caller.identity,
+        data["conduit"],
+        _duration(data["duration"]),
+        data["reason"],
+        caller.label(),
+    )
     return web.json_response(grant_view(grant), status=201)
 
 
@@ -80,11 +59,12 @@ async def emergency(request: web.Request) -> web.Response:
 async def approve(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
-    caller = caller_of(request, data.get("as"))
-    before = state.book.get(request.match_info["grant_id"])
-    grant = state.book.approve(before.id, caller.identity, state.clock())
-    _open(state, grant, before)
-    _audit(state, "grant_approved", grant, caller)
+    caller = await caller_of(request, data.get("as"))
+    conduit = state.service.book.get(request.match_info["grant_id"]).conduit
+    require_second_factor(state, caller, conduit, data.get("second_factor"), "approve")
+    grant = await state.service.approve(
+        request.match_info["grant_id"], caller.identity, caller.label(), data.get("note", "")
+    )
     return web.json_response(grant_view(grant))
 
 
@@ -92,11 +72,10 @@ async def approve(request: web.Request) -> web.Response:
 async def deny(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
-    caller = caller_of(request, data.get("as"))
-    grant = state.book.deny(
-        request.match_info["grant_id"], caller.identity, state.clock(), data.get("note", "")
+    caller = await caller_of(request, data.get("as"))
+    grant = await state.service.deny(
+        request.match_info["grant_id"], caller.identity, caller.label(), data.get("note", "")
     )
-    _audit(state, "grant_denied", grant, caller)
     return web.json_response(grant_view(grant))
 
 
@@ -104,24 +83,27 @@ async def deny(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = await body(request, schemas.DECISION)
-    caller = caller_of(request, data.get("as"))
-    was_active = state.book.get(request.match_info["grant_id"]).state is GrantState.ACTIVE
-    grant = state.book.revoke(
-        request.match_info["grant_id"], caller.identity, state.clock(), admin=caller.local
+    caller = await caller_of(request, data.get("as"))
+    conduit = state.service.book.get(request.match_info["grant_id"]).conduit
+    require_second_factor(state, caller, conduit, data.get("second_factor"), "revoke")
+    grant = await state.service.revoke(
+        request.match_info["grant_id"],
+        caller.identity,
+        caller.label(),
+        admin=caller.admin,
+        note=data.get("note", ""),
     )
-    if was_active:
-        _close(state, grant)
-    _audit(state, "grant_revoked", grant, caller)
     return web.json_response(grant_view(grant))
 
 
 @routes.get("/v1/grants")
 async def list_grants(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    state.book.expire(state.clock())
-    if request.app[LOCAL]:
-        grants = list(state.book.grants.values())
+    book = request.app[STATE].service.book
+    readers = await readers_of(request)
+    if readers is None:
+        grants = list(book.grants.values())
     else:
-        grants = state.book.visible_to(caller_of(request, None).identity)
+        seen = {g.id: g for who in sorted(readers) for g in book.visible_to(who)}
+        grants = list(seen.values())
     grants.sort(key=lambda g: g.requested_at)
     return web.json_response({"grants": [grant_view(g) for g in grants]})

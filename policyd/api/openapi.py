@@ -32,7 +32,9 @@ def spec() -> dict[str, Any]:
             "title": "Zonegate policyd control API",
             "version": "1",
             "description": "Remote callers are identified by their tunnel source address "
-            "only; on the local unix socket the acting identity is given as 'as'.",
+            "only; on the local unix socket by their uid (SO_PEERCRED), and 'as' names "
+            "which of the identities that uid may act as. Mutations need "
+            "Content-Type: application/json; cross-site requests are refused.",
         },
         "paths": {
             "/v1/grants": {

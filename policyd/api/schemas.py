@@ -10,6 +10,11 @@ DURATION = {
     "minLength": 2,
     "description": "e.g. 30m, 2h, 1h30m",
 }
+SECOND_FACTOR = {
+    "type": "string",
+    "maxLength": 16,
+    "description": "the caller's TOTP code, where the conduit asks for a second factor",
+}
 ACTING_AS = {
     "type": "string",
     "description": "local socket only: the identity acting (remote callers are their tunnel)",
@@ -26,11 +31,18 @@ GRANT_REQUEST: dict[str, Any] = {
         "as": ACTING_AS,
     },
 }
-EMERGENCY_REQUEST = GRANT_REQUEST
+EMERGENCY_REQUEST: dict[str, Any] = {
+    **GRANT_REQUEST,
+    "properties": {**GRANT_REQUEST["properties"], "second_factor": SECOND_FACTOR},
+}
 DECISION: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"as": ACTING_AS, "note": {"type": "string", "maxLength": 500}},
+    "properties": {
+        "as": ACTING_AS,
+        "note": {"type": "string", "maxLength": 500},
+        "second_factor": SECOND_FACTOR,
+    },
 }
 
 GRANT: dict[str, Any] = {

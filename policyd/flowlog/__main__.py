@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sinks import JsonLinesFile, Sink, Syslog5424
@@ -38,12 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> dict[str, object]:
     topo = load(args.topology).topology
     sinks: list[Sink] = []
+    chain = None
     if args.log:
-        sinks.append(JsonLinesFile(args.log, max_bytes=args.max_bytes, max_age=args.max_age))
+        log = JsonLinesFile(args.log, max_bytes=args.max_bytes, max_age=args.max_age)
+        sinks.append(log)
+        chain = AuditChain.resume(log.path)  # the audit chain continues this log's
     if args.syslog:
         sinks.append(Syslog5424(args.syslog))
     config = RecorderConfig(netns=args.netns, rcvbuf=args.rcvbuf, flow_starts=not args.no_starts)
-    recorder = FlowRecorder(topo, args.gateway, sinks, config)
+    recorder = FlowRecorder(topo, args.gateway, sinks, config, chain)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, recorder.request_stop)

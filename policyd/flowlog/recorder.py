@@ -35,6 +35,7 @@ from typing import Any
 from policyd.conventions import NFLOG_GROUP, NFLOG_RECORD_GROUP, RECORD_SNAPLEN
 from policyd.flowlog import conntrack, nflog, sessions
 from policyd.flowlog.attribution import Attributor
+from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.netlink import (
     DEFAULT_RCVBUF,
     NfnlSocket,
@@ -78,6 +79,16 @@ class RecorderConfig:
     record_rcvbuf: int = DEFAULT_RCVBUF
     session_idle: float = sessions.IDLE  # seconds without a packet that finish a file
     session_max_bytes: int = sessions.MAX_BYTES  # then the flow goes on in NAME.1.pcap
+    max_open_flows: int = 1_000_000  # open-flow table bound; past it the oldest are dropped
+    resync_every: float = 300.0  # a table dump now and then, so lost ends cannot leak
+
+
+# conntrack reuses its 32-bit ids; with the original tuple a reused id is another flow.
+FlowKey = tuple[int, int, str, int, str, int]
+
+
+def flow_key(ev: conntrack.CtEvent) -> FlowKey:
+    return (ev.ct_id, ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
 
 
 class FlowRecorder:
@@ -89,8 +100,10 @@ class FlowRecorder:
         gateway: str,
         sinks: Iterable[Sink] = (),
         config: RecorderConfig | None = None,
+        chain: AuditChain | None = None,
     ) -> None:
         self.config = config or RecorderConfig()
+        self.chain = chain or AuditChain()  # every audit record is sealed into it
         self.attr = Attributor(topology, gateway)
         self.gateway = gateway
         self.sinks: list[Sink] = list(sinks)
@@ -118,10 +131,11 @@ class FlowRecorder:
         self.sysctls: dict[str, str | None] = {}
         self.errors: list[str] = []
         self._socks: dict[str, NfnlSocket] = {}
-        self._open: dict[int, float] = {}  # ct id -> start time of flows not yet ended
+        self._open: dict[FlowKey, float] = {}  # start time of flows not yet ended (oldest first)
+        self._absent: dict[FlowKey, float] = {}  # deadline: missing from the last dump
+        self.evicted = 0  # open flows dropped from the table at its bound
         # ct id -> (policy reason, conduit name) of entries policyd deletes
         self._ending: dict[int, tuple[str, str | None]] = {}
-        self._absent: dict[int, float] = {}  # ct id -> deadline: missing from the last dump
         self._denied: dict[tuple[int, str, str, int, int], float] = {}
         self._buf = bytearray(65536)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -218,7 +232,7 @@ class FlowRecorder:
 
     def emit_audit(self, event: AuditEvent) -> None:
         """Write an audit event to every sink (policy applied/rejected, daemon, grants)."""
-        self._emit(audit_record(self.gateway, event))
+        self._emit(self._sealed(event))
         self._flush()
 
     def _emit(self, record: Record) -> None:
@@ -232,7 +246,12 @@ class FlowRecorder:
 
     def _announce(self, event: AuditEvent) -> None:
         """A finished recording, written where the flow records go (flushed on tick)."""
-        self._emit(audit_record(self.gateway, event))
+        self._emit(self._sealed(event))
+
+    def _sealed(self, event: AuditEvent) -> Record:
+        record = audit_record(self.gateway, event)
+        self.chain.seal(record.data)
+        return record
 
     def _flush(self) -> None:
         for sink in self.sinks:
@@ -270,9 +289,10 @@ class FlowRecorder:
                 self.counts["ignored_unmarked"] += 1
                 continue
             now = time.time()
+            key = flow_key(ev)
             if ev.destroy:
-                opened = self._open.pop(ev.ct_id, None)
-                self._absent.pop(ev.ct_id, None)
+                opened = self._open.pop(key, None)
+                self._absent.pop(key, None)
                 start = ev.start_ns / 1e9 if ev.start_ns else (opened or now)
                 end = ev.stop_ns / 1e9 if ev.stop_ns else now
                 reason, former = self._ending.pop(ev.ct_id, (None, None))
@@ -282,11 +302,21 @@ class FlowRecorder:
                 self._emit(rec)
                 if self.sessions is not None:
                     self.sessions.ended(ev.mark, ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
-            elif ev.ct_id not in self._open:
+            elif key not in self._open:
                 start = ev.start_ns / 1e9 if ev.start_ns else now
-                self._open[ev.ct_id] = start
+                self._remember(key, start)
                 if self.config.flow_starts:
                     self._emit(flow_record(attr, ev, "start", start))
+
+    def _remember(self, key: FlowKey, start: float) -> None:
+        """Add an open flow; at the bound the oldest goes (counted) and a resync follows."""
+        self._open[key] = start
+        if len(self._open) > self.config.max_open_flows:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            self._absent.pop(oldest, None)
+            self.evicted += 1
+            self._request_resync()
 
     def _handle_nflog(self, buf: bytearray, n: int) -> None:
         for pkt in nflog.decode_datagram(buf, n):
@@ -353,16 +383,17 @@ class FlowRecorder:
             for ev in entries:
                 if not self.attr.is_zonegate_mark(ev.mark):
                     continue
-                seen.add(ev.ct_id)
-                if ev.ct_id not in self._open:
+                key = flow_key(ev)
+                seen.add(key)
+                if key not in self._open:
                     start = ev.start_ns / 1e9 if ev.start_ns else taken
-                    self._open[ev.ct_id] = start
+                    self._remember(key, start)
                     self.counts["resync_recovered"] += 1
                     self._emit(flow_record(self.attr, ev, "start", start, resync=True))
             deadline = time.monotonic() + self.config.resync_grace
-            for ct_id, start in self._open.items():
-                if ct_id not in seen and start < taken:
-                    self._absent.setdefault(ct_id, deadline)
+            for key, start in self._open.items():
+                if key not in seen and start < taken:
+                    self._absent.setdefault(key, deadline)
             self._flush()
             if not self._resync_again:
                 return
@@ -375,21 +406,25 @@ class FlowRecorder:
         task.add_done_callback(self._tasks.discard)
 
     async def _ticker(self) -> None:
+        next_resync = time.monotonic() + self.config.resync_every
         while True:
             await asyncio.sleep(self.config.tick)
             self._poll_drops()
             now = time.monotonic()
-            for ct_id, deadline in list(self._absent.items()):
+            if now >= next_resync:
+                next_resync = now + self.config.resync_every
+                self._request_resync()
+            for key, deadline in list(self._absent.items()):
                 if deadline <= now:
-                    del self._absent[ct_id]
-                    if self._open.pop(ct_id, None) is not None:
+                    del self._absent[key]
+                    if self._open.pop(key, None) is not None:
                         self.forgotten += 1
             if self.sessions is not None:
                 self.sessions.tick()
             horizon = time.time() - self.config.deny_window
-            for key, first in list(self._denied.items()):
+            for tup, first in list(self._denied.items()):
                 if first < horizon:
-                    del self._denied[key]
+                    del self._denied[tup]
             self._flush()
 
     def _close_sockets(self) -> None:
@@ -419,6 +454,7 @@ class FlowRecorder:
             "resyncs": self.resyncs,
             "open_flows": len(self._open),
             "forgotten_open_flows": self.forgotten,
+            "evicted_open_flows": self.evicted,
             "rcvbuf": {k: s.rcvbuf for k, s in self._socks.items()},
             "sysctls": dict(self.sysctls),
             "errors": self.errors[-10:],

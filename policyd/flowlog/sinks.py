@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from policyd.flowlog.records import Record, loss_record, parse_ts
 
@@ -34,24 +34,49 @@ class Sink(Protocol):
 
 
 def rotated_paths(path: Path) -> list[Path]:
-    """The live file and its rotations, oldest first (path.N ... path.1, path)."""
+    """The rotated files and the live one, oldest first (path.1, path.2, ..., path).
+
+    Rotation renames the live file to the next free number, so a higher number is
+    newer and no rotated file is ever renamed or deleted again.
+    """
     numbered = []
     for p in path.parent.glob(path.name + ".*"):
         suffix = p.name[len(path.name) + 1 :]
-        if suffix.isdigit():
+        if suffix.isdigit() and p.is_file():
             numbered.append((int(suffix), p))
-    out = [p for _, p in sorted(numbered, reverse=True)]
+    out = [p for _, p in sorted(numbered)]
     if path.exists():
         out.append(path)
     return out
 
 
-class JsonLinesFile:
-    """Append records to `path`; rotate to path.1, path.2, ... on size or age.
+def safe_line(record: Record) -> str:
+    """The record's JSON line, or an ASCII-escaped one when the line cannot be encoded
+    (a lone surrogate from a client) or the record holds a non-JSON value: no input
+    can stop a sink."""
+    try:
+        line = record.line
+        line.encode("utf-8")
+        return line
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return json.dumps(record.data, ensure_ascii=True, separators=(",", ":"), default=str)
 
-    Rotation renames (path -> path.1 -> path.2 ...) and keeps `keep` old files, so a
-    reader that sorts by suffix sees everything in order; `zonegate flows` does.
-    Writes are buffered and flushed after every batch the recorder handles.
+
+FILE_MODE = 0o640
+RETRY_OPEN = 1.0  # seconds between attempts to reopen a log file that failed to open
+MAX_PENDING = 4 * 1024 * 1024  # bytes buffered before a flush is forced
+
+
+class JsonLinesFile:
+    """Append records to `path`; rotate to path.N (the next free number) on size or age.
+
+    Nothing is ever deleted: archiving old files is the operator's choice. Records are
+    buffered and written with `os.write` at every flush; when the disk is full the
+    file is cut back to its last whole line, exactly the records that did not fit are
+    counted as lost, and a `loss` record saying how many (and which audit sequence
+    numbers) is written first once space returns. A file that cannot be opened is
+    retried every second; its records meanwhile are counted the same way. Files are
+    created 0640.
     """
 
     def __init__(
@@ -59,83 +84,157 @@ class JsonLinesFile:
         path: str | Path,
         max_bytes: int = 64 * 1024 * 1024,
         max_age: float = 24 * 3600.0,
-        keep: int = 10,
         events: Collection[str] | None = None,
+        gateway: str = "",
     ) -> None:
         self.name = f"file:{path}"
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_age = max_age
-        self.keep = keep
         self.events = frozenset(events) if events is not None else None
+        self.gateway = gateway
         self.written = 0
         self.rotations = 0
         self.errors = 0
+        self.lost = 0  # records that never reached the file
         self.last_error = ""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = None
+        self._fd: int | None = None
         self._size = 0
         self._opened = 0.0
+        self._next_open = 0.0
+        self._pending: list[tuple[bytes, int | None]] = []  # line, audit seq
+        self._pending_bytes = 0
+        self._unreported = 0  # lost, not yet announced in the file
+        self._unreported_seqs: list[int] = []
         self._open()
 
-    def _open(self) -> None:
-        self._fh = open(self.path, "a", buffering=1024 * 1024, encoding="utf-8")  # noqa: SIM115
-        self._size = self._fh.tell()
+    def _fail(self, exc: OSError) -> None:
+        self.errors += 1
+        self.last_error = str(exc)
+
+    def _open(self) -> bool:
+        self._next_open = time.monotonic() + RETRY_OPEN
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(self.path, flags, FILE_MODE)
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        try:
+            os.fchmod(fd, FILE_MODE)
+            self._size = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            self._fail(exc)
+            return False
+        self._fd = fd
         self._opened = _first_record_time(self.path) if self._size else time.time()
+        return True
 
     def write(self, record: Record) -> None:
         if self.events is not None and record.kind not in self.events:
             return
-        line = record.line + "\n"
-        try:
-            if self._size and (
-                self._size + len(line) > self.max_bytes or time.time() - self._opened > self.max_age
-            ):
-                self.rotate()
-            assert self._fh is not None
-            self._fh.write(line)
-        except OSError as exc:
-            self.errors += 1
-            self.last_error = str(exc)
+        line = (safe_line(record) + "\n").encode("utf-8")
+        seq = record.data.get("seq") if record.kind == "audit" else None
+        self._pending.append((line, seq if isinstance(seq, int) else None))
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending and not self._unreported:
             return
-        self._size += len(line)
-        self.written += 1
+        if self._fd is None and (time.monotonic() < self._next_open or not self._open()):
+            if self._pending_bytes >= MAX_PENDING:  # bounded while the file stays away
+                self._drop(self._pending)
+                self._pending, self._pending_bytes = [], 0
+            return
+        if self._unreported:
+            if not self._write_line(self._loss_line()):
+                self._drop(self._pending)
+                self._pending, self._pending_bytes = [], 0
+                return
+            self._unreported, self._unreported_seqs = 0, []
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        for i, (line, _seq) in enumerate(batch):
+            if not self._write_line(line):
+                self._drop(batch[i:])
+                return
+            self.written += 1
+
+    def _write_line(self, line: bytes) -> bool:
+        if self._size and (
+            self._size + len(line) > self.max_bytes or time.time() - self._opened > self.max_age
+        ):
+            self.rotate()
+        return self._fd is not None and self._append(line)
+
+    def _append(self, line: bytes) -> bool:
+        """Write one whole line or nothing (a partial write is cut back)."""
+        assert self._fd is not None
+        done = 0
+        try:
+            while done < len(line):
+                done += os.write(self._fd, line[done:])
+        except OSError as exc:
+            self._fail(exc)
+            if done:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+            return False
+        self._size += done
+        return True
+
+    def _drop(self, lines: list[tuple[bytes, int | None]]) -> None:
+        self.lost += len(lines)
+        self._unreported += len(lines)
+        self._unreported_seqs.extend(seq for _line, seq in lines if seq is not None)
+
+    def _loss_line(self) -> bytes:
+        extra = {"audit_seqs_lost": self._unreported_seqs} if self._unreported_seqs else None
+        rec = loss_record(self.gateway, self.name, self._unreported, self.lost, extra)
+        return (safe_line(rec) + "\n").encode()
 
     def rotate(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        for n in range(self.keep, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if n == self.keep:
-                older.unlink(missing_ok=True)
-            elif older.exists():
-                older.rename(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.keep > 0:
-            self.path.rename(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink()
+        """Rename the live file to the next number and open a new one; a failure keeps
+        writing to the old file (rotation is retried at the next write)."""
+        suffixes = [p.name[len(self.path.name) + 1 :] for p in rotated_paths(self.path)]
+        number = max((int(n) for n in suffixes if n.isdigit()), default=0) + 1
+        try:
+            os.rename(self.path, self.path.with_name(f"{self.path.name}.{number}"))
+        except OSError as exc:
+            self._fail(exc)
+            self._opened = time.time()  # do not retry on every record
+            return
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
         self.rotations += 1
         self._open()
 
-    def flush(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.flush()
-            except OSError as exc:
-                self.errors += 1
-                self.last_error = str(exc)
-
     def close(self) -> None:
-        if self._fh is not None:
+        """Flush and close; never raises (a full disk at stop is counted, not a crash)."""
+        try:
             self.flush()
-            self._fh.close()
-            self._fh = None
+        except Exception as exc:  # the last word at stop must not be a traceback
+            self.errors += 1
+            self.last_error = str(exc)
+        if self._pending:
+            self._drop(self._pending)
+            self._pending = []
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def stats(self) -> dict[str, Any]:
         return {
             "written": self.written,
             "rotations": self.rotations,
             "errors": self.errors,
+            "lost": self.lost,
             "last_error": self.last_error,
         }
 
@@ -197,7 +296,7 @@ class Syslog5424:
         pri = self.facility * 8 + severity
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{_usec():06d}Z"
         head = f"<{pri}>1 {stamp} {self.hostname} zonegate {self.procid} {record.kind} - "
-        return (head + record.line).encode("utf-8")
+        return (head + safe_line(record)).encode("utf-8")
 
     def write(self, record: Record) -> None:
         if self.events is not None and record.kind not in self.events:

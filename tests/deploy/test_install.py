@@ -73,6 +73,9 @@ def test_network_team_commands_work(plain_venv: Path, tmp_path: Path) -> None:
     # A remote user's profile, from a topology with pinned keys.
     made = materialize_keys(PLANT, tmp_path / "keyed", ["plant-a", "plant-b", "vendor-tech"])
     out = tmp_path / "vendor.profile.json"
+    signer = tmp_path / "signer"  # the network team's profile-signing key (issue 14)
+    res = run(plain_venv, "zonegate", "profile", "signer-keygen", str(signer))
+    assert res.returncode == 0 and "signer fingerprint" in res.stdout, res
     res = run(
         plain_venv,
         "zonegate",
@@ -83,6 +86,8 @@ def test_network_team_commands_work(plain_venv: Path, tmp_path: Path) -> None:
         "vendor-tech",
         "--pubkeys",
         str(made.pub("vendor-tech")),
+        "--signing-key",
+        str(signer),
         "--out",
         str(out),
     )

@@ -196,7 +196,7 @@ def test_filter_on_audit_actor_and_grant_conduit() -> None:
 
 def test_follow_sees_new_records_across_a_rotation(tmp_path: Path) -> None:
     path = tmp_path / "flows.jsonl"
-    sink = JsonLinesFile(path, max_bytes=2000, keep=5)
+    sink = JsonLinesFile(path, max_bytes=2000)
     sink.write(Record({"ts": iso(NOW), "event": "audit", "n": 0}))
     sink.flush()
 

@@ -23,23 +23,20 @@ def rec(i: int, kind: str = "audit") -> Record:
 
 
 @pytest.mark.sr("SR 2.8")
-def test_rotation_by_size_keeps_order_and_count(tmp_path: Path) -> None:
+def test_rotation_by_size_keeps_order_and_never_deletes(tmp_path: Path) -> None:
+    """Finding: rotation deleted old files (and a failed one deleted all ten)."""
     path = tmp_path / "flows.jsonl"
-    sink = JsonLinesFile(path, max_bytes=1000, keep=3)
+    sink = JsonLinesFile(path, max_bytes=1000)
     for i in range(100):
         sink.write(rec(i))
     sink.close()
     files = rotated_paths(path)
-    assert [p.name for p in files] == [
-        "flows.jsonl.3",
-        "flows.jsonl.2",
-        "flows.jsonl.1",
-        "flows.jsonl",
-    ]
+    assert [p.name for p in files[:3]] == ["flows.jsonl.1", "flows.jsonl.2", "flows.jsonl.3"]
+    assert files[-1] == path and len(files) == sink.rotations + 1
     assert all(p.stat().st_size <= 1000 for p in files)
-    numbers = [r["n"] for r in read_records(path)]
-    assert numbers == list(range(numbers[0], 100)), "oldest kept file first, no gaps"
-    assert sink.rotations > 3 and sink.written == 100
+    assert all(p.stat().st_mode & 0o777 == 0o640 for p in files)
+    assert [r["n"] for r in read_records(path)] == list(range(100)), "everything, in order"
+    assert sink.written == 100 and sink.lost == 0
 
 
 def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +46,8 @@ def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 61)
     sink.write(rec(1))
+    sink.close()
+    sink.flush()
     sink.close()
     assert [r["n"] for r in read_records(path.with_name("flows.jsonl.1"))] == [0]
     assert [r["n"] for r in read_records(path)] == [0, 1]  # read_records includes rotations
@@ -132,3 +131,72 @@ def test_recorder_audit_events_reach_every_sink(tmp_path: Path) -> None:
     assert [r["action"] for r in read_records(path)] == ["daemon_start", "policy_rejected"]
     status = recorder.status()
     assert status["counts"]["audit"] == 2 and not status["running"]
+
+
+def test_no_input_stops_a_sink(tmp_path: Path) -> None:
+    """Finding: a reason with a lone surrogate made the file sink raise."""
+    path = tmp_path / "flows.jsonl"
+    sink = JsonLinesFile(path)
+    sink.write(Record({"ts": "t", "event": "audit", "reason": "x\ud800"}))
+    sink.write(Record({"ts": "t", "event": "audit", "odd": {1, 2}}))  # not JSON at all
+    sink.write(rec(3))
+    sink.close()
+    got = list(read_records(path))
+    assert got[0]["reason"] == "x\ud800" and got[2]["n"] == 3 and sink.written == 3
+
+
+def test_a_failed_rotation_keeps_logging_and_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    path = tmp_path / "flows.jsonl"
+    sink = JsonLinesFile(path, max_bytes=300)
+    for i in range(10):
+        sink.write(rec(i))
+    sink.flush()
+
+    def refuse(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    for i in range(10, 20):
+        sink.write(rec(i))
+    sink.flush()
+    monkeypatch.undo()
+    sink.close()
+    assert [r["n"] for r in read_records(path)] == list(range(20))
+    assert sink.errors > 0 and sink.lost == 0
+
+
+def test_a_file_that_cannot_be_opened_is_retried_and_its_loss_counted(tmp_path: Path) -> None:
+    import policyd.flowlog.sinks as sinks
+
+    path = tmp_path / "logs" / "flows.jsonl"
+    (tmp_path / "logs").write_text("not a directory")
+    sink = JsonLinesFile(path, gateway="gw")
+    for i in range(3):
+        sink.write(rec(i))
+    sink.flush()
+    assert sink.errors >= 1
+    (tmp_path / "logs").unlink()
+    sink._next_open = 0.0  # the retry second has passed
+    sink.write(rec(3))
+    sink.flush()
+    sink.close()
+    assert sinks.RETRY_OPEN > 0
+    got = list(read_records(path))
+    # nothing lost: records wait in the buffer until the file opens
+    assert [r.get("n") for r in got if r["event"] == "audit"] == [0, 1, 2, 3]
+
+
+def test_close_on_failure_never_raises(tmp_path: Path) -> None:
+    path = tmp_path / "flows.jsonl"
+    sink = JsonLinesFile(path)
+    sink.write(rec(0))
+    assert sink._fd is not None
+    import os
+
+    os.close(sink._fd)  # the descriptor goes bad under it
+    sink.close()
+    assert sink.lost == 1 and sink.errors >= 1

@@ -1,6 +1,7 @@
-"""The control API without the kernel: schemas, rules, JSON errors, audit, OpenAPI.
+"""The control API without the kernel: schemas, rules, JSON errors, audit, hardening.
 
-The kernel side is a recorder here; the namespace tests drive a real one.
+The kernel side is an in-memory fake here (tests/policyd/fake_kernel.py); the
+namespace tests drive a real one.
 """
 
 from __future__ import annotations
@@ -13,49 +14,55 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from policyd.api.app import make_app
 from policyd.api.context import ControlState
+from policyd.flowlog.records import AuditEvent
+from policyd.grant_service import GrantService
 from policyd.grants import GrantBook
+from tests.policyd.fake_kernel import FakeKernel
 from topology import load
-from topology.model import Conduit, Identity
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+ROOT: Callable[[web.Request], int | None] = lambda _r: 0  # noqa: E731
 
 
-class RecordingEnforcer:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, int]] = []
-
-    def open_grant(self, identity: Identity, conduit: Conduit, timeout: timedelta) -> None:
-        self.calls.append(("open", identity.name, conduit.name, int(timeout.total_seconds())))
-
-    def close_grant(self, identity: Identity, conduit: Conduit) -> None:
-        self.calls.append(("close", identity.name, conduit.name, 0))
+async def tunnel_is_loopback(address: IPv4Address) -> bool:
+    return address == IPv4Address("127.0.0.1")
 
 
 class World:
     def __init__(self) -> None:
-        self.enforcer = RecordingEnforcer()
-        self.events: list[tuple[str, dict[str, Any]]] = []
         self.now = NOW
+        self.audits: list[AuditEvent] = []
+        book = GrantBook(load(EXAMPLE).topology)
+        self.kernel = FakeKernel(lambda: book.topology, lambda: self.now)
+        self.service = GrantService(book, self.kernel, self.audits.append, clock=lambda: self.now)
         self.state = ControlState(
-            book=GrantBook(load(EXAMPLE).topology),
-            enforcer=self.enforcer,
-            audit=lambda event, fields: self.events.append((event, fields)),
+            service=self.service,
             gateway="plant-a",
             clock=lambda: self.now,
-            via_tunnel=lambda address: address == IPv4Address("127.0.0.1"),
+            via_tunnel=tunnel_is_loopback,
+            peer_uid=ROOT,
         )
+
+    @property
+    def events(self) -> list[tuple[str, AuditEvent]]:
+        return [(e.action, e) for e in self.audits]
+
+    @property
+    def book(self) -> GrantBook:
+        return self.service.book
 
 
 Scenario = Callable[[TestClient[Any, Any], World], Awaitable[None]]
 
 
-def run(scenario: Scenario, local: bool = True) -> World:
-    world = World()
+def run(scenario: Scenario, local: bool = True, world: World | None = None) -> World:
+    world = world or World()
 
     async def main() -> None:
         async with TestClient(TestServer(make_app(world.state, local=local))) as client:
@@ -63,6 +70,9 @@ def run(scenario: Scenario, local: bool = True) -> World:
 
     asyncio.run(main())
     return world
+
+
+REQUEST = {"conduit": "vendor-maintenance", "duration": "2h", "reason": "firmware"}
 
 
 @pytest.mark.sr("SR 1.13 RE1", "SR 2.8")
@@ -81,20 +91,30 @@ def test_request_approve_revoke_flow() -> None:
         gid = (await r.json())["id"]
         r = await client.post(f"/v1/grants/{gid}/approve", json={"as": "vendor-tech"})
         assert r.status == 403 and "cannot approve" in (await r.json())["error"]
-        assert world.enforcer.calls == []
+        assert world.kernel.table == {}
         world.now += timedelta(minutes=10)
-        r = await client.post(f"/v1/grants/{gid}/approve", json={"as": "shift-lead-1"})
+        r = await client.post(
+            f"/v1/grants/{gid}/approve", json={"as": "shift-lead-1", "note": "ok, ticket 7"}
+        )
         assert r.status == 200 and (await r.json())["state"] == "active"
-        assert world.enforcer.calls == [("open", "vendor-tech", "vendor-maintenance", 7200)]
+        assert world.kernel.table == {
+            ("vendor-maintenance", "100.64.2.10"): (gid, world.now + timedelta(hours=2))
+        }
         r = await client.get("/v1/grants")
         assert [g["state"] for g in (await r.json())["grants"]] == ["active"]
-        r = await client.post(f"/v1/grants/{gid}/revoke", json={"as": "shift-lead-1"})
+        r = await client.post(
+            f"/v1/grants/{gid}/revoke", json={"as": "shift-lead-1", "note": "done early"}
+        )
         assert r.status == 200 and (await r.json())["state"] == "revoked"
-        assert world.enforcer.calls[-1] == ("close", "vendor-tech", "vendor-maintenance", 0)
+        assert world.kernel.table == {}
+        assert world.kernel.sessions_ended == [("vendor-maintenance", "100.64.2.10")]
 
     world = run(scenario)
     assert [e for e, _ in world.events] == ["grant_requested", "grant_approved", "grant_revoked"]
-    assert world.events[1][1]["by"] == "local:shift-lead-1"
+    assert world.events[1][1].actor == "local:shift-lead-1"
+    # notes reach the audit trail
+    assert world.events[1][1].details["note"] == "ok, ticket 7"
+    assert world.events[2][1].details["note"] == "done early"
 
 
 @pytest.mark.sr("SR 2.1 RE3", "SR 2.8")
@@ -109,7 +129,7 @@ def test_emergency_opens_at_once_and_is_audited() -> None:
         assert r.status == 422 and "capped at 1h" in (await r.json())["error"]
 
     world = run(scenario)
-    assert world.enforcer.calls == [("open", "safety-engineer-1", "safety-emergency", 1800)]
+    assert list(world.kernel.table) == [("safety-emergency", "100.64.1.30")]
     assert [e for e, _ in world.events] == ["emergency_opened"]
 
 
@@ -166,7 +186,7 @@ def test_malformed_bodies_get_4xx_with_reasons_and_change_nothing(
         assert r.status == status and message in data["error"], data
 
     world = run(scenario)
-    assert world.state.book.grants == {} and world.events == [] and world.enforcer.calls == []
+    assert world.book.grants == {} and world.events == [] and world.kernel.table == {}
 
 
 @pytest.mark.sr("SR 1.1")
@@ -178,12 +198,16 @@ def test_remote_callers_are_their_tunnel_address_only() -> None:
         # 127.0.0.1 "arrived through a tunnel" in this world, but is nobody's overlay.
         r = await client.post("/v1/grants", json=body)
         assert r.status == 403 and "not an identity's overlay" in (await r.json())["error"]
-        world.state.via_tunnel = lambda address: False
+
+        async def nowhere(address: IPv4Address) -> bool:
+            return False
+
+        world.state.via_tunnel = nowhere
         r = await client.post("/v1/grants", json=body)
         assert r.status == 403 and "did not arrive through a tunnel" in (await r.json())["error"]
 
     world = run(scenario, local=False)
-    assert world.state.book.grants == {}
+    assert world.book.grants == {}
 
 
 def test_status_metrics_health_openapi() -> None:
@@ -191,8 +215,8 @@ def test_status_metrics_health_openapi() -> None:
         assert (await (await client.get("/v1/health")).json())["ok"] is True
         status = await (await client.get("/v1/status")).json()
         assert status["grants"]["active"] == 0
-        text = await (await client.get("/metrics")).text()
-        assert 'zonegate_grants{state="active"} 0' in text
+        r = await client.get("/metrics")
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
         spec = await (await client.get("/v1/openapi.json")).json()
         assert "/v1/grants/{grant_id}/approve" in spec["paths"]
         r = await client.get("/v1/nothing")
@@ -239,27 +263,13 @@ def test_flow_stream_without_recorder_is_503() -> None:
 
 
 def test_a_grant_the_kernel_refuses_is_not_left_active() -> None:
-    from policyd.grants import GrantError
-
-    class Refusing(RecordingEnforcer):
-        def open_grant(self, identity: Identity, conduit: Conduit, timeout: timedelta) -> None:
-            raise GrantError(500, "kernel refused the grant: test")
-
     async def scenario(client: TestClient[Any, Any], world: World) -> None:
-        world.state.enforcer = Refusing()
-        r = await client.post(
-            "/v1/grants",
-            json={
-                "conduit": "vendor-maintenance",
-                "duration": "1h",
-                "reason": "x",
-                "as": "vendor-tech",
-            },
-        )
+        world.kernel.refuse_add = True
+        r = await client.post("/v1/grants", json={**REQUEST, "as": "vendor-tech"})
         gid = (await r.json())["id"]
         r = await client.post(f"/v1/grants/{gid}/approve", json={"as": "shift-lead-1"})
-        assert r.status == 500 and "kernel refused" in (await r.json())["error"]
-        assert world.state.book.get(gid).state.value == "requested"
+        assert r.status == 503 and "did not open" in (await r.json())["error"]
+        assert world.book.get(gid).state.value == "requested"
         r = await client.post(
             "/v1/emergency",
             json={
@@ -269,8 +279,8 @@ def test_a_grant_the_kernel_refuses_is_not_left_active() -> None:
                 "as": "safety-engineer-1",
             },
         )
-        assert r.status == 500
-        assert [g.conduit for g in world.state.book.grants.values()] == ["vendor-maintenance"]
+        assert r.status == 503
+        assert [g.conduit for g in world.book.grants.values()] == ["vendor-maintenance"]
 
     world = run(scenario)
     assert [e for e, _ in world.events] == ["grant_requested"]

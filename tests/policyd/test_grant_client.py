@@ -76,7 +76,8 @@ def test_grant_cli_round_trip(
     assert main(zg(sock, "list")) == 0
     out = capsys.readouterr().out
     assert "vendor-maintenance" in out and "active" in out and "pump firmware" in out
-    assert world.enforcer.calls == [("open", "vendor-tech", "vendor-maintenance", 3600)]
+    assert list(world.kernel.table) == [("vendor-maintenance", "100.64.2.10")]
+    assert world.kernel.table[("vendor-maintenance", "100.64.2.10")][0] == gid
 
 
 def test_grant_cli_says_when_policyd_is_unreachable(
@@ -84,6 +85,46 @@ def test_grant_cli_says_when_policyd_is_unreachable(
 ) -> None:
     assert main(zg(tmp_path / "none.sock", "list")) == 1
     assert "cannot reach policyd" in capsys.readouterr().err
+
+
+def test_request_wait_prints_the_decision(
+    served: tuple[World, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, sock = served
+    done = threading.Event()
+
+    def approve_soon() -> None:
+        # the approver decides while the requester's --wait is polling
+        for _ in range(100):
+            pending = [g for g in world.book.grants.values() if g.state.value == "requested"]
+            if pending:
+                main(zg(sock, "--as", "shift-lead-1", "approve", pending[0].id))
+                done.set()
+                return
+            threading.Event().wait(0.05)
+
+    approver = threading.Thread(target=approve_soon)
+    approver.start()
+    argv = zg(sock, "--as", "vendor-tech", "request", "--conduit", "vendor-maintenance")
+    assert main([*argv, "--duration", "1h", "--reason", "pump", "--wait"]) == 0
+    approver.join(10)
+    assert done.is_set()
+    out = capsys.readouterr()
+    assert "waiting for the decision" in out.err and ": active (vendor-tech" in out.out
+
+
+def test_api_address_comes_from_the_profile(tmp_path: Path) -> None:
+    from policyd.grant_client import api_from_profile
+
+    profile = tmp_path / "p.json"
+    gws = [
+        {"site": "plant-a", "api": "http://100.64.0.1:9780"},
+        {"site": "plant-b", "api": "http://100.64.0.2:9780"},
+    ]
+    profile.write_text(json.dumps({"identity": "vendor-tech", "gateways": gws}))
+    assert api_from_profile(str(profile), "plant-b") == "http://100.64.0.2:9780"
+    with pytest.raises(OSError, match="say which gateway"):
+        api_from_profile(str(profile), None)
 
 
 def test_grant_cli_unreachable_under_json_is_a_json_error(

@@ -48,6 +48,11 @@ def test_delete_drops_the_timeout() -> None:
     assert encode(HASH, [el], delete=True) == encode(HASH, ["100.64.1.10"], delete=False)
 
 
+def test_a_comment_is_userdata_as_libnftnl_writes_it() -> None:
+    got = encode(HASH, [{"elem": {"val": "100.64.1.10", "timeout": 5, "comment": "g1-ab"}}], False)
+    assert got is not None and nfnl.attr(6, bytes([0, 6]) + b"g1-ab\0") in got
+
+
 def test_range_end_is_exclusive() -> None:
     got = encode(INTERVAL, [{"range": ["10.0.0.5", "10.0.0.9"]}], delete=True)
     assert got is not None and b"\x0a\x00\x00\x05" in got and b"\x0a\x00\x00\x0a" in got
@@ -61,7 +66,8 @@ def test_range_end_is_exclusive() -> None:
         (HASH, ["fd00::1"]),
         (HASH, [{"prefix": {"addr": "10.0.0.0", "len": 8}}]),  # a block needs an interval set
         (INTERVAL, [{"prefix": {"addr": "0.0.0.0", "len": 0}}]),  # no end key to write
-        (HASH, [{"elem": {"val": "100.64.1.10", "comment": "x"}}]),
+        (HASH, [{"elem": {"val": "100.64.1.10", "comment": "\u00e9"}}]),  # not ASCII
+        (HASH, [{"elem": {"val": "100.64.1.10", "comment": "x" * 200}}]),  # too long
         (HASH, [{"elem": {"val": "100.64.1.10", "timeout": "1h"}}]),
         (
             SetInfo(ipv4=True, interval=False, timeout=False),

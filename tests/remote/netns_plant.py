@@ -43,6 +43,7 @@ from tests.tunneld.nsutil import need, sh
 from tunneld import profile as prof
 from tunneld.keyring import Materialized, materialize_keys
 from tunneld.keys import load_public
+from tunneld.signing import Signer, load_signer, signer_keygen
 from tunneld.wg import UAPI_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +199,14 @@ class PlantNet:
         assert self.keys is not None
         return self.keys.topology
 
+    @property
+    def signer(self) -> Signer:
+        """The network team's profile-signing key (made once per plant)."""
+        d = self.base / "signer"
+        if not d.exists():
+            signer_keygen(d)
+        return load_signer(d)
+
     def key_dir(self, identity: str) -> Path:
         assert self.keys is not None
         return self.keys.keys[identity]
@@ -349,7 +358,7 @@ class PlantNet:
         bundle = load_public(self.key_dir(identity) / "identity.pub")
         profile = prof.issue(loaded.topology, identity, bundle, datetime.now(UTC), days)
         out = self.base / f"{identity}.profile.json"
-        prof.write(profile, out)
+        prof.write(profile, out, self.signer)
         return out
 
     def join(
@@ -372,6 +381,8 @@ class PlantNet:
             str(user.sock),
             "--rekey-interval",
             str(rekey_interval),
+            "--signer",
+            self.signer.public.fingerprint,
         )
         user.proc = self._spawn(user.ns, argv, f"join-{identity}.log")
         return user

@@ -182,7 +182,8 @@ def test_replays_are_rejected_without_state_change() -> None:
     # An exact duplicate InitConf re-sends the cached RespConf, installs nothing.
     before = eb.fingerprint()
     out = eb.receive(tr.msg3)
-    assert out == [Send("site-a", tr.msg4, reply=True)] and eb.fingerprint() == before
+    assert out == [Send("site-a", tr.msg4, reply=True, cached=True)]
+    assert eb.fingerprint() == before
 
 
 def test_replay_of_old_hello_after_newer_one() -> None:

@@ -256,6 +256,53 @@ def test_hybrid_roundtrip_and_binding() -> None:
         priv.decapsulate(HybridCiphertext(bytes(32), ct.m))
 
 
+def test_liboqs_errors_become_kem_errors() -> None:
+    """Issue 14: a liboqs failure (RuntimeError from the binding) used to escape as is;
+    the handshake only turns KemError into a clean rejection."""
+
+    class FailingKem:
+        def __init__(self, alg: str) -> None:
+            self.alg = alg
+
+        def __enter__(self) -> FailingKem:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def generate_keypair_seed(self, seed: bytes) -> bytes:
+            return bytes(1184)
+
+        def decap_secret(self, ct: bytes) -> bytes:
+            raise RuntimeError("Can not decapsulate secret")
+
+        def encap_secret(self, public: bytes) -> tuple[bytes, bytes]:
+            raise RuntimeError("Can not encapsulate secret")
+
+    class FailingOqs:
+        KeyEncapsulation = FailingKem
+
+        @staticmethod
+        def get_enabled_kem_mechanisms() -> list[str]:
+            return ["ML-KEM-768"]
+
+    _, backend = probe_liboqs(find=lambda: "/x/liboqs.so", importer=lambda n: FailingOqs)
+    assert backend is not None
+    priv = backend.from_seed("ml-kem-768", bytes(64))
+    with pytest.raises(KemError, match="liboqs decapsulation failed"):
+        priv.decapsulate(bytes(1088))
+    with pytest.raises(KemError, match="liboqs encapsulation failed"):
+        backend.load_public("ml-kem-768", bytes(1184)).encapsulate()
+
+    class NoSeed(FailingKem):
+        def generate_keypair_seed(self, seed: bytes) -> bytes:
+            raise ValueError("bad seed")
+
+    FailingOqs.KeyEncapsulation = NoSeed
+    with pytest.raises(KemError, match="liboqs key generation failed"):
+        backend.from_seed("ml-kem-768", bytes(64))
+
+
 def test_backends_command_lists_and_proves_each_backend() -> None:
     res = subprocess.run(
         [sys.executable, "-m", "tunneld.cli", "backends"],

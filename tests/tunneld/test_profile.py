@@ -18,6 +18,7 @@ from tunneld.cli import main as tunneld_main
 from tunneld.daemon import Daemon, Options
 from tunneld.keyring import Materialized, materialize_keys
 from tunneld.keys import keygen, load_public
+from tunneld.signing import Signer, load_signer, signer_keygen
 from zonegate.cli import main as zonegate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plant"
@@ -28,6 +29,18 @@ KEYED = ("plant-a", "plant-b", "engineer-1", "vendor-tech", "shift-lead-1", "saf
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Materialized:
     return materialize_keys(EXAMPLE, tmp_path_factory.mktemp("plant"), KEYED)
+
+
+@pytest.fixture(scope="module")
+def signer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("signer") / "signer"
+    signer_keygen(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def signer(signer_dir: Path) -> Signer:
+    return load_signer(signer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +161,25 @@ def test_issue_refuses_keys_that_are_not_the_pinned_ones(
 
 
 def test_zonegate_profile_issue_and_show(
-    keyed: Materialized, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    keyed: Materialized,
+    signer_dir: Path,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "vendor.json"
     argv = ["profile", "issue", str(keyed.topology), "--identity", "vendor-tech"]
+    argv += ["--signing-key", str(signer_dir)]
     rc = zonegate([*argv, "--pubkeys", str(keyed.pub("vendor-tech")), "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
-    assert prof.load(out).identity == "vendor-tech"
+    assert prof.load(out, signer.public.fingerprint).identity == "vendor-tech"
     assert zonegate(["profile", "show", str(out)]) == 0
-    assert "gateway plant-a at 192.0.2.10:51820" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "gateway plant-a at 192.0.2.10:51820" in shown
+    assert f"signed by {signer.public.fingerprint} (signature valid" in shown
+    plant_a = load_public(keyed.pub("plant-a")).fingerprint
+    assert f"key fingerprint {plant_a}" in shown
     rc = zonegate([*argv, "--pubkeys", str(keyed.pub("engineer-1")), "--out", str(out)])
     assert rc == 1 and "not the ones the topology pins" in capsys.readouterr().err
 
@@ -215,12 +237,17 @@ def test_join_plan_is_initiator_peers_with_profile_routes(
 
 
 def test_tunneld_join_refuses_before_touching_the_network(
-    topo: Topology, keyed: Materialized, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    topo: Topology,
+    keyed: Materialized,
+    signer: Signer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     expired = issue(topo, keyed, "vendor-tech", now=datetime.now(UTC) - timedelta(days=3), days=1)
-    prof.write(expired, tmp_path / "old.json")
+    prof.write(expired, tmp_path / "old.json", signer)
     fresh = issue(topo, keyed, "vendor-tech", now=datetime.now(UTC))
-    prof.write(fresh, tmp_path / "new.json")
+    prof.write(fresh, tmp_path / "new.json", signer)
+    fp = signer.public.fingerprint
     other = tmp_path / "other-keys"
     keygen(other)
     for path, keys, message in [
@@ -229,7 +256,7 @@ def test_tunneld_join_refuses_before_touching_the_network(
         ("missing.json", keyed.keys["vendor-tech"], "missing.json does not exist"),
     ]:
         argv = ["join", str(tmp_path / path), "--keys", str(keys), "--ifname", "zrnever0"]
-        assert tunneld_main(argv) == 2
+        assert tunneld_main([*argv, "--signer", fp]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(prof.ProfileError, match="not the ones"):
-        Daemon(Options(profile=tmp_path / "new.json", keys=other))
+        Daemon(Options(profile=tmp_path / "new.json", keys=other, signer=fp))

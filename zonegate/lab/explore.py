@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any
 
+from policyd.conventions import API_PORT
 from topology.table import format_table
 
 
@@ -52,6 +53,15 @@ def instructions(plant: Any, flow_logs: list[str]) -> str:
             f"   # as {users[0].label}, to {a.label}",
             f"  mnexec -a {u.pid} .venv/bin/tunneld status",
         ]
+        if gateways:
+            overlay = plant.topology.sites[gateways[0].label].gateway.overlay
+            console = f"http://{overlay}:{API_PORT}/console/requests"
+            lines += [
+                f"  # the approvals console, through {users[0].label}'s tunnel:",
+                f"  mnexec -a {u.pid} curl -s {console}",
+                f"  mnexec -a {u.pid} chromium --headless --no-sandbox "
+                f"--screenshot=/tmp/console.png {console}",
+            ]
     for path in flow_logs:
         lines.append(f"  tail -f {path}")
     lines += ["", "Hosts:", host_table(plant)]

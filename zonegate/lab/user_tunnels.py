@@ -38,12 +38,27 @@ class UserTunnels:
     def users(self) -> list[str]:
         return [h.label for h in self.plant.plan.hosts if h.kind == "user"]
 
+    @property
+    def signer_dir(self) -> Path:
+        """The lab's profile-signing key (the network team's, in a real plant)."""
+        return self.workdir / "signer"
+
+    def signer_fingerprint(self) -> str:
+        """Made on first use; users are given its fingerprint (here: on the command line)."""
+        from tunneld.signing import load_signer, signer_keygen
+
+        if not self.signer_dir.exists():
+            signer_keygen(self.signer_dir)
+        return load_signer(self.signer_dir).public.fingerprint
+
     def issue(self, identity: str) -> Path | None:
+        self.signer_fingerprint()
         out = self.workdir / "profiles" / f"{identity}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "zonegate.cli", "profile", "issue"]
         argv += [str(self.topology_dir), "--identity", identity, "--out", str(out)]
         argv += ["--pubkeys", str(self.keys[identity] / "identity.pub")]
+        argv += ["--signing-key", str(self.signer_dir)]
         res = subprocess.run(argv, capture_output=True, text=True, env=source_env(), check=False)
         if res.returncode != 0:
             why = (res.stderr.strip().splitlines() or ["profile issue failed"])[-1]
@@ -75,6 +90,7 @@ class UserTunnels:
             argv = [sys.executable, "-m", "tunneld.cli", "join", str(profile)]
             argv += ["--keys", str(self.keys[identity]), "--ifname", "zg0"]
             argv += ["--rekey-interval", str(self.rekey_interval)]
+            argv += ["--signer", self.signer_fingerprint()]
             log = self.workdir / "logs" / f"join-{identity}.log"
             d = Daemon(f"join@{identity}", self.plant.host(identity), argv, log)
             self.daemons.append(d)
