@@ -47,7 +47,8 @@ from policyd.grants import GrantBook
 from policyd.kernel import NftError, NftHandle, addresses
 from policyd.notify import NOTIFY_EVENTS, Notifier, destinations
 from policyd.render import canonical
-from policyd.session_end import Ended, not_admitted, of_source
+from policyd.session_end import Ended, end_of_source, not_admitted
+from policyd.session_end import delete as delete_flows
 from policyd.totp import TotpStore
 from topology.diagnostics import TopologyError
 from topology.files import topology_files
@@ -240,31 +241,19 @@ class Daemon:
 
     def end_flows_from(self, mark: int, source: Any, reason: str, why: str) -> int:
         """End the flows of one conduit (by mark) from one address or network."""
-        try:
-            flows = conntrack.dump()
-        except OSError as e:
-            log.error("conntrack dump failed: %s", e)
-            return 0
-        return self.end_flows(of_source(flows, mark, source, reason), why)
+        return end_of_source(mark, source, reason, why, self._tell_recorder)
 
     def end_flows(self, ended: list[Ended], why: str) -> int:
-        if not ended:
-            return 0
-        if self.recorder is not None:
-            names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
-            if self.previous is not None:
-                names = {p.mark: p.name for p in self.previous.conduits.values()} | names
-            self.recorder.ending({e.flow.ct_id: (e.reason, names.get(e.flow.mark)) for e in ended})
-        try:
-            n = conntrack.delete([e.flow for e in ended])
-        except OSError as exc:
-            log.error("conntrack delete failed: %s", exc)
-            return 0
-        reasons: dict[str, int] = {}
-        for item in ended:
-            reasons[item.reason] = reasons.get(item.reason, 0) + 1
-        log.info("ended %d session(s) no longer admitted (%s): %s", n, why, reasons)
-        return n
+        return delete_flows(ended, why, self._tell_recorder)
+
+    def _tell_recorder(self, ended: list[Ended]) -> None:
+        """The reasons (and conduit names, a removed conduit's too) for the end records."""
+        if self.recorder is None:
+            return
+        names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
+        if self.previous is not None:
+            names = {p.mark: p.name for p in self.previous.conduits.values()} | names
+        self.recorder.ending({e.flow.ct_id: (e.reason, names.get(e.flow.mark)) for e in ended})
 
     # -- fail closed and drift ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ set's elements as the kernel holds them (the kernel's truth for grants).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +22,11 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 
 from policyd.compiler import ConduitPlan, Ruleset
 from policyd.conventions import MARK_TAG, MARK_TAG_MASK
+from policyd.flowlog import conntrack
 from policyd.flowlog.conntrack import CtEvent
 from topology.model import Identity, Topology
+
+log = logging.getLogger("policyd")
 
 REASONS = (
     "revoked",
@@ -136,3 +140,38 @@ def of_source(
         if isinstance(src, IPv4Address) and _within(src, [source]):
             out.append(Ended(flow, reason))
     return out
+
+
+def delete(ended: list[Ended], why: str, tell: Callable[[list[Ended]], None] | None = None) -> int:
+    """Delete the conntrack entries of `ended` (after `tell`, which lets the flow
+    recorder know the reasons before the DESTROY events come); returns how many."""
+    if not ended:
+        return 0
+    if tell is not None:
+        tell(ended)
+    try:
+        n = conntrack.delete([e.flow for e in ended])
+    except OSError as exc:
+        log.error("conntrack delete failed: %s", exc)
+        return 0
+    reasons: dict[str, int] = {}
+    for item in ended:
+        reasons[item.reason] = reasons.get(item.reason, 0) + 1
+    log.info("ended %d session(s) no longer admitted (%s): %s", n, why, reasons)
+    return n
+
+
+def end_of_source(
+    mark: int,
+    source: IPv4Address | IPv4Network,
+    reason: str,
+    why: str,
+    tell: Callable[[list[Ended]], None] | None = None,
+) -> int:
+    """End the flows of one conduit (by mark) from one address or network."""
+    try:
+        flows = conntrack.dump()
+    except OSError as exc:
+        log.error("conntrack dump failed: %s", exc)
+        return 0
+    return delete(of_source(flows, mark, source, reason), why, tell)
