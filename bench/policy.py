@@ -7,7 +7,9 @@ compile time, apply time (check + commit of the whole table), rules in hook chai
 and in total; one membership change (set element add or delete through the
 persistent handle, sent over nfnetlink) at 1k and 100k; UDP packet rate through a
 gateway namespace with the 100k-identity policy against the same path with no
-policy, in one run.
+policy, in one run (established packets pass the per-conduit verification); and one
+identity with 1,000 open flows revoked: how many next packets still get through (the
+kernel's drop) and how long the conntrack cleanup takes.
 Writes bench/results/policy.json.
 """
 
@@ -198,6 +200,100 @@ def packet_rate(tag: str, gw: str, cli: str, srv: str, seconds: int) -> float:
     return float(end["packets"] - end.get("lost_packets", 0)) / float(end["seconds"])
 
 
+FLOWS = 1000
+CLIENT_CODE = """
+import socket, sys
+socks = []
+for i in range({flows}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("100.127.0.10", 20000 + i))
+    socks.append(s)
+for line in sys.stdin:
+    for s in socks:
+        s.sendto(b"x" * 32, ("10.10.1.5", {port}))
+    print("sent", flush=True)
+"""
+REVOKE_CODE = """
+import json, time
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+from bench.policy import synthetic, NOW
+from policyd.compiler import compile_ruleset, CompileOptions
+from policyd.flowlog import conntrack
+from policyd.kernel import NftHandle
+from policyd.session_end import of_source
+topo = synthetic(100_000)
+rs = compile_ruleset(topo, "site", now=NOW, options=CompileOptions(tunnels=("{tunnel}",)))
+plan = rs.conduits["bench"]
+h = NftHandle()
+before = len([f for f in conntrack.dump() if f.mark == plan.mark])
+t0 = time.perf_counter()
+h.delete_elements(plan.identity_set, ["100.127.0.10"])  # the revocation: one element
+t_kernel = time.perf_counter() - t0
+t0 = time.perf_counter()
+ended = of_source(conntrack.dump(), plan.mark, IPv4Address("100.127.0.10"), "revoked")
+deleted = conntrack.delete([e.flow for e in ended])
+t_clean = time.perf_counter() - t0
+left = len([f for f in conntrack.dump() if f.mark == plan.mark])
+print(json.dumps(dict(open_flows=before, kernel_change_ms=t_kernel * 1e3,
+                      conntrack_clean_ms=t_clean * 1e3, deleted=deleted, left=left)))
+"""
+SINK_RULES = (
+    "add table inet bench; add counter inet bench sink; "
+    "add chain inet bench in { type filter hook input priority 0; }; "
+    "add rule inet bench in udp dport %d counter name sink"
+)
+
+
+def sink_packets(srv: str) -> int:
+    out = sh("ip", "netns", "exec", srv, "nft", "-j", "list", "counter", "inet", "bench", "sink")
+    for o in json.loads(out.stdout)["nftables"]:
+        if "counter" in o:
+            return int(o["counter"]["packets"])
+    raise RuntimeError("no sink counter")
+
+
+def revoke_sessions(tag: str, gw: str, cli: str, srv: str) -> dict[str, Any]:
+    """One identity with FLOWS open UDP flows loses its admission (one element deleted):
+    how many of the flows' next packets still reach the server, and how long policyd's
+    cleanup (conntrack dump, select, delete) takes. The 100k policy must be in place."""
+    sh("ip", "netns", "exec", srv, "nft", SINK_RULES % BENCH_PORT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    client = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            cli,
+            sys.executable,
+            "-c",
+            CLIENT_CODE.format(flows=FLOWS, port=BENCH_PORT),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        client.stdout.readline()
+        time.sleep(0.3)
+        first = sink_packets(srv)
+        r: dict[str, Any] = in_ns(gw, REVOKE_CODE.format(tunnel=tag + "t"))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        client.stdout.readline()
+        time.sleep(0.3)
+        r["reached_before"] = first
+        r["reached_after_revoke"] = sink_packets(srv) - first
+    finally:
+        client.kill()
+        client.wait()
+    return r
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("bench.policy needs root (network namespaces)", file=sys.stderr)
@@ -296,6 +392,8 @@ def main() -> int:
             "ratio_vs_no_firewall": statistics.median(policy_rates) / statistics.median(bare_rates),
         }
         print(json.dumps(results["packet_rate"]), flush=True)
+        results["revoke_sessions"] = revoke_sessions(tag, gw, cli, srv)
+        print(json.dumps(results["revoke_sessions"]), flush=True)
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -19,7 +19,11 @@ def sites() -> dict[str, object]:
     out: dict[str, object] = {}
     for n, (site, octet) in enumerate(SITES.items(), start=1):
         out[site] = {
-            "gateway": {"underlay": f"192.0.2.{30 + n}", "overlay": f"100.64.0.{30 + n}"},
+            "gateway": {
+                "underlay": f"192.0.2.{30 + n}",
+                "overlay": f"100.64.0.{30 + n}",
+                "management": [{"from": [f"{site}/ops"], "allow": ["ssh"]}],
+            },
             "zones": {
                 "control": {"cidr": f"10.{octet}.1.0/24", "security_level": 3},
                 "ops": {"cidr": f"10.{octet}.5.0/24", "security_level": 2},

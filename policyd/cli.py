@@ -35,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
         help="tunnel interface name (repeatable; trailing * is a wildcard; default zg*)",
     )
     p.add_argument("--poll", type=float, default=1.0, help="seconds between file checks")
+    p.add_argument(
+        "--drift-check",
+        type=float,
+        default=30.0,
+        help="seconds between comparisons of the kernel's table with the compiled one",
+    )
     p.add_argument("--flush-on-exit", action="store_true", help="delete our table on exit")
     api = p.add_argument_group("control API")
     api.add_argument(
@@ -135,6 +141,7 @@ def settings(args: argparse.Namespace) -> Settings:
             ot_port=args.ot_port,
         ),
         poll=args.poll,
+        drift_check=args.drift_check,
         flush_on_exit=args.flush_on_exit,
         api_socket=None if args.no_api else (args.api_socket or RUN_DIR / f"policyd-{gw}.sock"),
         api_listen=None if args.no_api else args.api_listen,

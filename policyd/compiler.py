@@ -7,19 +7,29 @@ grants); it never touches the kernel. The same inputs give byte-identical JSON.
 Layout, all in table `inet zonegate` (see docs/policyd.md for the full picture):
 
 - hook chains `forward` and `input`, policy drop, a constant handful of rules;
-- `ct state` verdict map first: established/related flows go to `established`, which
-  checks function-code classes per conduit (`ct mark` -> `fc_*` chain) and accepts;
+- `forward` first binds sources to interfaces (strict reverse path with `fib saddr .
+  iif` for everything not arriving on a tunnel, a zone's explicit `interface:`, no local
+  zone through a tunnel), then the `ct state` verdict map: established/related flows go
+  to `established`, which looks the flow's conduit mark up in `verify` and jumps to the
+  conduit's `v_*` chain: the flow's original source must still be in the conduit's
+  sources (sets, zones) and its schedule window open, then `goto fc_*` (or accept);
+  anything else is dropped (`deny_ended`): no session outlives what admitted it;
 - new flows: one lookup `ip daddr . meta l4proto . th dport` in the interval verdict map
   `dispatch`, whose elements are disjoint address ranges x service ports, each jumping
   to a chain `to_N` holding the candidate conduits for that destination and service;
 - each candidate conduit is one rule per UTC schedule window matching its sources:
   identities through the set `ids_*` (or `grant_*`) of overlay addresses arriving on a
-  tunnel interface, zones through their CIDRs; it sets `ct mark` and accepts;
+  tunnel interface, zones through their CIDRs; it sets `ct mark` and goes to the
+  conduit's function check `fc_*` (whose last rule is the only accept of a conduit with
+  function classes), so the first packet is checked like every other;
+- a code the flow's conduit refuses but another conduit admitting the same source
+  allows (same destination and service) passes through `fc_more`/`more_functions`;
 - whatever falls through is logged to NFLOG (rate-limited) and dropped;
 - conduits with `record: true` copy every packet of their flows to NFLOG group 8: the
   accept rule copies the packets of a new flow, and `established` starts with
   `ct mark vmap @recorded`, jumping to a one-rule chain `rec_*` per recorded conduit
-  whose log prefix names the conduit's mark (see `record_log`).
+  whose log prefix names the conduit's mark (see `record_log`);
+- `input` adds the topology's management access (`_management_rules`).
 
 Identity membership and grants are set elements with timeouts, so the rule count
 depends on conduits and services, never on identities or assets.
@@ -38,6 +48,7 @@ from typing import Any
 from policyd import nftjson as nj
 from policyd.compile_ot import weave
 from policyd.conventions import (
+    API_PORT,
     NFLOG_DENY_PREFIX,
     NFLOG_GROUP,
     NFLOG_RECORD_GROUP,
@@ -151,6 +162,9 @@ class _Compiler:
         self.sets: list[Json] = []
         self.plans: dict[str, ConduitPlan] = {}
         self.source_rules: dict[str, list[list[Json]]] = {}  # conduit -> expr prefixes
+        self.verify_sources: dict[str, list[Any]] = {}  # conduit -> original-source matchers
+        self.fc: dict[str, str] = {}  # conduit -> its function-check chain
+        self._windows: dict[str, list[UtcWindow | None]] = {}
         self.names: set[str] = set()
         self.members: dict[str, list[str]] = {}  # role -> identities, indexed once
         for ident in topo.identities.values():
@@ -213,11 +227,13 @@ class _Compiler:
         not_tunnels = nj.match(nj.meta("iifname"), "@tunnels", "!=")
         saddr = nj.payload("ip", "saddr")
         rules: list[list[Json]] = []
+        verify: list[Any] = []
         if has_id_sources:
             id_set = self.unique("grant" if grant else "ids", c)
             elems = [] if grant else self.identity_elements(admitted, expiry)
             self.sets.append(nj.named_set(id_set, "ipv4_addr", ["timeout"], elems))
             rules.append([tunnels, nj.match(saddr, f"@{id_set}")])
+            verify.append(f"@{id_set}")
         zone_src = (local_src | remote_src) if ingress else local_src
         if zone_src and grant:
             zone_set = self.unique("zgrant", c)
@@ -234,6 +250,8 @@ class _Compiler:
             if not ingress:
                 expr.insert(1, nj.match(nj.meta("oifname"), "@tunnels"))
             rules.append(expr)
+            if src not in verify:
+                verify.append(src)
         max_grant = None
         if c.approval is not None:
             max_grant = c.approval.max_duration
@@ -251,6 +269,7 @@ class _Compiler:
             max_grant=max_grant,
         )
         self.source_rules[c.name] = rules
+        self.verify_sources[c.name] = verify
         return True
 
     def identity_elements(
@@ -265,6 +284,11 @@ class _Compiler:
         return out
 
     def windows(self, c: Conduit) -> list[UtcWindow | None]:
+        if c.name not in self._windows:
+            self._windows[c.name] = self._compute_windows(c)
+        return self._windows[c.name]
+
+    def _compute_windows(self, c: Conduit) -> list[UtcWindow | None]:
         if c.schedule is None:
             return [None]
         change = next_offset_change(c.schedule.tz, self.now)
@@ -275,7 +299,8 @@ class _Compiler:
             self.notes.append(f"conduit {c.name}: schedule is never open")
         return list(wins)
 
-    def conduit_rules(self, chain: str, c: Conduit) -> list[Json]:
+    def when(self, c: Conduit) -> list[list[Json]]:
+        """The schedule matchers of each UTC window the conduit is open in ([] = always)."""
         out = []
         for win in self.windows(c):
             when: list[Json] = []
@@ -283,9 +308,47 @@ class _Compiler:
                 when.append(nj.match(nj.meta("day"), nj.one_or_set(win.day_names())))
             if win is not None and not win.whole_day:
                 when.append(nj.match(nj.meta("hour"), {"range": list(win.hour_range())}))
+            out.append(when)
+        return out
+
+    def admit(self, c: Conduit) -> Json:
+        """The verdict that admits a packet of `c`: its function check, which ends in
+        accept, or accept when the conduit has no function classes."""
+        fc = self.fc.get(c.name)
+        return {"goto": {"target": fc}} if fc else nj.accept()
+
+    def conduit_rules(self, chain: str, c: Conduit) -> list[Json]:
+        """New flows: match the sources and window, mark the flow, then admit (so the
+        first packet passes the function check like every later one)."""
+        out = []
+        for when in self.when(c):
             record = [record_log(c.mark)] if c.record else []
             for src in self.source_rules[c.name]:
-                expr = [*src, *when, nj.set_ct_mark(c.mark), *record, nj.accept()]
+                expr = [*src, *when, nj.set_ct_mark(c.mark), *record, self.admit(c)]
+                out.append(nj.rule(chain, expr, f"conduit {c.name}"))
+        return out
+
+    def code_rules(self, chain: str, c: Conduit, codes: tuple[int, tuple[int, ...]]) -> list[Json]:
+        """Accept a packet (original direction, checked by the caller's fc chain) whose
+        function code `c` allows, when `c` admits the flow's source now."""
+        offset, allowed = codes
+        code = nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(allowed)))
+        orig = {"ct": {"key": "ip saddr", "dir": "original"}}
+        out = []
+        for when in self.when(c):
+            for src in self.verify_sources[c.name]:
+                expr = [nj.match(orig, src), *when, code, nj.accept()]
+                out.append(nj.rule(chain, expr, f"conduit {c.name}"))
+        return out
+
+    def verify_rules(self, chain: str, c: Conduit) -> list[Json]:
+        """Established flows of `c`: admitted only while the flow's original source is
+        still in the conduit's sources (identity, grant, zone) and the window is open."""
+        out = []
+        orig = {"ct": {"key": "ip saddr", "dir": "original"}}
+        for when in self.when(c):
+            for src in self.verify_sources[c.name]:
+                expr = [nj.match(orig, src), *when, self.admit(c)]
                 out.append(nj.rule(chain, expr, f"conduit {c.name}"))
         return out
 
@@ -367,37 +430,48 @@ def compile_ruleset(
     enforced = [c for _, c in sorted(topology.conduits.items()) if comp.plan(c)]
 
     entries = []
-    fc_chains: list[Json] = []
-    fc_elems: list[Any] = []
+    restricted_of: dict[str, dict[tuple[int, tuple[int, ...]], list[tuple[str, int]]]] = {}
     for c in enforced:
         lo, hi = comp.target_range(c)
-        ports = allowed_ports(topology, c)
-        restricted: dict[tuple[int, tuple[int, ...]], list[tuple[str, int]]] = {}
-        for (proto, port), codes in ports.items():
+        restricted = restricted_of[c.name] = {}
+        for (proto, port), codes in allowed_ports(topology, c).items():
             entries.append((lo, hi, proto, port, c.name, codes))
             if codes is not None:
                 restricted.setdefault(codes, []).append((proto, port))
-        if restricted:
-            name = comp.unique("fc", c)
-            fc_chains.append(nj.chain(name))
-            fc_elems.append([c.mark, nj.jump(name)])
-            for (offset, codes), pp in sorted(restricted.items()):
-                for proto in sorted({p for p, _ in pp}):
-                    nums = sorted(port for p, port in pp if p == proto)
-                    dport = nj.one_or_set(list(nums))
-                    expr = [
-                        nj.match(nj.ct("direction"), "original"),
-                        nj.match(nj.payload(proto, "dport"), dport),
-                        nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(codes)), "!="),
-                        nj.jump("deny_function"),
-                    ]
-                    fc_chains.append(nj.rule(name, expr, f"conduit {c.name}"))
+    groups = _dispatch(entries)
+    # A destination and service that more than one conduit admits: a code the flow's own
+    # conduit refuses may still be allowed by another conduit admitting the same source
+    # now (the model's "any conduit allows"); `fc_more` looks those up before denying.
+    shared = [g for g in groups if len(g[4]) > 1 and any(codes for _, codes in g[4])]
+    refuse = "fc_more" if shared else "deny_function"
+
+    fc_chains: list[Json] = []
+    fc_elems: list[Any] = []  # the `functions` map: mark -> fc chain (for other hooks)
+    for c in enforced:
+        restricted = restricted_of[c.name]
+        if not restricted:
+            continue
+        name = comp.fc[c.name] = comp.unique("fc", c)
+        fc_chains.append(nj.chain(name))
+        fc_elems.append([c.mark, nj.jump(name)])
+        for (offset, codes), pp in sorted(restricted.items()):
+            for proto in sorted({p for p, _ in pp}):
+                nums = sorted(port for p, port in pp if p == proto)
+                dport = nj.one_or_set(list(nums))
+                expr = [
+                    nj.match(nj.ct("direction"), "original"),
+                    nj.match(nj.payload(proto, "dport"), dport),
+                    nj.match(nj.raw_payload("ih", offset, 8), nj.one_or_set(list(codes)), "!="),
+                    nj.jump(refuse),
+                ]
+                fc_chains.append(nj.rule(name, expr, f"conduit {c.name}"))
+        fc_chains.append(nj.rule(name, [nj.accept()], f"conduit {c.name}"))
 
     conduits = {c.name: c for c in enforced}
     group_chains: dict[tuple[tuple[str, Any], ...], str] = {}
     group_rules: list[Json] = []
     dispatch_elems: list[Any] = []
-    for lo, hi, proto, port, cands in _dispatch(entries):
+    for lo, hi, proto, port, cands in groups:
         chain = group_chains.get(cands)
         if chain is None:
             chain = group_chains[cands] = f"to_{len(group_chains) + 1}"
@@ -407,17 +481,57 @@ def compile_ruleset(
         key = {"concat": [nj.address_range(lo, hi), proto, port]}
         dispatch_elems.append([key, nj.jump(chain)])
 
+    more_chains: dict[tuple[tuple[str, Any], ...], str] = {}
+    more_rules: list[Json] = []
+    more_elems: list[Any] = []
+    for lo, hi, proto, port, cands in shared:
+        chain = more_chains.get(cands)
+        if chain is None:
+            chain = more_chains[cands] = f"more_{len(more_chains) + 1}"
+            more_rules.append(nj.chain(chain))
+            for name, codes in cands:
+                if codes is not None:
+                    more_rules.extend(comp.code_rules(chain, conduits[name], codes))
+        key = {"concat": [nj.address_range(lo, hi), proto, port]}
+        more_elems.append([key, nj.jump(chain)])
+    if shared:  # after the more_N chains the map jumps to, before the fc chains
+        key = {"concat": [nj.payload("ip", "daddr"), nj.meta("l4proto"), nj.payload("th", "dport")]}
+        more_rules += [
+            nj.named_set(
+                "more_functions",
+                ["ipv4_addr", "inet_proto", "inet_service"],
+                ["interval"],
+                more_elems,
+                map_type="verdict",
+            ),
+            nj.chain("fc_more"),
+            nj.rule("fc_more", [{"vmap": {"key": key, "data": "@more_functions"}}]),
+            nj.rule("fc_more", [nj.jump("deny_function")]),
+        ]
+
+    verify_chains: list[Json] = []
+    verify_elems: list[Any] = []
+    for c in enforced:
+        name = comp.unique("v", c)
+        verify_chains.append(nj.chain(name))
+        verify_chains.extend(comp.verify_rules(name, c))
+        verify_elems.append([c.mark, nj.jump(name)])
+
     objects: list[Json] = [{"table": nj.table()}]
     objects.append(nj.named_set("tunnels", "ifname", ["interval"], sorted(opts.tunnels)))
     objects.extend(comp.sets)
     objects.extend(_deny_chain("deny_invalid", "invalid", opts))
     objects.extend(_deny_chain("deny_function", "function", opts))
     objects.extend(_deny_chain("deny_spoof", "spoof", opts))
+    objects.extend(_deny_chain("deny_ended", "ended", opts))
+    objects.extend(more_rules)
     objects.extend(fc_chains)
+    objects.extend(verify_chains)
     objects.extend(group_rules)
     rec_chains, rec_elems = _record_chains(comp, enforced)
     objects.extend(rec_chains)
     objects.append(nj.named_set("functions", "mark", [], fc_elems, map_type="verdict"))
+    objects.append(nj.named_set("verify", "mark", [], verify_elems, map_type="verdict"))
     if rec_elems:
         objects.append(nj.named_set("recorded", "mark", [], rec_elems, map_type="verdict"))
     objects.append(
@@ -443,8 +557,106 @@ def compile_ruleset(
     )
 
 
-def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list[Json]:
+def _disjoint(nets: list[IPv4Network]) -> list[IPv4Network]:
+    """Networks with the ones inside another dropped (an interval set refuses overlaps)."""
+    out: list[IPv4Network] = []
+    for n in nets:  # sorted by address, shortest prefix first
+        if out and n.subnet_of(out[-1]):
+            continue
+        out.append(n)
+    return out
+
+
+def _zone_binding(comp: _Compiler) -> list[Json]:
+    """Zones live behind interfaces: rules run on every packet, before conntrack state.
+
+    A packet that does not arrive on a tunnel must come in on an interface its source's
+    route goes back through (`fib saddr . iif`: strict reverse path from the routing
+    table, whatever the host's rp_filter): a LAN host cannot use another LAN's zone
+    address, nor an identity's overlay address (routed to a tunnel). A local zone with
+    an explicit `interface:` only from there; no local zone address through a tunnel.
+    """
     tunnels = nj.match(nj.meta("iifname"), "@tunnels")
+    not_tunnels = nj.match(nj.meta("iifname"), "@tunnels", "!=")
+    saddr = nj.payload("ip", "saddr")
+    fib = {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}
+    out = [
+        nj.rule(
+            "forward",
+            [not_tunnels, nj.match(fib, False), nj.jump("deny_spoof")],
+            "source from an interface its route does not use",
+        )
+    ]
+    for zone in sorted(comp.site.zones.values(), key=lambda z: z.name):
+        if zone.interface:
+            iif = nj.match(nj.meta("iifname"), zone.interface, "!=")
+            out.append(
+                nj.rule(
+                    "forward",
+                    [nj.match(saddr, nj.network(zone.cidr)), iif, nj.jump("deny_spoof")],
+                    f"zone {zone.ref} lives behind {zone.interface}",
+                )
+            )
+    if comp.local:
+        local = nj.one_or_set([nj.network(n) for n in comp.local])
+        spoof = [tunnels, nj.match(saddr, local), nj.jump("deny_spoof")]
+        out.append(nj.rule("forward", spoof, "local zone source arriving on a tunnel"))
+    return out
+
+
+def _management_rules(comp: _Compiler, opts: CompileOptions) -> list[Json]:
+    """Who may reach the gateway's own services (`gateway: management:` in the topology).
+
+    Sources are CIDRs or zones (from any interface but the tunnels; zone binding still
+    applies to forwarded traffic only, so this is a plain source match) or identities
+    (their overlay address, through a tunnel). Service `api` is the control API port.
+    """
+    out: list[Json] = []
+    saddr = nj.payload("ip", "saddr")
+    for i, access in enumerate(comp.site.gateway.management):
+        nets: list[IPv4Network] = []
+        overlays: list[IPv4Address] = []
+        for ref in access.sources:
+            zone = comp.topo.zone(ref) if "/" in ref and ref[0].isalpha() else None
+            ident = comp.topo.identities.get(ref)
+            if zone is not None:
+                nets.append(zone.cidr)
+            elif ident is not None and ident.overlay is not None:
+                if ident.valid_at(comp.now):
+                    overlays.append(ident.overlay)
+            else:
+                try:
+                    nets.append(IPv4Network(ref, strict=False))
+                except ValueError as e:
+                    raise CompileError(
+                        f"site {comp.site.name} gateway management[{i}]: {ref!r} is no "
+                        "zone, identity or CIDR"
+                    ) from e
+        ports: dict[str, set[int]] = {}
+        for name in access.services:
+            if name == "api":
+                ports.setdefault("tcp", set()).add(opts.api_port or API_PORT)
+                continue
+            svc = service_of(comp.topo, name)
+            ports.setdefault(svc.transport, set()).update(svc.ports)
+        comment = f"management access {i}"
+        for proto, nums in sorted(ports.items()):
+            dport = nj.match(nj.payload(proto, "dport"), nj.one_or_set(sorted(nums)))
+            if nets:
+                src = nj.one_or_set([nj.network(n) for n in _disjoint(sorted(set(nets)))])
+                not_tunnels = nj.match(nj.meta("iifname"), "@tunnels", "!=")
+                expr = [not_tunnels, nj.match(saddr, src), dport, nj.accept()]
+                out.append(nj.rule("input", expr, comment))
+            if overlays:
+                src = nj.one_or_set([str(a) for a in sorted(set(overlays))])
+                tunnels = nj.match(nj.meta("iifname"), "@tunnels")
+                out.append(
+                    nj.rule("input", [tunnels, nj.match(saddr, src), dport, nj.accept()], comment)
+                )
+    return out
+
+
+def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list[Json]:
     log = [nj.limit(opts.log_rate, opts.log_burst)]
     est = [nj.chain("established")]
     if recording:
@@ -454,8 +666,12 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list
         rec = {"vmap": {"key": nj.ct("mark"), "data": "@recorded"}}
         est.append(nj.rule("established", [rec], "session recording"))
     est += [
-        nj.rule("established", [{"vmap": {"key": nj.ct("mark"), "data": "@functions"}}]),
-        nj.rule("established", [nj.accept()]),
+        nj.rule(
+            "established",
+            [{"vmap": {"key": nj.ct("mark"), "data": "@verify"}}],
+            "is what admitted the flow still true",
+        ),
+        nj.rule("established", [nj.jump("deny_ended")], "no longer admitted"),
     ]
     states = {
         "vmap": {
@@ -469,11 +685,8 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list
             ),
         }
     }
-    fwd = [nj.chain("forward", hook="forward"), nj.rule("forward", [states])]
-    if comp.local:
-        local = nj.one_or_set([nj.network(n) for n in comp.local])
-        spoof = [tunnels, nj.match(nj.payload("ip", "saddr"), local), nj.jump("deny_spoof")]
-        fwd.append(nj.rule("forward", spoof, "local zone source arriving on a tunnel"))
+    fwd = [nj.chain("forward", hook="forward"), *_zone_binding(comp)]
+    fwd.append(nj.rule("forward", [states]))
     key = {"concat": [nj.payload("ip", "daddr"), nj.meta("l4proto"), nj.payload("th", "dport")]}
     fwd.append(nj.rule("forward", [{"vmap": {"key": key, "data": "@dispatch"}}]))
     fwd.append(nj.rule("forward", [*log, nj.nflog(NFLOG_DENY_PREFIX + "default", NFLOG_GROUP)]))
@@ -490,6 +703,7 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list
             ),
         }
     }
+    tunnels = nj.match(nj.meta("iifname"), "@tunnels")
     gw = comp.site.gateway
     inp = [
         nj.chain("input", hook="input"),
@@ -518,8 +732,52 @@ def _hook_chains(comp: _Compiler, opts: CompileOptions, recording: bool) -> list
             nj.accept(),
         ]
         inp.append(nj.rule("input", api, "control API"))
+    inp.extend(_management_rules(comp, opts))
     inp.append(nj.rule("input", [*log, nj.nflog(NFLOG_DENY_PREFIX + "input", NFLOG_GROUP)]))
     return est + fwd + inp
+
+
+FAIL_CLOSED_MANAGEMENT = ("tcp", 22)  # what the fail-closed table keeps reachable
+
+
+def deny_all_ruleset(
+    gateway: str, *, now: datetime, options: CompileOptions | None = None
+) -> Ruleset:
+    """The table policyd installs when it has no good policy at its first start: forward
+    nothing (logged), and into the gateway only established sessions, loopback and SSH,
+    so an administrator can still reach it to fix the file (see docs/policyd.md)."""
+    opts = options or CompileOptions()
+    log = [nj.limit(opts.log_rate, opts.log_burst)]
+    proto, port = FAIL_CLOSED_MANAGEMENT
+    states = {
+        "vmap": {
+            "key": nj.ct("state"),
+            "data": nj.anon_set([["established", nj.accept()], ["related", nj.accept()]]),
+        }
+    }
+    objects: list[Json] = [
+        {"table": nj.table()},
+        nj.chain("forward", hook="forward"),
+        nj.rule("forward", [*log, nj.nflog(NFLOG_DENY_PREFIX + "fail-closed", NFLOG_GROUP)]),
+        nj.chain("input", hook="input"),
+        nj.rule("input", [states]),
+        nj.rule("input", [nj.match(nj.meta("iifname"), "lo"), nj.accept()]),
+        nj.rule(
+            "input",
+            [nj.match(nj.payload(proto, "dport"), port), nj.accept()],
+            "management access while failed closed",
+        ),
+        nj.rule("input", [*log, nj.nflog(NFLOG_DENY_PREFIX + "input", NFLOG_GROUP)]),
+    ]
+    return Ruleset(
+        gateway=gateway,
+        objects=tuple(objects),
+        conduits=frozen_map({}),
+        compiled_at=now,
+        next_change=None,
+        notes=("fail closed: no good policy",),
+        options=opts,
+    )
 
 
 __all__ = [
@@ -531,4 +789,5 @@ __all__ = [
     "Ruleset",
     "allowed_ports",
     "compile_ruleset",
+    "deny_all_ruleset",
 ]

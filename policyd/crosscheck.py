@@ -14,7 +14,7 @@ without a class with every known code plus one no class lists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from ipaddress import IPv4Address
 
@@ -49,10 +49,13 @@ def grant_everything(ev: RulesetEvaluator, rs: Ruleset, conduits: list[str], at:
                 ev.add_element(plan.zone_set, prefix, at)
 
 
-def compiled_verdict(
-    topo: Topology, flow: Flow, at: datetime, options: CompileOptions | None = None
-) -> CompiledVerdict:
-    """Decide `flow` at instant `at` with rulesets compiled at `at`."""
+@dataclass(frozen=True)
+class _Plan:
+    path: list[tuple[str, str, str]]  # (gateway, iif, oif)
+    packets: list[Packet]  # one per function code to try
+
+
+def _plan(topo: Topology, flow: Flow) -> _Plan:
     src = resolve_source(topo, flow.source)
     dst = resolve_target(topo, flow.target)
     spec = parse_service_spec(flow.service, topo.services)
@@ -81,28 +84,39 @@ def compiled_verdict(
         else:
             every = {c for fc in svc.classes.values() for c in fc.codes} | {UNLISTED_CODE}
             codes = [*sorted(every)]
+    packets = [
+        Packet(
+            iif="",
+            saddr=IPv4Address(src.address),
+            daddr=IPv4Address(daddr),
+            proto=spec.transport,
+            dport=spec.port,
+            payload=payload_with_code(offset, code) if offset is not None and code else b"",
+        )
+        for code in codes
+    ]
+    return _Plan(path, packets)
 
+
+def compiled_verdict(
+    topo: Topology, flow: Flow, at: datetime, options: CompileOptions | None = None
+) -> CompiledVerdict:
+    """Decide `flow` at instant `at` with rulesets compiled at `at`."""
+    plan = _plan(topo, flow)
     granted = list(topo.conduits) if flow.grants == ALL_GRANTS else list(flow.grants)
     verdict = CompiledVerdict(True)
-    for gateway, iif, oif in path:
+    for gateway, iif, oif in plan.path:
         rs = compile_ruleset(topo, gateway, now=at, options=options)
         ev = RulesetEvaluator(rs.objects, at)
         grant_everything(ev, rs, granted, at)
-        for code in codes:
-            payload = payload_with_code(offset, code) if offset is not None and code else b""
-            pkt = Packet(
-                iif=iif,
-                oif=oif,
-                saddr=IPv4Address(src.address),
-                daddr=IPv4Address(daddr),
-                proto=spec.transport,
-                dport=spec.port,
-                payload=payload,
-            )
+        for base in plan.packets:
+            pkt = replace(base, iif=iif, oif=oif)
             res = ev.connection(pkt, at)
             verdict.hops.append((gateway, pkt, res))
             verdict.allowed = verdict.allowed and res.accepted
-    if flow.modbus is not None and spec.service == "modbus" and verdict.allowed:
+    spec = parse_service_spec(flow.service, topo.services)  # valid: _plan checked it
+    is_modbus = not isinstance(spec, tuple) and spec.service == "modbus"
+    if flow.modbus is not None and is_modbus and verdict.allowed:
         verdict.allowed = _tier_allows(topo, verdict, flow.modbus)
     return verdict
 
@@ -116,3 +130,67 @@ def _tier_allows(topo: Topology, verdict: CompiledVerdict, request: ModbusReques
     if conduit is None:
         return False
     return decide(conduit_scopes(conduit.allow), request).allowed
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happens to the policy between a flow's start and a later packet of it: the
+    topology after (a reload, or the same one), and which conduits' grants remain."""
+
+    after: Topology
+    grants_before: tuple[str, ...]
+    grants_after: tuple[str, ...]
+
+
+def session_verdict(
+    before: Topology, flow: Flow, t0: datetime, event: Event, t1: datetime
+) -> tuple[bool, list[str]] | None:
+    """Is an open flow F, admitted at t0, still allowed at t1 after `event`?
+
+    None when the flow was never admitted at t0. Otherwise (accepted, marks): whether
+    every packet of F at t1 passes the rules the kernel then holds (the ruleset of t0
+    with time moved on and grants removed, or the ruleset compiled from the event's
+    topology at t1, grants carried over as the kernel adapter does), and the conduit
+    names the flow was attributed to at t0.
+    """
+    plan = _plan(before, flow)
+    accepted, names = True, []
+    reloaded = event.after is not before
+    for gateway, iif, oif in plan.path:
+        rs0 = compile_ruleset(before, gateway, now=t0)
+        ev0 = RulesetEvaluator(rs0.objects, t0)
+        grant_everything(ev0, rs0, list(event.grants_before), t0)
+        by_mark = {p.mark: p.name for p in rs0.conduits.values()}
+        opened = []
+        for base in plan.packets:
+            pkt = replace(base, iif=iif, oif=oif)
+            first = ev0.evaluate("forward", replace(pkt, payload=b""), t0)
+            if not first.accepted:
+                return None
+            names.append(by_mark.get(first.ct_mark, ""))
+            opened.append(replace(pkt, ct_state="established", ct_mark=first.ct_mark))
+        if reloaded:
+            rs1 = compile_ruleset(event.after, gateway, now=t1)
+            ev1 = RulesetEvaluator(rs1.objects, t1)
+            kept = [c for c in event.grants_after if c in event.grants_before]
+            grant_everything(ev1, rs1, kept, t1)
+        else:
+            ev1 = ev0
+            for name in set(event.grants_before) - set(event.grants_after):
+                _revoke(ev0, rs0, name)
+        for later in opened:
+            accepted = accepted and ev1.evaluate("forward", later, t1).accepted
+    return accepted, names
+
+
+def _revoke(ev: RulesetEvaluator, rs: Ruleset, conduit: str) -> None:
+    plan = rs.conduits.get(conduit)
+    if plan is None or not plan.needs_grant:
+        return
+    if plan.identity_set:
+        for addr in plan.identities.values():
+            ev.delete_element(plan.identity_set, str(addr))
+    if plan.zone_set:
+        for net in plan.zones.values():
+            prefix = {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+            ev.delete_element(plan.zone_set, prefix)

@@ -27,9 +27,16 @@ from policyd.api.app import serve
 from policyd.api.context import ControlState
 from policyd.api.guard import Guard
 from policyd.api.metrics import Sample, exposition, gateway_samples
-from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
+from policyd.compiler import (
+    CompileError,
+    CompileOptions,
+    Ruleset,
+    compile_ruleset,
+    deny_all_ruleset,
+)
 from policyd.console.events import Broadcaster
 from policyd.enforcer import KernelGrants, arrived_via_tunnel
+from policyd.flowlog import conntrack
 from policyd.flowlog.auditchain import AuditChain
 from policyd.flowlog.exports import ExportOptions, build_sinks
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
@@ -38,17 +45,20 @@ from policyd.flowlog.sinks import JsonLinesFile, Sink
 from policyd.grant_service import GrantService
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
-from policyd.kernel import NftError, NftHandle
+from policyd.kernel import NftError, NftHandle, addresses
 from policyd.notify import NOTIFY_EVENTS, Notifier, destinations
 from policyd.ot import routing
 from policyd.ot.tier import DEFAULT_OUTSTANDING, OtTier
 from policyd.render import canonical
+from policyd.session_end import Ended, end_of_source, not_admitted
+from policyd.session_end import delete as delete_flows
 from policyd.totp import TotpStore
 from topology.diagnostics import TopologyError
 from topology.files import topology_files
 from topology.model import Topology
 
 log = logging.getLogger("policyd")
+FULL_DRIFT_EVERY = 10  # every 10th periodic check compares even if no foreign commit was seen
 
 
 def fingerprint(path: Path) -> str:
@@ -98,6 +108,7 @@ class Settings:
     local_users: dict[int, frozenset[str]] = field(default_factory=dict)  # uid -> identities
     operators: frozenset[str] = frozenset()  # identities that may read status and metrics
     reconcile_every: float = 30.0  # seconds between kernel/book reconciliations
+    drift_check: float = 30.0  # seconds between comparisons of kernel and compiled table
 
 
 class Daemon:
@@ -118,6 +129,12 @@ class Daemon:
         self.topology_moved = False  # the grant service has not seen the new topology yet
         self.applied_at: datetime | None = None
         self.ot: OtTier | None = None
+        self.installed: Ruleset | None = None  # what the kernel should hold (may be deny-all)
+        self.previous: Ruleset | None = None  # the policy before the last apply (flow names)
+        self.pending: list[AuditEvent] = []  # audit events before the recorder runs
+        self.runners: list[Any] = []
+        self.started = False
+        self.last_drift_check = 0.0
 
     # -- policy -----------------------------------------------------------------------
 
@@ -175,7 +192,7 @@ class Daemon:
             log.error("%s; keeping the last good policy", e)
             self.audit(AuditEvent("policy_rejected", "failure", str(e), [str(e)]))
             return False
-        self.current = rs
+        self.previous, self.current, self.installed = self.current, rs, rs
         self.applied_at = datetime.now(UTC)
         self.audit(AuditEvent("policy_applied", details={"file": str(self.s.topology), **details}))
         self._topology_changed()
@@ -195,7 +212,123 @@ class Daemon:
         if rs is None:
             log.error("keeping the last good policy in force")
             return
-        self.enforce(rs)
+        if self.enforce(rs):
+            self.sweep(why)
+
+    # -- ending sessions (cleanup: the kernel already drops their next packet) -----------
+
+    def _grant_elements(self, set_name: str) -> set[Any]:
+        try:
+            return addresses(self.nft.set_elements(set_name))
+        except NftError:
+            return set()
+
+    def sweep(self, why: str) -> None:
+        """End the open flows the current policy no longer admits (conntrack cleanup)."""
+        if self.current is None or self.topology is None:
+            return
+        try:
+            flows = conntrack.dump()
+        except OSError as e:
+            log.error("conntrack dump failed: %s", e)
+            return
+        now = datetime.now(UTC)
+        self.end_flows(
+            not_admitted(flows, self.current, self.topology, now, self._grant_elements), why
+        )
+
+    def end_grant_flows(self, conduit: str, source: str, reason: str) -> None:
+        """The flows of one grant that ended (revoked or expired)."""
+        plan = self.current.conduits.get(conduit) if self.current else None
+        if plan is None:
+            return
+        addr: Any = plan.identities.get(source) or plan.zones.get(source)
+        if addr is None:
+            return
+        self.end_flows_from(plan.mark, addr, reason, f"{source} on {conduit}")
+
+    def end_flows_from(self, mark: int, source: Any, reason: str, why: str) -> int:
+        """End the flows of one conduit (by mark) from one address or network."""
+        return end_of_source(mark, source, reason, why, self._tell_recorder)
+
+    def end_flows(self, ended: list[Ended], why: str) -> int:
+        return delete_flows(ended, why, self._tell_recorder)
+
+    def _tell_recorder(self, ended: list[Ended]) -> None:
+        """The reasons (and conduit names, a removed conduit's too) for the end records."""
+        if self.recorder is None:
+            return
+        names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
+        if self.previous is not None:
+            names = {p.mark: p.name for p in self.previous.conduits.values()} | names
+        self.recorder.ending({e.flow.ct_id: (e.reason, names.get(e.flow.mark)) for e in ended})
+
+    # -- fail closed and drift ---------------------------------------------------------
+
+    def fail_closed(self) -> None:
+        """No good policy at start: keep a running zonegate table (the last good policy
+        of a previous run), else install the deny-all table; keep running either way."""
+        running = self.nft.list_table()
+        if running is not None and any("hook" in o.get("chain", {}) for o in running):
+            log.error("no good policy: keeping the running table (last good policy)")
+            self.audit(AuditEvent("fail_closed", "failure", "kept the running table"))
+            return
+        rs = deny_all_ruleset(self.s.gateway, now=datetime.now(UTC), options=self.s.options)
+        try:
+            self.nft.apply_ruleset(rs)
+        except NftError as e:
+            log.error("could not install the deny-all table: %s", e)
+            self.audit(AuditEvent("fail_closed", "failure", f"deny-all table rejected: {e}"))
+            return
+        self.installed = rs
+        log.error(
+            "no good policy: deny-all table installed (management: ssh); waiting for a good file"
+        )
+        self.audit(
+            AuditEvent(
+                "fail_closed",
+                "failure",
+                "deny-all table installed",
+                details={"file": str(self.s.topology)},
+            )
+        )
+
+    def check_drift(self, why: str, full: bool = True) -> None:
+        """Compare the kernel's table with the one that should run; repair and audit.
+
+        Without `full`, the comparison (a listing of the table, ~1 s at 100k identities)
+        runs only when the ruleset generation moved since policyd's own last commit:
+        nothing else can have changed the table otherwise."""
+        self.last_drift_check = asyncio.get_running_loop().time()
+        want = self.installed
+        if want is None:
+            return
+        if not full and not self.nft.changed_by_others():
+            return
+        try:
+            diff = self.nft.drift(want)
+        except NftError as e:
+            log.error("drift check failed: %s", e)
+            return
+        if not diff:
+            return
+        log.warning("policy drift (%s): the kernel's table differs; repairing", why)
+        if want is self.current:
+            want = self.compile() or want  # fresh element timeouts
+        try:
+            self.nft.apply_ruleset(want)
+        except NftError as e:
+            log.error("drift repair failed: %s", e)
+            self.audit(AuditEvent("policy_drift", "failure", str(e), details={"diff": diff[:8000]}))
+            return
+        if self.current is not None:
+            self.current = want
+        self.installed = want
+        self.audit(
+            AuditEvent(
+                "policy_drift", "success", f"repaired ({why})", details={"diff": diff[:8000]}
+            )
+        )
 
     # -- audit, grants, API ---------------------------------------------------------------
 
@@ -204,6 +337,8 @@ class Daemon:
             self.recorder.emit_audit(event)
         else:
             log.info("audit %s %s %s", event.action, event.outcome, event.message)
+            if self.s.flow_log is not None:
+                self.pending.append(event)  # written once the recorder starts
         if event.action in NOTIFY_EVENTS and self.topology is not None:
             grant = dict(event.details)
             self.events.publish({"action": event.action, "grant": grant})
@@ -252,12 +387,16 @@ class Daemon:
         chain = AuditChain.resume(self.s.flow_log)
         self.recorder = FlowRecorder(self.topology, self.s.gateway, sinks, config, chain)
         await self.recorder.start()
+        for event in self.pending:
+            self.recorder.emit_audit(event)
+        self.pending.clear()
         log.info("recording flows to %s", self.s.flow_log)
         if self.s.sessions is not None:
             log.info("recording sessions of record: true conduits to %s", self.s.sessions)
 
     async def _start_ot(self) -> bool:
-        """The OT transaction tier, before the ruleset that steers flows to it."""
+        """The OT transaction tier. Until it listens, the ruleset's steering sends Modbus
+        conduit flows nowhere (dropped: fail closed), never around it."""
         port = self.s.options.ot_port
         if port is None:
             return True
@@ -270,8 +409,8 @@ class Daemon:
             routing.install()
             await self.ot.start()
         except (OSError, routing.RoutingError) as e:
-            log.error("OT tier cannot start: %s", e)
-            self.audit(AuditEvent("policy_rejected", "failure", f"OT tier: {e}", [str(e)]))
+            log.error("OT tier cannot start (Modbus conduits carry nothing): %s", e)
+            self.audit(AuditEvent("ot_tier_down", "failure", f"OT tier: {e}", [str(e)]))
             self.ot = None
             return False
         return True
@@ -328,23 +467,17 @@ class Daemon:
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self._on_signal, s)
         self.seen = fingerprint(self.s.topology)
+        self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
         rs = self.compile()
-        if rs is not None:
-            await self._start_recorder()
-            self.audit(AuditEvent("daemon_start", message=f"policyd for {self.s.gateway}"))
-        if rs is not None and not await self._start_ot():
-            rs = None
         if rs is None or not self.enforce(rs):
-            log.error("no policy applied; the running ruleset (if any) is unchanged")
-            if self.recorder is not None:
-                self.audit(AuditEvent("daemon_stop", "failure", "no policy applied"))
-                await self.recorder.stop()
-            return 2
-        runners = await self._start_api()
+            self.fail_closed()
+        else:
+            self.sweep("start")  # flows a previous policy admitted
         try:
+            await self._start_services()
             await self._loop()
         finally:
-            for runner in runners:
+            for runner in self.runners:
                 await runner.cleanup()
             await self.notifier.stop()
             if self.s.flush_on_exit:
@@ -360,9 +493,21 @@ class Daemon:
                 await self.recorder.stop()
         return 0
 
+    async def _start_services(self) -> None:
+        """Recorder, grants and API need a good topology: started with the first good
+        policy (at once, or after failing closed at start)."""
+        if self.started or self.current is None:
+            return
+        self.started = True
+        await self._start_recorder()
+        await self._start_ot()  # if it cannot start, steered Modbus conduits carry nothing
+        self.runners = await self._start_api()
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_reconcile = loop.time() + self.s.reconcile_every
+        self.last_drift_check = loop.time()
+        checks = 0
         while not self.stop:
             timeout = self.s.poll
             if self.current and self.current.next_change:
@@ -382,6 +527,8 @@ class Daemon:
                 self.hup = False
                 self.seen = fingerprint(self.s.topology)
                 self.reload("SIGHUP")
+                self.check_drift("SIGHUP")
+                await self._start_services()
                 await self.follow_grants()
                 continue
             now_fp = fingerprint(self.s.topology)
@@ -396,3 +543,8 @@ class Daemon:
             ):
                 self.reload("scheduled change")
                 await self.follow_grants()
+            elif loop.time() - self.last_drift_check >= self.s.drift_check:
+                checks += 1
+                self.check_drift("periodic check", full=checks % FULL_DRIFT_EVERY == 0)
+                self.sweep("periodic check")
+            await self._start_services()

@@ -2,14 +2,16 @@
 
 A grant is one set element with a timeout and the grant id as its comment
 (policyd/kernel.py, policyd/grant_service.py), so it closes even if policyd is dead.
-Closing a grant deletes the element and the identity's conntrack entries for that
-conduit, so live sessions end at once. Nothing here blocks the event loop: conntrack
-and route lookups are pyroute2's asyncio netlink sockets, element changes one
-nfnetlink batch each.
+Closing a grant deletes the element, so the identity's open sessions on that conduit
+stop at their next packet (the established path checks it); their conntrack entries
+are then deleted, each flow ending with reason `revoked` or `grant_expired`. Nothing
+here blocks the event loop: route lookups are pyroute2's asyncio netlink sockets,
+conntrack deletion runs in a worker thread, element changes are one nfnetlink batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from datetime import timedelta
@@ -17,7 +19,6 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from pyroute2 import AsyncConntrack, AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from policyd import kernel
 from policyd.conventions import TABLE_FAMILY, TABLE_NAME
@@ -31,28 +32,6 @@ if TYPE_CHECKING:
     from policyd.daemon import Daemon
 
 log = logging.getLogger("policyd")
-
-
-async def end_sessions(source: IPv4Address, mark: int) -> int:
-    """Delete the conntrack entries of `source` attributed to one conduit; return how many."""
-    log.info("[#] conntrack delete src %s mark %#x (netlink)", source, mark)
-    ct = AsyncConntrack()
-    deleted = 0
-    try:
-        doomed = [
-            e async for e in await ct.dump_entries(mark=mark) if e.tuple_orig.saddr == str(source)
-        ]
-        for entry in doomed:
-            try:
-                # With its zone: steered Modbus flows live in the OT tier's zone
-                # (policyd/compile_ot.py); without it the kernel looks in zone 0.
-                await ct.entry("del", tuple_orig=entry.tuple_orig, zone=entry.zone)
-                deleted += 1
-            except (OSError, NetlinkError) as exc:  # gone meanwhile (ENOENT) is fine
-                log.debug("conntrack delete: %s", exc)
-    finally:
-        ct.close()
-    return deleted
 
 
 async def list_sessions(source: IPv4Address, mark: int) -> list[dict[str, Any]]:
@@ -185,10 +164,12 @@ class KernelGrants:
             log.warning("listing sessions of %s on %s: %s", address, conduit, exc)
             return []
 
-    async def end_sessions(self, conduit: str, address: str) -> int:
+    async def end_sessions(self, conduit: str, address: str, reason: str = "revoked") -> int:
+        """Delete the conntrack entries of `address` on `conduit` (the kernel already
+        drops their next packets: the element is gone); each flow's end record carries
+        `reason`. Run in a worker thread: a conntrack dump is a blocking netlink read."""
         plan = self.daemon.current.conduits.get(conduit) if self.daemon.current else None
         if plan is None:
             return 0
-        n = await end_sessions(IPv4Address(address), plan.mark)
-        log.info("ended %d live session(s) of %s on %s", n, address, conduit)
-        return n
+        source, why = IPv4Address(address), f"{address} on {conduit}"
+        return await asyncio.to_thread(self.daemon.end_flows_from, plan.mark, source, reason, why)

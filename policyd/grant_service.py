@@ -71,7 +71,7 @@ class GrantKernel(Protocol):
 
     def delete(self, conduit: str, address: str) -> None: ...
 
-    async def end_sessions(self, conduit: str, address: str) -> int: ...
+    async def end_sessions(self, conduit: str, address: str, reason: str = "revoked") -> int: ...
 
 
 Audit = Callable[[AuditEvent], None]
@@ -215,7 +215,9 @@ class GrantService:
             raise KernelRefused("the element is still in the kernel after deleting it")
         failpoints.hit("after-kernel-close")
         try:
-            return await self.kernel.end_sessions(el.conduit, el.address)
+            # the flows' end records say why: "grant_expired" or "revoked" (docs/policyd.md)
+            reason = "grant_expired" if grant.state.value == "expired" else "revoked"
+            return await self.kernel.end_sessions(el.conduit, el.address, reason)
         except OSError as exc:  # cleanup only: the element is gone, new packets are refused
             log.warning("ending live sessions of %s on %s: %s", el.address, el.conduit, exc)
             return 0

@@ -86,6 +86,28 @@ class NftHandle:
         self._writer = ElementWriter(TABLE_FAMILY, TABLE_NAME)
         # identity set -> membership this handle last put in the kernel (see sync_members)
         self._in_kernel: dict[str, _Membership] = {}
+        self._own_generation: int | None = None  # the ruleset generation after our commit
+
+    # -- who changed the ruleset last -----------------------------------------------------
+    def generation(self) -> int:
+        """The netns' nf_tables generation id: every commit, by anyone, moves it."""
+        return self._writer.generation()
+
+    def _committed(self) -> None:
+        try:
+            self._own_generation = self.generation()
+        except (NfnlError, OSError):
+            self._own_generation = None
+
+    def changed_by_others(self) -> bool:
+        """True when some commit happened since our last one (or we cannot tell): only
+        then can the table have drifted, so the full comparison is needed."""
+        if self._own_generation is None:
+            return True
+        try:
+            return self.generation() != self._own_generation
+        except (NfnlError, OSError):
+            return True
 
     # -- raw commands -------------------------------------------------------------------
     def run(self, commands: list[Json] | str, what: str, check: bool = False) -> Any:
@@ -99,6 +121,8 @@ class NftHandle:
             self._nft.set_dry_run(False)
         if rc != 0:
             raise NftError((err or "").strip() or f"libnftables returned {rc}")
+        if not check and '"list"' not in text:
+            self._committed()
         return json.loads(out) if out else {}
 
     def list_table(self) -> list[Json] | None:
@@ -198,6 +222,7 @@ class NftHandle:
                 messages.append(m)
             log.info("[#] nfnetlink batch (%s)", what)
             self._writer.send(messages, what)
+            self._committed()
         except NfnlError as e:
             raise NftError(e.strerror or str(e)) from e
         return True
@@ -361,11 +386,42 @@ class NftHandle:
         )
         return "".join(lines)
 
+    def drift(self, ruleset: Ruleset) -> str:
+        """What differs between the running table and `ruleset` ('' when nothing does).
+
+        Chains, rules, maps and set definitions are compared, and the elements of sets
+        without timeouts; elements of timeout sets (identities, grants) change at run
+        time by design and are reconciled by `sync_members` and the grant service.
+        """
+        running = self.list_table()
+        if running is None:
+            return f"table {TABLE_FAMILY} {TABLE_NAME} is missing"
+        old = render_text(_without_timed_elements(canonical(running)))
+        new = render_text(_without_timed_elements(canonical(ruleset.objects)))
+        lines = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile="running",
+            tofile=f"compiled ({ruleset.gateway})",
+        )
+        return "".join(lines)
+
     def flush_table(self) -> None:
         """Delete our table (only for --flush-on-exit); other tables are never touched."""
         self._writer.forget()
         self._in_kernel.clear()
         self.run([{"add": {"table": table()}}, {"delete": {"table": table()}}], "delete table")
+
+
+def _without_timed_elements(objects: list[Json]) -> list[Json]:
+    out = []
+    for o in objects:
+        body = o.get("set")
+        flags = body.get("flags", []) if body else []
+        if body and "timeout" in ([flags] if isinstance(flags, str) else flags):
+            o = {"set": {k: v for k, v in body.items() if k != "elem"}}
+        out.append(o)
+    return out
 
 
 def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:

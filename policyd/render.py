@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from policyd.nftjson import Json
@@ -41,9 +42,12 @@ def expr(e: Any, quote: bool = False) -> str:
         key = e["meta"]["key"]
         return key if key in ("iifname", "oifname") else f"meta {key}"
     if "ct" in e:
-        return f"ct {e['ct']['key']}"
+        c = e["ct"]
+        return f"ct {c['dir']} {c['key']}" if "dir" in c else f"ct {c['key']}"
     if "socket" in e:
         return f"socket {e['socket']['key']}"
+    if "fib" in e:
+        return f"fib {' . '.join(e['fib']['flags'])} {e['fib']['result']}"
     if "set" in e:
         return "{ " + ", ".join(_element(x, quote) for x in e["set"]) + " }"
     if "range" in e:
@@ -86,6 +90,8 @@ def statement(s: Json) -> str:
         left, op, right = m["left"], m["op"], m["right"]
         q = _quoted(left)
         lhs = expr(left)
+        if "fib" in left and isinstance(right, bool):
+            return f"{lhs} {'exists' if right == (op == '==') else 'missing'}"
         if left.get("ct", {}).get("key") == "mark" and isinstance(right, int):
             rhs = hex(right)
         else:
@@ -177,8 +183,43 @@ def _canon(x: Any, key: str | None = None) -> Any:
         return out
     if isinstance(x, list):
         items = [_canon(v) for v in x]
-        return sorted(items, key=_sort_key) if key == "set" else items
+        if key == "set":
+            merged = _merged_addresses(items)
+            return merged if merged is not None else sorted(items, key=_sort_key)
+        return items
     return x
+
+
+def _span(item: Any) -> tuple[int, int] | None:
+    try:
+        if isinstance(item, str):
+            a = int(IPv4Address(item))
+            return a, a
+        if isinstance(item, dict) and "prefix" in item:
+            net = IPv4Network(f"{item['prefix']['addr']}/{item['prefix']['len']}")
+            return int(net.network_address), int(net.broadcast_address)
+        if isinstance(item, dict) and "range" in item:
+            lo, hi = (int(IPv4Address(v)) for v in item["range"])
+            return lo, hi
+    except (ValueError, TypeError, KeyError):
+        return None
+    return None
+
+
+def _merged_addresses(items: list[Any]) -> list[Any] | None:
+    """An anonymous set of IPv4 addresses/prefixes/ranges as merged ranges: the kernel
+    merges adjacent intervals of a constant set, so `10.0.0.0/24, 10.0.1.0/24` is listed
+    back as `10.0.0.0-10.0.1.255`. None when the set holds anything else."""
+    spans = [_span(i) for i in items]
+    if not spans or any(sp is None for sp in spans):
+        return None
+    out: list[list[int]] = []
+    for lo, hi in sorted(sp for sp in spans if sp is not None):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [{"range": [str(IPv4Address(lo)), str(IPv4Address(hi))]} for lo, hi in out]
 
 
 def _hms(v: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -51,6 +51,10 @@ class Packet:
     ct_mark: int = 0
     ct_direction: str = "original"
     ipv6: bool = False
+    # the flow's original source (None: this packet's saddr, i.e. an original-direction packet)
+    ct_saddr: IPv4Address | None = None
+    # whether the routing table leads back to saddr through iif (`fib saddr . iif oif`)
+    route_back: bool = True
 
 
 @dataclass
@@ -215,7 +219,13 @@ class RulesetEvaluator:
                 return "int", p.ct_mark
             if key == "direction":
                 return "str", p.ct_direction
+            if key == "ip saddr" and e["ct"].get("dir") == "original":
+                return "addr", int(p.ct_saddr or p.saddr)
             raise UnsupportedExpression(str(e))
+        if "fib" in e:
+            if e["fib"] != {"result": "oif", "flags": ["saddr", "iif"]}:
+                raise UnsupportedExpression(str(e))
+            return "bool", p.route_back
         if "concat" in e:
             parts = [self._value(x, p, at) for x in e["concat"]]
             return "concat", parts
@@ -298,7 +308,11 @@ class RulesetEvaluator:
         return None
 
     def evaluate(self, hook: str, packet: Packet, at: datetime) -> Result:
-        """Run `packet` through the base chain attached to `hook` at instant `at` (UTC)."""
+        """Run `packet` through the base chain attached to `hook` at instant `at`.
+
+        The kernel compares `meta hour`/`meta day` in UTC, so `at` is taken in UTC
+        whatever its offset (an instant, never the local clock)."""
+        at = at.astimezone(UTC)
         base = [c for c in self.chains.values() if c.get("hook") == hook]
         if not base:
             return Result("accept", packet.ct_mark)

@@ -13,7 +13,7 @@ is 0 on every system that does not set it; see docs/policyd.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from topology.model import DAY_NAMES, Schedule
@@ -76,6 +76,8 @@ def utc_windows(schedule: Schedule, at: datetime) -> tuple[UtcWindow, ...]:
     offset = utc_offset(schedule.tz, at)
     start = schedule.start.hour * 3600 + schedule.start.minute * 60 + schedule.start.second
     end = schedule.end.hour * 3600 + schedule.end.minute * 60 + schedule.end.second
+    if schedule.end == time.max:  # "24:00": the end of the day, not 23:59:59
+        end = DAY
     length = end - start if start < end else DAY - start + end
     # Local seconds-of-week intervals, shifted to UTC and folded into [0, WEEK).
     spans: list[tuple[int, int]] = []

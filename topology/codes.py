@@ -85,6 +85,12 @@ CODES: tuple[Code, ...] = (
         r"is already used by|falls inside zone",
         "an overlay address used twice or inside a zone",
     ),
+    Code(
+        "ZG-E044",
+        r"management",
+        "a management access entry names no zone, identity or CIDR, or an unknown service",
+    ),
+    Code("ZG-E045", r"is not an interface name", "a zone's `interface` is not an interface name"),
     # Identities.
     Code("ZG-E050", r"has unknown kind", "identity kind is user, service or site"),
     Code("ZG-E051", r"needs 'overlay'", "users and services need a fixed overlay address"),
@@ -156,6 +162,11 @@ CODES: tuple[Code, ...] = (
         "ZG-W008",
         r"accepts a risk it does not have",
         "`accept_risk` on a conduit the risk rule does not flag",
+    ),
+    Code(
+        "ZG-W009",
+        r"declares no management access",
+        "a gateway without management access: policyd drops new SSH/API sessions to it",
     ),
     Code("ZG-W999", r"", "a warning without a code yet (please report it)"),
 )

@@ -1,7 +1,8 @@
 """Warnings about a valid topology that probably does not say what its authors mean.
 
 Each is a warning (ZG-W...), an error under `check --strict`: a name nothing uses, an
-identity that can reach nothing, a topology without tests, a file that is not read.
+identity that can reach nothing, a topology without tests, a file that is not read,
+a gateway nobody may manage.
 They run only when every file could be parsed (otherwise "unused" would be a guess).
 """
 
@@ -21,6 +22,14 @@ def lint(topo: Topology, shown: str, skipped: list[str], diags: Diagnostics) -> 
             "or move it out of the directory",
         )
     _unused(topo, diags)
+    for site in topo.sites.values():
+        if not site.gateway.management:
+            diags.warning(
+                site.location,
+                f"site {site.name}: its gateway declares no management access",
+                "policyd's input chain then drops new SSH/API sessions to the gateway; add "
+                "gateway: {management: [{from: [ZONE or CIDR], allow: [ssh, api]}]}",
+            )
     if not topo.tests:
         first = topo.files[0] if topo.files else shown
         diags.warning(

@@ -162,6 +162,16 @@ class Gateway:
     underlay: str  # host or IP address reachable by peers
     port: int
     overlay: IPv4Address
+    management: tuple[ManagementAccess, ...] = ()  # who may reach the gateway itself
+
+
+@dataclass(frozen=True)
+class ManagementAccess:
+    """Sources (zone refs, identity names, CIDRs) allowed to reach services of the gateway
+    itself (service names; `api` is the control API)."""
+
+    sources: tuple[str, ...]
+    services: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,7 @@ class Zone:
     security_level: int
     description: str = ""
     location: Location | None = None
+    interface: str | None = None  # the gateway interface (or VLAN) the zone lives behind
 
     @property
     def ref(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from ipaddress import IPv4Network
 from typing import cast
 
 from topology.diagnostics import Location
@@ -14,6 +16,7 @@ from topology.model import (
     Gateway,
     Identity,
     IdentityKind,
+    ManagementAccess,
     Role,
     Service,
     Site,
@@ -25,6 +28,7 @@ from topology.services import BUILTIN_SERVICES
 from topology.yamlnodes import YNode, YSeq
 
 KEMS = ("ml-kem-768", "ml-kem-1024")
+_IFNAME = re.compile(r"[^\s/:*]{1,15}")  # a Linux interface name (IFNAMSIZ - 1)
 
 
 class PlacesReader(ReadContext):
@@ -91,13 +95,15 @@ class PlacesReader(ReadContext):
         gw_node = self.r.mapping(self.r.required(node, "gateway", what), f"{what} gateway")
         gateway = None
         if gw_node is not None:
-            self.r.keys(gw_node, ("underlay", "port", "overlay"), f"{what} gateway")
+            gw_keys = ("underlay", "port", "overlay", "management")
+            self.r.keys(gw_node, gw_keys, f"{what} gateway")
             underlay = self.r.string(self.r.required(gw_node, "underlay", "gateway"), "underlay")
             port_node = gw_node.get("port")
             port = 51820 if port_node is None else self.r.integer(port_node, "port", 1, 65535)
             overlay = self.r.address(self.r.required(gw_node, "overlay", "gateway"), "overlay")
+            management = self._management(gw_node.get("management"), f"{what} gateway management")
             if underlay and port and overlay:
-                gateway = Gateway(underlay, port, overlay)
+                gateway = Gateway(underlay, port, overlay, management)
         kem = self.r.string(node.get("kem"), "kem") or "ml-kem-768"
         if kem not in KEMS:
             self.diags.error(node.key_location("kem"), f"unknown kem '{kem}'", suggest(kem, KEMS))
@@ -134,6 +140,44 @@ class PlacesReader(ReadContext):
             tz=tz,
         )
 
+    def _management(self, node: YNode | None, what: str) -> tuple[ManagementAccess, ...]:
+        """`management: [{from: [zone | identity | CIDR], allow: [ssh, api, ...]}]`."""
+        if node is None:
+            return ()
+        items = node.items if isinstance(node, YSeq) else [node]
+        out = []
+        for item in items:
+            m = self.r.mapping(item, what)
+            if m is None:
+                continue
+            self.r.keys(m, ("from", "allow"), what)
+            sources = []
+            for ref, loc in self.r.string_list(self.r.required(m, "from", what), "from"):
+                if "/" in ref and ref[0].isalpha():
+                    sources.append(ref)  # a zone, checked when compiled
+                elif ref in self.entries["identities"]:
+                    sources.append(ref)
+                else:
+                    try:
+                        IPv4Network(ref, strict=False)
+                    except ValueError:
+                        self.diags.error(loc, f"{what}: '{ref}' is no zone, identity or CIDR")
+                        continue
+                    sources.append(ref)
+            services = []
+            for name, loc in self.r.string_list(self.r.required(m, "allow", what), "allow"):
+                if (
+                    name != "api"
+                    and name not in self.services
+                    and name not in self.entries["services"]
+                ):
+                    hint = suggest(name, [*self.services, *self.entries["services"], "api"])
+                    self.diags.error(loc, f"{what}: unknown service '{name}'", hint)
+                    continue
+                services.append(name)
+            out.append(ManagementAccess(tuple(sources), tuple(services)))
+        return tuple(out)
+
     def _build_zone(self, site: str, name: str, loc: Location, node: YNode) -> Zone | None:
         what = f"zone '{site}/{name}'"
         if not self.r.name(name, loc, "zone"):
@@ -141,13 +185,21 @@ class PlacesReader(ReadContext):
         m = self.r.mapping(node, what)
         if m is None:
             return None
-        self.r.keys(m, ("cidr", "security_level", "description"), what)
+        self.r.keys(m, ("cidr", "security_level", "description", "interface"), what)
         cidr = self.r.network(self.r.required(m, "cidr", what), "cidr")
         level = self.r.integer(self.r.required(m, "security_level", what), "security_level", 1, 4)
         if cidr is None or level is None:
             return None
         desc = self.r.string(m.get("description"), "description") or ""
-        return Zone(site, name, cidr, level, desc, loc)
+        iface = self.r.string(m.get("interface"), "interface")
+        if iface is not None and not _IFNAME.fullmatch(iface):
+            self.diags.error(
+                m.key_location("interface"),
+                f"{what}: interface '{iface}' is not an interface name",
+                "1-15 characters, no spaces or '/', e.g. eth1 or eth1.20",
+            )
+            return None
+        return Zone(site, name, cidr, level, desc, loc, iface)
 
     def _build_asset(
         self, site: str, name: str, loc: Location, node: YNode, zones: dict[str, Zone]

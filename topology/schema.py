@@ -118,6 +118,23 @@ def site() -> Schema:
             "underlay": text("host or IP address peers reach the gateway at"),
             "port": integer("UDP port of the tunnel (default 51820)", 1, 65535),
             "overlay": ref("ipv4"),
+            "management": {
+                "type": "array",
+                "description": "who may reach the gateway's own services (its input chain)",
+                "items": obj(
+                    "sources allowed to reach services of the gateway itself",
+                    {
+                        "from": one_or_many(
+                            text("a zone (SITE/ZONE), an identity or a CIDR"),
+                            "zones, identities or CIDRs",
+                        ),
+                        "allow": one_or_many(
+                            text("a service name, or api (the control API)"), "services"
+                        ),
+                    },
+                    ("from", "allow"),
+                ),
+            },
         },
         ("underlay", "overlay"),
     )
@@ -127,6 +144,11 @@ def site() -> Schema:
             "cidr": ref("cidr"),
             "security_level": integer("IEC 62443 target security level", 1, 4),
             "description": ref("description"),
+            "interface": {
+                "type": "string",
+                "pattern": r"^[^\s/:*]{1,15}$",
+                "description": "the gateway interface (or VLAN interface) the zone lives behind",
+            },
         },
         ("cidr", "security_level"),
     )

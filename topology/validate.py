@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 
 from topology.diagnostics import Diagnostics, Location
-from topology.model import Conduit, TargetKind, Topology, Zone
+from topology.model import Conduit, Site, TargetKind, Topology, Zone
 
 RISKY_LEVEL = 3  # IEC 62443 SL 3-4: conduits in need a compensating control
 
@@ -25,6 +25,9 @@ def validate(topo: Topology, diags: Diagnostics) -> None:
         _schedule_open(conduit, diags)
         _risk(topo, conduit, diags)
     _marks(topo.conduits.values(), diags)
+    if not diags.errors:  # a zone that failed to build is not "unknown" again
+        for site in topo.sites.values():
+            _management_refs(topo, site, diags)
 
 
 def _zone_overlaps(zones: list[Zone], diags: Diagnostics) -> None:
@@ -170,3 +173,10 @@ def _marks(conduits: Iterable[Conduit], diags: Diagnostics) -> None:
                 "rename one of them",
             )
         seen.setdefault(c.mark, c.name)
+
+
+def _management_refs(topo: Topology, site: Site, diags: Diagnostics) -> None:
+    for access in site.gateway.management:
+        for ref in access.sources:
+            if "/" in ref and ref[0].isalpha() and topo.zone(ref) is None:
+                diags.error(site.location, f"site {site.name} management: unknown zone '{ref}'")

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from policyd import audit_cli, commands, flows_cli, grant_client
 from policyd.crosscheck import compiled_verdict
@@ -166,6 +166,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return _usage_error(args, str(exc))
     conduit = topo.conduits.get(verdict.conduit or "")
     if args.json:
+        extra: dict[str, Any] = {}
+        code = EXIT_OK
+        if args.compiled:  # the compiled verdict beside the model's; 1 when they disagree
+            compiled = extra["compiled"] = _compiled(topo, flow, args.at)
+            code = EXIT_OK if compiled.get("agrees", True) else EXIT_FAIL
         output.emit(
             output.envelope(
                 "explain",
@@ -180,9 +185,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 },
                 **verdict.as_dict(),
                 conduit_location=str(conduit.location) if conduit and conduit.location else None,
+                **extra,
             )
         )
-        return EXIT_OK
+        return code
     where = f" ({conduit.location})" if conduit and conduit.location else ""
     print(f"flow:       {args.source} -> {args.target} {args.service}")
     if flow.modbus is not None:
@@ -227,25 +233,41 @@ def _modbus_request(args: argparse.Namespace) -> ModbusRequest | None:
     )
 
 
-def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
-    """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
+def _compiled(topo: Topology, flow: Flow, at: datetime | None) -> dict[str, Any]:
+    """The flow through the compiled nftables rules (an interpreter, no kernel), beside
+    the model's verdict at the same instant."""
     when = at or parse_instant("now")
     model = evaluate(topo, dataclasses.replace(flow, at=when))
     try:
         kernel = compiled_verdict(topo, dataclasses.replace(flow, at=when), when)
     except FlowError as exc:
-        print(f"compiled:   cannot be run through the rules ({exc})")
-        return EXIT_OK
-    word = "allow" if kernel.allowed else "deny"
+        return {"at": rfc3339(when), "error": str(exc)}
     marks = sorted({f"{res.ct_mark:#010x}" for _, _, res in kernel.hops if res.ct_mark})
-    sites = " then ".join(dict.fromkeys(gw for gw, _, _ in kernel.hops))
-    agree = "agrees with" if kernel.allowed == model.allowed else "DISAGREES with"
+    return {
+        "at": rfc3339(when),
+        "verdict": "allow" if kernel.allowed else "deny",
+        "gateways": list(dict.fromkeys(gw for gw, _, _ in kernel.hops)),
+        "ct_marks": marks if kernel.allowed else [],
+        "model_verdict": model.word,
+        "agrees": kernel.allowed == model.allowed,
+    }
+
+
+def _explain_compiled(topo: Topology, flow: Flow, at: datetime | None) -> int:
+    """Run the same flow through the compiled nftables rules (an interpreter, no kernel)."""
+    c = _compiled(topo, flow, at)
+    if "error" in c:
+        print(f"compiled:   cannot be run through the rules ({c['error']})")
+        return EXIT_OK
+    agree = "agrees with" if c["agrees"] else "DISAGREES with"
+    marks = c["ct_marks"]
     print(
-        f"compiled:   {word} by the nftables rules of {sites} at {rfc3339(when)}"
-        + (f" (ct mark {', '.join(marks)})" if marks and kernel.allowed else "")
-        + f"; {agree} the model at that time ({model.word})"
+        f"compiled:   {c['verdict']} by the nftables rules of {' then '.join(c['gateways'])}"
+        f" at {c['at']}"
+        + (f" (ct mark {', '.join(marks)})" if marks else "")
+        + f"; {agree} the model at that time ({c['model_verdict']})"
     )
-    return EXIT_OK if kernel.allowed == model.allowed else EXIT_FAIL
+    return EXIT_OK if c["agrees"] else EXIT_FAIL
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -145,6 +145,8 @@ class FlowRecorder:
         self._open: dict[FlowKey, float] = {}  # start time of flows not yet ended (oldest first)
         self._absent: dict[FlowKey, float] = {}  # deadline: missing from the last dump
         self.evicted = 0  # open flows dropped from the table at its bound
+        # ct id -> (policy reason, conduit name) of entries policyd deletes
+        self._ending: dict[int, tuple[str, str | None]] = {}
         self._denied: dict[tuple[int, str, str, int, int], float] = {}
         self._buf = bytearray(65536)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,6 +237,12 @@ class FlowRecorder:
 
     # -- records ------------------------------------------------------------------
 
+    def ending(self, reasons: dict[int, tuple[str, str | None]]) -> None:
+        """Conntrack entries policyd is about to delete, with why (their end records)."""
+        if len(self._ending) > 100_000:  # deletions whose DESTROY never came
+            self._ending.clear()
+        self._ending.update(reasons)
+
     def emit_audit(self, event: AuditEvent) -> None:
         """Write an audit event to every sink (policy applied/rejected, daemon, grants)."""
         self._emit(self._sealed(event))
@@ -310,7 +318,11 @@ class FlowRecorder:
                 self._absent.pop(key, None)
                 start = ev.start_ns / 1e9 if ev.start_ns else (opened or now)
                 end = ev.stop_ns / 1e9 if ev.stop_ns else now
-                self._emit(flow_record(attr, ev, "end", start, end))
+                reason, former = self._ending.pop(ev.ct_id, (None, None))
+                rec = flow_record(
+                    attr, ev, "end", start, end, ended_by=reason, former_conduit=former
+                )
+                self._emit(rec)
                 if self.sessions is not None:
                     self.sessions.ended(ev.mark, ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
             elif key not in self._open:

@@ -113,6 +113,8 @@ def flow_record(
     start: float,
     end: float | None = None,
     resync: bool = False,
+    ended_by: str | None = None,
+    former_conduit: str | None = None,
 ) -> Record:
     """A `flow` record: state "start" (NEW event or resync) or "end" (DESTROY event)."""
     cid = community_id(ev.src, ev.dst, ev.proto, ev.sport, ev.dport)
@@ -127,11 +129,13 @@ def flow_record(
         "verdict": "allow",
         "reason": f"conduit {conduit.name}" if conduit else "unknown conduit mark",
     }
+    if conduit is None and former_conduit:  # removed by the reload that ended the flow
+        rec["reason"] = f"conduit {former_conduit}"
     _place(rec, attr.source(ev.src), attr.target(ev.dst))
     _tuple(rec, ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
     rec["service"] = attr.service(ev.proto, ev.dport, conduit)
-    if conduit is not None:
-        rec["conduit"] = conduit.name
+    if conduit is not None or former_conduit:
+        rec["conduit"] = conduit.name if conduit else former_conduit
     rec["conduit_mark"] = f"0x{ev.mark:08x}"
     if end is not None:
         rec["ts_end"] = iso(end)
@@ -140,7 +144,7 @@ def flow_record(
         rec["orig_ip_bytes"] = ev.orig_bytes
         rec["resp_pkts"] = ev.reply_pkts
         rec["resp_ip_bytes"] = ev.reply_bytes
-        rec["end_reason"] = ev.end_reason
+        rec["end_reason"] = ended_by or ev.end_reason  # policy reasons: docs/flowlog.md
     rec["ct_id"] = ev.ct_id
     if resync:
         rec["resync"] = True

@@ -77,7 +77,7 @@ class FakeKernel:
         if not self.deaf_delete and self.table.pop((conduit, address), None) is not None:
             self.gen += 1
 
-    async def end_sessions(self, conduit: str, address: str) -> int:
+    async def end_sessions(self, conduit: str, address: str, reason: str = "revoked") -> int:
         self.sessions_ended.append((conduit, address))
         return 0
 

@@ -18,6 +18,7 @@ from policyd.grant_service import GrantService
 from policyd.grant_store import GrantStore
 from policyd.grants import GrantBook
 from policyd.kernel import NftHandle
+from policyd.session_end import end_of_source
 from tests.policyd.test_grant_machine import GrantMachine
 from tests.policyd.test_grant_service import Gateway
 from topology.model import Topology
@@ -26,7 +27,8 @@ from topology.model import Topology
 class KernelGateway(Gateway):
     def __init__(self, state_dir: Path | None) -> None:
         self.nft = NftHandle()
-        self.daemon = SimpleNamespace(current=None, nft=self.nft)
+        # the daemon's side KernelGrants uses: its policy, nft handle, session ending
+        self.daemon = SimpleNamespace(current=None, nft=self.nft, end_flows_from=end_of_source)
         super().__init__(state_dir, kernel=KernelGrants(self.daemon))  # type: ignore[arg-type]
         self.apply()
 

@@ -93,6 +93,23 @@ conduits:
 """
 
 
+class Session:
+    """A running witness_client: `ask("tcp write")` -> whether a reply came."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def ask(self, command: str) -> bool:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        assert ready, f"client did not answer {command!r}"
+        line = self.proc.stdout.readline()
+        assert line, f"client died on {command!r}"
+        return bool(json.loads(line)["reply"])
+
+
 class Net:
     def __init__(self, prefix: str = "zp") -> None:
         self.tag = prefix + secrets.token_hex(2)
@@ -202,6 +219,70 @@ class Net:
             if line.strip() == "ready" or not line:
                 break
         assert seen and seen[-1].strip() == "ready", f"zone servers did not start: {seen}"
+
+    def wait_ready(self, p: subprocess.Popen[str], what: str) -> None:
+        assert p.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if not ready:
+                continue
+            line = p.stdout.readline()
+            seen.append(line)
+            if line.strip() == "ready" or not line:
+                break
+        assert seen and seen[-1].strip() == "ready", f"{what} did not start: {seen}"
+
+    def start_witness(self, journal: Path, ns: str | None = None) -> None:
+        """The witness Modbus device (TCP and UDP 502) in the zone: it journals every
+        request it executes, the only proof that a write did not land."""
+        argv = [PY, "-m", "zonegate.lab.modbus_device", "--journal", str(journal), "--udp", "502"]
+        self.wait_ready(self.spawn(ns or self.zone, *argv), "witness device")
+
+    def session(self, src: str, dst: str, ns: str | None = None) -> Session:
+        """A raw Modbus client from `src` (TCP connection kept open; UDP per datagram)."""
+        argv = [PY, str(HERE / "witness_client.py"), src, dst]
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns or self.ident, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+        )
+        self.procs.append(p)
+        return Session(p)
+
+    def add_lan(self, suffix: str, gw_cidr: str, host_cidr: str) -> str:
+        """Another LAN behind the gateway (interface `<tag><suffix>`) with one host
+        namespace; returns the host namespace's name."""
+        ns = self.tag + suffix + "h"
+        self.sh("ip", "netns", "add", ns)
+        self.made.append(ns)
+        self.ns(ns, "ip", "link", "set", "lo", "up")
+        gif, hif = self.tag + suffix, self.tag + suffix + "p"
+        self.sh(
+            "ip",
+            "link",
+            "add",
+            gif,
+            "netns",
+            self.gw,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            hif,
+            "netns",
+            ns,
+        )
+        self.ns(self.gw, "ip", "addr", "add", gw_cidr, "dev", gif)
+        self.ns(ns, "ip", "addr", "add", host_cidr, "dev", hif)
+        self.ns(self.gw, "ip", "link", "set", gif, "up")
+        self.ns(ns, "ip", "link", "set", hif, "up")
+        self.ns(ns, "ip", "route", "add", "default", "via", gw_cidr.split("/")[0])
+        return ns
 
     def probe(self, who: str, dst: str, service: str) -> bool:
         """Real traffic from an identity's address (zonegate.lab.probe); True if it passed."""

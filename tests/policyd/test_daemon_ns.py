@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,13 +148,68 @@ def test_sigterm_keeps_rules_unless_flush(net: Net, tmp_path: Path) -> None:
 
 
 @pytest.mark.sr("SR 5.2 RE3")
-def test_broken_file_at_start_changes_nothing(net: Net, tmp_path: Path) -> None:
+def test_broken_file_at_start_fails_closed(net: Net, tmp_path: Path) -> None:
+    """A broken file at first start: deny-all table (ssh kept), policyd keeps running and
+    applies the first good file; before, it exited and the gateway forwarded everything."""
     topo = tmp_path / "topo.yaml"
     topo.write_text("version: 1\nsites: [\n")
     d = Policyd(net, topo)
-    assert d.proc.wait(timeout=20) == 2
-    assert "no policy applied" in d.log()
-    assert net.table_text() == ""
+    d.wait_for("deny-all table installed")
+    assert d.proc.poll() is None
+    table = net.table_text()
+    assert "policy drop" in table and "tcp dport 22 accept" in table, table
+    assert not net.modbus("engineer-1", PLC1, "read")
+    topo.write_text(topology_yaml())
+    d.wait_for("applied ruleset for plant-a")
+    assert net.modbus("engineer-1", PLC1, "read")
+    assert not net.modbus("engineer-1", PLC1, "write")
+    d.wait_for("recording flows")
+    actions = [a["action"] for a in audit_records(d.flow_log)]
+    assert actions.index("fail_closed") < actions.index("policy_applied"), actions
+
+
+@pytest.mark.sr("SR 5.2", "SR 7.6")
+def test_drift_is_repaired_and_audited(net: Net, tmp_path: Path) -> None:
+    """A table flushed by hand is restored on SIGHUP and by the periodic check."""
+    topo = tmp_path / "topo.yaml"
+    topo.write_text(topology_yaml())
+    d = Policyd(net, topo, "--drift-check", "3600")
+    d.wait_for("applied ruleset for plant-a")
+    net.ns(net.gw, "nft", "flush", "table", "inet", "zonegate")
+    assert not net.modbus("engineer-1", PLC1, "read")  # flushed: empty chains drop all
+    os.kill(d.proc.pid, signal.SIGHUP)
+    d.wait_for(r"policy drift \(SIGHUP\)")
+    assert net.modbus("engineer-1", PLC1, "read")
+    assert not net.modbus("engineer-1", PLC1, "write")
+    drifts = [a for a in audit_records(d.flow_log) if a["action"] == "policy_drift"]
+    assert len(drifts) == 1 and "forward" in json.dumps(drifts), drifts
+    d.proc.kill()
+    d.proc.wait(timeout=5)
+    d2 = Policyd(net, topo, "--drift-check", "1")
+    d2.wait_for("applied ruleset for plant-a")
+    time.sleep(2.5)  # two periodic checks of an untouched table: no false drift
+    assert "policy drift" not in d2.log(), d2.log()
+    from topology.model import conduit_mark
+
+    mark = f"0x{conduit_mark('engineers-read'):08x}"
+    net.ns(net.gw, "nft", "delete", "element", "inet", "zonegate", "verify", f"{{ {mark} }}")
+    d2.wait_for(r"policy drift \(periodic check\)")
+    deadline = time.monotonic() + 10
+    while mark not in net.ns(net.gw, "nft", "list", "map", "inet", "zonegate", "verify").stdout:
+        assert time.monotonic() < deadline, "the deleted map element was not restored"
+        time.sleep(0.1)
+    net.ns(net.gw, "nft", "flush", "chain", "inet", "zonegate", "established")
+    d2.wait_for(r"policy drift \(periodic check\)", count=2)
+    assert net.modbus("engineer-1", PLC1, "read")
+    assert not net.modbus("engineer-1", PLC1, "write")
+    assert "ct mark vmap @verify" in net.table_text()
+
+
+def audit_records(flow_log: Path) -> list[dict[str, Any]]:
+    if not flow_log.exists():
+        return []
+    recs = [json.loads(x) for x in flow_log.read_text().splitlines() if x.strip()]
+    return [r for r in recs if r.get("event") == "audit"]
 
 
 @pytest.mark.sr("SR 7.6 RE1")

@@ -160,7 +160,14 @@ def test_revoke_ends_a_live_session(net: Net, tmp_path: Path) -> None:
     )
     assert not step("write"), "the open session survived revocation"
     assert not step("read")
-    d.wait_for("ended [1-9]\\d* live session")
+    d.wait_for("ended [1-9]\\d* session\\(s\\) no longer admitted")
+    deadline = time.monotonic() + 10
+    while not any(
+        r.get("flow_state") == "end" and r.get("end_reason") == "revoked"
+        for r in records(d.flow_log)
+    ):
+        assert time.monotonic() < deadline, "no flow end record with reason revoked"
+        time.sleep(0.2)
 
 
 @pytest.mark.sr("SR 1.1", "SR 1.13")

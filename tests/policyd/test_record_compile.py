@@ -55,8 +55,16 @@ def test_every_packet_of_a_recorded_flow_is_copied_once() -> None:
     assert again.accepted and again.recorded == [prefix]
     data = replace(_modbus(VENDOR, 3), ct_state="established", ct_mark=mark)
     assert ev.evaluate("forward", data, NOW).recorded == [prefix]
-    reply = replace(data, ct_direction="reply", saddr=IPv4Address(PLC), daddr=IPv4Address(VENDOR))
-    assert ev.evaluate("forward", reply, NOW).recorded == [prefix]
+    reply = replace(
+        data,
+        ct_direction="reply",
+        saddr=IPv4Address(PLC),
+        daddr=IPv4Address(VENDOR),
+        iif="lan0",
+        ct_saddr=IPv4Address(VENDOR),
+    )
+    out = ev.evaluate("forward", reply, NOW)
+    assert out.accepted and out.recorded == [prefix]
     related = replace(data, ct_state="related")
     assert ev.evaluate("forward", related, NOW).recorded == [prefix]
     # vendor-maintenance allows read+write; a diagnostics code is denied *and* recorded

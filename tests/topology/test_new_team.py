@@ -93,7 +93,8 @@ MISTAKES = [
     Mistake(
         "site-without-gateway",
         "sites/plants.yaml",
-        "    gateway: {underlay: 192.0.2.20, overlay: 100.64.0.2}\n",
+        "    gateway: {underlay: 192.0.2.20, overlay: 100.64.0.2, management: "
+        "[{from: [plant-b/ops], allow: [ssh, api]}]}\n",
         "",
         "ZG-E021",
         "tz: Europe/Berlin\n    zones:\n      control: {cidr: 10.20",
