@@ -129,6 +129,7 @@ class Daemon:
         self.topology_moved = False  # the grant service has not seen the new topology yet
         self.applied_at: datetime | None = None
         self.ot: OtTier | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.installed: Ruleset | None = None  # what the kernel should hold (may be deny-all)
         self.previous: Ruleset | None = None  # the policy before the last apply (flow names)
         self.pending: list[AuditEvent] = []  # audit events before the recorder runs
@@ -255,7 +256,11 @@ class Daemon:
         return delete_flows(ended, why, self._tell_recorder)
 
     def _tell_recorder(self, ended: list[Ended]) -> None:
-        """The reasons (and conduit names, a removed conduit's too) for the end records."""
+        """The reasons (and conduit names, a removed conduit's too) for the end records;
+        and the OT tier, whose proxied connections of those flows end with them."""
+        if self.ot is not None and self.loop is not None:
+            legs = [(e.flow.src, e.flow.sport, e.flow.dst, e.flow.dport) for e in ended]
+            self.loop.call_soon_threadsafe(self.ot.end, legs)  # may run in a worker thread
         if self.recorder is None:
             return
         names = {p.mark: p.name for p in self.current.conduits.values()} if self.current else {}
@@ -463,7 +468,7 @@ class Daemon:
         self.wake.set()
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, self._on_signal, s)
         self.seen = fingerprint(self.s.topology)

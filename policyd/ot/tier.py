@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from policyd.flowlog.attribution import Attributor
@@ -61,6 +61,7 @@ class TierStats:
     unknown_mark: int = 0
     upstream_failures: int = 0
     max_outstanding_seen: int = 0
+    ended: int = 0  # connections reset because the kernel ended their flow
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -125,6 +126,22 @@ class OtTier:
         """Check requests against a reloaded policy from the next request on."""
         self.rules = rules_by_mark(topology)
         self.attr = Attributor(topology, self.gateway)
+
+    def end(self, flows: Iterable[tuple[str, int, str, int]]) -> int:
+        """Reset the proxied connections of client flows the kernel no longer admits
+        (revoke, expiry, a reload): both legs, so the device-side connection ends too
+        and no half-open session to the PLC stays behind. Flows are (client address,
+        port, device address, port) as conntrack holds the client leg."""
+        doomed = set(flows)
+        ended = 0
+        for c in list(self.conns):
+            i = c.info
+            if (i.orig_h, i.orig_p, i.resp_h, i.resp_p) in doomed:
+                _reset(c.upstream)
+                _reset(c.client)
+                ended += 1
+        self.stats.ended += ended
+        return ended
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -213,7 +213,8 @@ def test_identity_validity_end_ends_the_session(net: Net, tmp_path: Path) -> Non
 @pytest.mark.sr("SR 2.6")
 def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
     """After a reload removes a conduit, policyd deletes its flows' conntrack entries and
-    each gets a flow `end` record saying why; new flows are classified afresh."""
+    each gets a flow `end` record saying why; the OT tier resets the proxied connection
+    (both legs: nothing to the PLC stays open); new flows are classified afresh."""
     import json
 
     from tests.policyd.test_daemon_ns import Policyd
@@ -229,8 +230,14 @@ def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
     assert "dport=502" in before, before
     topo.write_text(TOPOLOGY.replace("  engineers-read:", "  engineers-read-2:"))
     d.wait_for(r"ended 1 session\(s\) no longer admitted \(file changed\)")
-    after = net.ns(net.gw, "conntrack", "-L", "-s", ENGINEER, check=False).stdout
-    assert "dport=502" not in after, after
+    deadline = time.monotonic() + 5
+    while True:  # the tier's reset of the device leg follows the deletion at once
+        after = net.ns(net.gw, "conntrack", "-L", "-s", ENGINEER, check=False).stdout
+        live = [ln for ln in after.splitlines() if "dport=502" in ln and "ESTABLISHED" in ln]
+        if not live or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert live == [], after
     deadline = time.monotonic() + 10
     ends: list[dict[str, object]] = []
     while time.monotonic() < deadline and not ends:
@@ -239,9 +246,12 @@ def test_policyd_ends_sessions_with_a_reason(net: Net, tmp_path: Path) -> None:
         time.sleep(0.1)
     assert ends and ends[0]["end_reason"] == "conduit_removed", ends
     assert ends[0]["conduit"] == "engineers-read"
-    # picked up mid-stream as a new flow, classified under the renamed conduit, checked
-    assert s.ask("tcp read")
-    assert not s.ask("tcp write")
+    # the ended session is gone; a new one is classified under the renamed conduit
+    assert not s.ask("tcp read")
+    s2 = net.session(ENGINEER, PLC1)
+    assert s2.ask("tcp read")
+    s2.ask("tcp write")  # refused (the tier answers with an exception): the journal says
+
     assert writes(tmp_path / "journal.jsonl") == []
 
 
