@@ -18,18 +18,13 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from policyd.flowlog.netlink import (
+from policyd.nfnetlink import (
     NFNL_HDRLEN,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
     Buffer,
+    Message,
     NfnlSocket,
     attrs,
-    error_code,
     messages,
-    nfnl_message,
 )
 
 NFNL_SUBSYS_CTNETLINK = 1
@@ -203,7 +198,7 @@ def open_event_socket(
     `ct mark & mask == value` (a socket filter, below); the rest never reach us.
     """
     group = NFNLGRP_CONNTRACK_DESTROY if destroy else NFNLGRP_CONNTRACK_NEW
-    sock = NfnlSocket(groups=(group,), rcvbuf=rcvbuf)
+    sock = NfnlSocket(NFNL_SUBSYS_CTNETLINK, groups=(group,), rcvbuf=rcvbuf)
     if mark is not None:
         try:
             attach_mark_filter(sock.sock, *mark)
@@ -259,34 +254,16 @@ def dump(family: int = socket.AF_UNSPEC, timeout: float = 10.0) -> list[CtEvent]
     Used after an overrun to learn which flows are open: events that were dropped
     cannot be replayed, but the table still holds every flow that has not ended.
     """
-    sock = NfnlSocket(rcvbuf=4 * 1024 * 1024)
+    sock = NfnlSocket(NFNL_SUBSYS_CTNETLINK, rcvbuf=4 * 1024 * 1024, timeout=timeout)
     try:
-        sock.request(
-            nfnl_message(
-                NFNL_SUBSYS_CTNETLINK,
-                IPCTNL_MSG_CT_GET,
-                NLM_F_REQUEST | NLM_F_DUMP,
-                family,
-                0,
-                b"",
-            )
-        )
-        sock.sock.settimeout(timeout)
-        buf = bytearray(256 * 1024)
         out: list[CtEvent] = []
-        while True:
-            n = sock.sock.recv_into(buf)
-            for kind, _flags, start, end in messages(buf, n):
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    code = error_code(buf, start)
-                    if code:
-                        raise OSError(code, "conntrack dump failed")
-                    continue
-                if kind == MSG_NEW:
-                    ev = decode(buf, start, end, destroy=False)
-                    if ev is not None:
-                        out.append(ev)
+        for kind, buf, start, end in sock.dump(
+            Message(IPCTNL_MSG_CT_GET, family, 0, b""), "conntrack dump"
+        ):
+            if kind == MSG_NEW:
+                ev = decode(buf, start, end, destroy=False)
+                if ev is not None:
+                    out.append(ev)
+        return out
     finally:
         sock.close()
