@@ -5,14 +5,9 @@ from __future__ import annotations
 import socket
 import struct
 
-from policyd.flowlog.netlink import NLA_F_NESTED, nfnl_message
-
 from policyd.flowlog import conntrack as ct
 from policyd.flowlog import nflog
-
-
-def nest(kind: int, *children: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(children))
+from policyd.nfnetlink import attr, nest, nfnl_message
 
 
 def ct_message(destroy: bool, tcp_state: int | None = 7, status: int = 0x0E) -> bytes:
