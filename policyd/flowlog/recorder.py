@@ -379,7 +379,7 @@ class FlowRecorder:
             assert self._loop is not None
             try:
                 entries = await self._loop.run_in_executor(None, self._dump)
-            except OSError as exc:
+            except (OSError, MalformedNetlink) as exc:
                 self.errors.append(f"resync: {exc}")
                 return
             self.resyncs += 1
