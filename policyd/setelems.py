@@ -107,7 +107,7 @@ def _key(
     return nfnl.nest(NFTA_LIST_ELEM, *parts)
 
 
-def _parse_comment(udata: bytes) -> str | None:
+def _parse_comment(udata: bytes | bytearray) -> str | None:
     """The comment in an element's userdata TLVs (type, length, value), if any."""
     pos = 0
     while pos + 2 <= len(udata):
@@ -118,25 +118,27 @@ def _parse_comment(udata: bytes) -> str | None:
     return None
 
 
-def _dumped(body: bytes) -> tuple[str, str | None, int] | None:
+def _dumped(buf: bytes | bytearray, start: int, end: int) -> tuple[str, str | None, int] | None:
     """(address, comment, seconds left) of one dumped element; None for an interval end.
 
-    Offsets, not nested dicts: a reconciliation reads 100k of these."""
-    address, comment, left = "", None, 0
-    for kind, start, end in nfnl.iter_attrs(body):
-        if kind == NFTA_SET_ELEM_KEY and end - start >= 8:  # nested NFTA_DATA_VALUE, 4 bytes
-            address = socket.inet_ntoa(body[start + 4 : start + 8])
-        elif kind == NFTA_SET_ELEM_EXPIRATION and end - start >= 8:
-            left = int.from_bytes(body[start : start + 8], "big") // 1000
-        elif kind == NFTA_SET_ELEM_USERDATA:
-            comment = _parse_comment(body[start:end])
-        elif (
-            kind == NFTA_SET_ELEM_FLAGS
-            and end - start >= 4
-            and body[start + 3] & NFT_SET_ELEM_INTERVAL_END
-        ):
-            return None
-    return (address, comment, left) if address else None
+    Offsets into the receive buffer, no copies: a reconciliation reads 100k of these.
+    Through the shared attribute walk one element costs 1.95 us (100-element reply,
+    this box); the hand-rolled walk this replaced took 1.53 us: 40 ms more on a 2.5 s
+    full pass of 100k elements, for one bounds-checked walker instead of three."""
+    a = nfnl.attrs(buf, start, end)
+    flags = a.get(NFTA_SET_ELEM_FLAGS)
+    if flags and flags[1] - flags[0] >= 4 and buf[flags[0] + 3] & NFT_SET_ELEM_INTERVAL_END:
+        return None
+    key = a.get(NFTA_SET_ELEM_KEY)
+    if key is None or key[1] - key[0] < 8:  # nested NFTA_DATA_VALUE, 4 bytes
+        return None
+    address = socket.inet_ntoa(buf[key[0] + 4 : key[0] + 8])
+    left = 0
+    if (exp := a.get(NFTA_SET_ELEM_EXPIRATION)) and exp[1] - exp[0] >= 8:
+        left = int.from_bytes(buf[exp[0] : exp[0] + 8], "big") // 1000
+    udata = a.get(NFTA_SET_ELEM_USERDATA)
+    comment = _parse_comment(buf[udata[0] : udata[1]]) if udata else None
+    return address, comment, left
 
 
 def _comment(value: Any) -> str | bool | None:
@@ -274,13 +276,12 @@ class ElementWriter:
         out: list[tuple[str, str | None, int]] = []
         message = nfnl.Message(NFT_MSG_GETSETELEM, self._family, 0, attrs)
         for _kind, buf, start, end in self._sock.dump(message, f"list elements of {name}"):
-            reply = nfnl.parse_attrs(buf[start + nfnl.NFNL_HDRLEN : end])
-            elements = reply.get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")
-            for kind, s, e in nfnl.iter_attrs(elements):
-                if kind == NFTA_LIST_ELEM:
-                    found = _dumped(elements[s:e])
-                    if found is not None:
-                        out.append(found)
+            span = nfnl.attrs(buf, start + nfnl.NFNL_HDRLEN, end).get(NFTA_SET_ELEM_LIST_ELEMENTS)
+            if span is None:
+                continue
+            for kind, s, e in nfnl.iter_attrs(buf, *span):
+                if kind == NFTA_LIST_ELEM and (found := _dumped(buf, s, e)) is not None:
+                    out.append(found)
         return out
 
     def send(self, messages: list[nfnl.Message], what: str) -> None:
