@@ -24,7 +24,7 @@ from policyd import kernel
 from policyd.conventions import TABLE_FAMILY, TABLE_NAME
 from policyd.grant_service import KernelGrant, KernelRefused
 from policyd.grants import Grant
-from policyd.nfnl import NfnlError
+from policyd.nfnetlink import NfnlError
 from policyd.setelems import ElementWriter
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from typing import Any
 
 from policyd.compiler import ConduitPlan, Ruleset
 from policyd.conventions import TABLE_FAMILY, TABLE_NAME
-from policyd.nfnl import Message, NfnlError
+from policyd.nfnetlink import Message, NfnlError
 from policyd.nftjson import Json, network, table, table_ref
 from policyd.render import canonical, render_text
 from policyd.setelems import ElementWriter

@@ -1,4 +1,4 @@
-"""Set-element adds and deletes sent straight to the kernel (see `policyd.nfnl` for why).
+"""Set-element adds and deletes sent straight to the kernel (see `policyd.nfnetlink` for why).
 
 A membership change (a grant, an identity becoming valid or not) must cost the same
 whatever the size of the ruleset. Through libnftables it does not: every command
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from policyd import nfnl
+from policyd import nfnetlink as nfnl
 
 # enum nft_set_attributes / nft_set_elem_list_attributes / nft_set_elem_attributes
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN = 1, 2, 3, 4, 5
@@ -32,7 +31,9 @@ NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_TIMEOUT = 1, 3, 4
 NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_USERDATA = 5, 6
-NFT_MSG_GETSETELEM = 13
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETSET, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 10, 12, 13, 14
+FAMILIES = {"ip": 2, "ip6": 10, "inet": 1, "arp": 3, "bridge": 7, "netdev": 5}
 NFT_MSG_GETGEN, NFTA_GEN_ID = 16, 1
 NFTNL_UDATA_SET_ELEM_COMMENT = 0  # libnftnl's userdata TLV type for an element comment
 MAX_COMMENT = 127  # nftables' NFT_USERDATA_MAXLEN is 256; libnftables caps comments at 128
@@ -42,7 +43,6 @@ NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_TIMEOUT = 0x4, 0x8, 0x10
 NFT_SET_OBJECT, NFT_SET_CONCAT = 0x40, 0x80
 TYPE_IPADDR = 7  # nftables' datatype id for ipv4_addr, stored as the set's key type
 _LAST = 0xFFFFFFFF
-_NLA = struct.Struct("=HH")
 # A bulk change (a reconciliation after a reload) goes through libnftables: one message
 # this size stays far below the socket's send buffer, and one change is one element.
 MAX_ELEMENTS = 1024
@@ -107,7 +107,7 @@ def _key(
     return nfnl.nest(NFTA_LIST_ELEM, *parts)
 
 
-def _parse_comment(udata: bytes) -> str | None:
+def _parse_comment(udata: bytes | bytearray) -> str | None:
     """The comment in an element's userdata TLVs (type, length, value), if any."""
     pos = 0
     while pos + 2 <= len(udata):
@@ -118,28 +118,27 @@ def _parse_comment(udata: bytes) -> str | None:
     return None
 
 
-def _dumped(body: bytes) -> tuple[str, str | None, int] | None:
+def _dumped(buf: bytes | bytearray, start: int, end: int) -> tuple[str, str | None, int] | None:
     """(address, comment, seconds left) of one dumped element; None for an interval end.
 
-    Hand-rolled over the TLVs: a reconciliation reads 100k of these."""
-    address, comment, left, pos = "", None, 0, 0
-    while pos + 4 <= len(body):
-        size, kind = _NLA.unpack_from(body, pos)
-        if size < 4:
-            break
-        kind &= 0x3FFF
-        if kind == NFTA_SET_ELEM_KEY and size >= 12:  # nested NFTA_DATA_VALUE, 4 bytes
-            address = socket.inet_ntoa(body[pos + 8 : pos + 12])
-        elif kind == NFTA_SET_ELEM_EXPIRATION and size >= 12:
-            left = int.from_bytes(body[pos + 4 : pos + 12], "big") // 1000
-        elif kind == NFTA_SET_ELEM_USERDATA:
-            comment = _parse_comment(body[pos + 4 : pos + size])
-        elif (
-            kind == NFTA_SET_ELEM_FLAGS and size >= 8 and body[pos + 7] & NFT_SET_ELEM_INTERVAL_END
-        ):
-            return None
-        pos += (size + 3) & ~3
-    return (address, comment, left) if address else None
+    Offsets into the receive buffer, no copies: a reconciliation reads 100k of these.
+    Through the shared attribute walk one element costs 1.95 us (100-element reply,
+    this box); the hand-rolled walk this replaced took 1.53 us: 40 ms more on a 2.5 s
+    full pass of 100k elements, for one bounds-checked walker instead of three."""
+    a = nfnl.attrs(buf, start, end)
+    flags = a.get(NFTA_SET_ELEM_FLAGS)
+    if flags and flags[1] - flags[0] >= 4 and buf[flags[0] + 3] & NFT_SET_ELEM_INTERVAL_END:
+        return None
+    key = a.get(NFTA_SET_ELEM_KEY)
+    if key is None or key[1] - key[0] < 8:  # nested NFTA_DATA_VALUE, 4 bytes
+        return None
+    address = socket.inet_ntoa(buf[key[0] + 4 : key[0] + 8])
+    left = 0
+    if (exp := a.get(NFTA_SET_ELEM_EXPIRATION)) and exp[1] - exp[0] >= 8:
+        left = int.from_bytes(buf[exp[0] : exp[0] + 8], "big") // 1000
+    udata = a.get(NFTA_SET_ELEM_USERDATA)
+    comment = _parse_comment(buf[udata[0] : udata[1]]) if udata else None
+    return address, comment, left
 
 
 def _comment(value: Any) -> str | bool | None:
@@ -197,23 +196,31 @@ class ElementWriter:
     """
 
     def __init__(self, family: str, table: str) -> None:
-        self._family = nfnl.FAMILIES[family]
+        self._family = FAMILIES[family]
         self._table = table
-        self._sock = nfnl.NfnlSocket()
+        self._nfnl: nfnl.NfnlSocket | None = None  # opened at first use, in that netns
         self._sets: dict[str, SetInfo] = {}
 
     def forget(self) -> None:
         self._sets.clear()
 
     def close(self) -> None:
-        self._sock.close()
+        if self._nfnl is not None:
+            self._nfnl.close()
+            self._nfnl = None
+
+    @property
+    def _sock(self) -> nfnl.NfnlSocket:
+        if self._nfnl is None:
+            self._nfnl = nfnl.NfnlSocket(NFNL_SUBSYS_NFTABLES)
+        return self._nfnl
 
     def set_info(self, name: str) -> SetInfo:
         info = self._sets.get(name)
         if info is None:
             attrs = nfnl.strz(NFTA_SET_TABLE, self._table) + nfnl.strz(NFTA_SET_NAME, name)
-            reply = self._sock.get(
-                nfnl.Message(nfnl.NFT_MSG_GETSET, self._family, 0, attrs), f"get set {name}"
+            reply = self._sock.transact(
+                nfnl.Message(NFT_MSG_GETSET, self._family, 0, attrs), f"get set {name}"
             )
             info = self._sets[name] = parse_set(nfnl.parse_attrs(reply))
         return info
@@ -229,12 +236,12 @@ class ElementWriter:
             + nfnl.attr(NFTA_SET_ELEM_LIST_ELEMENTS | nfnl.NLA_F_NESTED, payload)
         )
         if delete:
-            return nfnl.Message(nfnl.NFT_MSG_DELSETELEM, self._family, 0, attrs)
-        return nfnl.Message(nfnl.NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
+            return nfnl.Message(NFT_MSG_DELSETELEM, self._family, 0, attrs)
+        return nfnl.Message(NFT_MSG_NEWSETELEM, self._family, nfnl.NLM_F_CREATE, attrs)
 
     def generation(self) -> int:
         """The netns' nf_tables ruleset generation: +1 per committed transaction."""
-        reply = self._sock.get(nfnl.Message(NFT_MSG_GETGEN, 0, 0, b""), "get generation")
+        reply = self._sock.transact(nfnl.Message(NFT_MSG_GETGEN, 0, 0, b""), "get generation")
         return int.from_bytes(nfnl.parse_attrs(reply).get(NFTA_GEN_ID, b"\0" * 4)[:4], "big")
 
     def lookup(self, name: str, address: str) -> tuple[str | None, int] | None:
@@ -247,7 +254,7 @@ class ElementWriter:
             + nfnl.attr(NFTA_SET_ELEM_LIST_ELEMENTS | nfnl.NLA_F_NESTED, key)
         )
         try:
-            reply = self._sock.get(
+            reply = self._sock.transact(
                 nfnl.Message(NFT_MSG_GETSETELEM, self._family, 0, attrs), f"get element {name}"
             )
         except nfnl.NfnlError as exc:
@@ -268,13 +275,13 @@ class ElementWriter:
         )
         out: list[tuple[str, str | None, int]] = []
         message = nfnl.Message(NFT_MSG_GETSETELEM, self._family, 0, attrs)
-        for reply in self._sock.dump(message, f"list elements of {name}"):
-            elements = nfnl.parse_attrs(reply).get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")
-            for kind, body in nfnl.iter_attrs(elements):
-                if kind == NFTA_LIST_ELEM:
-                    found = _dumped(body)
-                    if found is not None:
-                        out.append(found)
+        for _kind, buf, start, end in self._sock.dump(message, f"list elements of {name}"):
+            span = nfnl.attrs(buf, start + nfnl.NFNL_HDRLEN, end).get(NFTA_SET_ELEM_LIST_ELEMENTS)
+            if span is None:
+                continue
+            for kind, s, e in nfnl.iter_attrs(buf, *span):
+                if kind == NFTA_LIST_ELEM and (found := _dumped(buf, s, e)) is not None:
+                    out.append(found)
         return out
 
     def send(self, messages: list[nfnl.Message], what: str) -> None:

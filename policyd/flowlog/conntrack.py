@@ -18,20 +18,19 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from policyd.flowlog.netlink import (
+from policyd.nfnetlink import (
     NFNL_HDRLEN,
     NLM_F_ACK,
-    NLM_F_DUMP,
     NLM_F_REQUEST,
-    NLMSG_DONE,
     NLMSG_ERROR,
     Buffer,
+    Message,
     NfnlSocket,
+    attr,
     attrs,
     error_code,
     messages,
     nfnl_message,
-    pack_attr,
 )
 
 NFNL_SUBSYS_CTNETLINK = 1
@@ -209,7 +208,7 @@ def open_event_socket(
     `ct mark & mask == value` (a socket filter, below); the rest never reach us.
     """
     group = NFNLGRP_CONNTRACK_DESTROY if destroy else NFNLGRP_CONNTRACK_NEW
-    sock = NfnlSocket(groups=(group,), rcvbuf=rcvbuf)
+    sock = NfnlSocket(NFNL_SUBSYS_CTNETLINK, groups=(group,), rcvbuf=rcvbuf)
     if mark is not None:
         try:
             attach_mark_filter(sock.sock, *mark)
@@ -265,35 +264,17 @@ def dump(family: int = socket.AF_UNSPEC, timeout: float = 10.0) -> list[CtEvent]
     Used after an overrun to learn which flows are open: events that were dropped
     cannot be replayed, but the table still holds every flow that has not ended.
     """
-    sock = NfnlSocket(rcvbuf=4 * 1024 * 1024)
+    sock = NfnlSocket(NFNL_SUBSYS_CTNETLINK, rcvbuf=4 * 1024 * 1024, timeout=timeout)
     try:
-        sock.request(
-            nfnl_message(
-                NFNL_SUBSYS_CTNETLINK,
-                IPCTNL_MSG_CT_GET,
-                NLM_F_REQUEST | NLM_F_DUMP,
-                family,
-                0,
-                b"",
-            )
-        )
-        sock.sock.settimeout(timeout)
-        buf = bytearray(256 * 1024)
         out: list[CtEvent] = []
-        while True:
-            n = sock.sock.recv_into(buf)
-            for kind, _flags, start, end in messages(buf, n):
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    code = error_code(buf, start)
-                    if code:
-                        raise OSError(code, "conntrack dump failed")
-                    continue
-                if kind == MSG_NEW:
-                    ev = decode(buf, start, end, destroy=False)
-                    if ev is not None:
-                        out.append(ev)
+        for kind, buf, start, end in sock.dump(
+            Message(IPCTNL_MSG_CT_GET, family, 0, b""), "conntrack dump"
+        ):
+            if kind == MSG_NEW:
+                ev = decode(buf, start, end, destroy=False)
+                if ev is not None:
+                    out.append(ev)
+        return out
     finally:
         sock.close()
 
@@ -302,17 +283,17 @@ def _tuple_orig(ev: CtEvent) -> bytes:
     fam4 = ":" not in ev.src
     kinds = (CTA_IP_V4_SRC, CTA_IP_V4_DST) if fam4 else (CTA_IP_V6_SRC, CTA_IP_V6_DST)
     fam = socket.AF_INET if fam4 else socket.AF_INET6
-    ip = pack_attr(kinds[0], socket.inet_pton(fam, ev.src)) + pack_attr(
+    ip = attr(kinds[0], socket.inet_pton(fam, ev.src)) + attr(
         kinds[1], socket.inet_pton(fam, ev.dst)
     )
-    proto = pack_attr(CTA_PROTO_NUM, bytes([ev.proto]))
+    proto = attr(CTA_PROTO_NUM, bytes([ev.proto]))
     if ev.proto in (6, 17, 132):
-        proto += pack_attr(CTA_PROTO_SRC_PORT, _U16.pack(ev.sport))
-        proto += pack_attr(CTA_PROTO_DST_PORT, _U16.pack(ev.dport))
+        proto += attr(CTA_PROTO_SRC_PORT, _U16.pack(ev.sport))
+        proto += attr(CTA_PROTO_DST_PORT, _U16.pack(ev.dport))
     nested = 0x8000  # NLA_F_NESTED
-    return pack_attr(
+    return attr(
         CTA_TUPLE_ORIG | nested,
-        pack_attr(CTA_TUPLE_IP | nested, ip) + pack_attr(CTA_TUPLE_PROTO | nested, proto),
+        attr(CTA_TUPLE_IP | nested, ip) + attr(CTA_TUPLE_PROTO | nested, proto),
     )
 
 
@@ -325,15 +306,15 @@ def delete(entries: list[CtEvent], timeout: float = 5.0) -> int:
     """
     if not entries:
         return 0
-    sock = NfnlSocket(rcvbuf=4 * 1024 * 1024)
+    sock = NfnlSocket(NFNL_SUBSYS_CTNETLINK, rcvbuf=4 * 1024 * 1024, timeout=timeout)
     try:
         sock.sock.setblocking(True)
         sock.sock.settimeout(timeout)
         for i, ev in enumerate(entries, 1):
             family = socket.AF_INET if ":" not in ev.src else socket.AF_INET6
-            body = _tuple_orig(ev) + pack_attr(CTA_ID, _U32.pack(ev.ct_id & 0xFFFFFFFF))
+            body = _tuple_orig(ev) + attr(CTA_ID, _U32.pack(ev.ct_id & 0xFFFFFFFF))
             if ev.zone:
-                body += pack_attr(CTA_ZONE, _U16.pack(ev.zone))
+                body += attr(CTA_ZONE, _U16.pack(ev.zone))
             msg = nfnl_message(
                 NFNL_SUBSYS_CTNETLINK,
                 IPCTNL_MSG_CT_DELETE,

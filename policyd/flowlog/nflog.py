@@ -8,8 +8,8 @@ bytes of payload, where a Modbus function code sits), and decode them here.
 Why our own reader and not ulogd2: ulogd2 is a second daemon with its own config,
 output format and loss handling, so policyd would have to supervise it, parse its
 JSON back and could not see its overruns; its "nflog overrun" is a log line, not a
-counter. Reading the group ourselves is about 150 lines on the same socket helper
-as the conntrack reader, with the same exact drop counter (SO_MEMINFO).
+counter. Reading the group ourselves is about 150 lines on the same socket
+(`policyd.nfnetlink`) as the conntrack reader, with the same exact drop counter (SO_MEMINFO).
 """
 
 from __future__ import annotations
@@ -20,17 +20,7 @@ import time
 from dataclasses import dataclass
 
 from policyd.conventions import NFLOG_DENY_PREFIX, NFLOG_GROUP
-from policyd.flowlog.netlink import (
-    NFNL_HDRLEN,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    Buffer,
-    NfnlSocket,
-    attrs,
-    messages,
-    nfnl_message,
-    pack_attr,
-)
+from policyd.nfnetlink import NFNL_HDRLEN, Buffer, Message, NfnlSocket, attr, attrs, messages
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
@@ -177,15 +167,8 @@ def decode_datagram(buf: Buffer, size: int) -> list[DeniedPacket]:
     return out
 
 
-def _config(group: int, *attributes: bytes) -> bytes:
-    return nfnl_message(
-        NFNL_SUBSYS_ULOG,
-        NFULNL_MSG_CONFIG,
-        NLM_F_REQUEST | NLM_F_ACK,
-        socket.AF_UNSPEC,
-        group,
-        b"".join(attributes),
-    )
+def _config(group: int, *attributes: bytes) -> Message:
+    return Message(NFULNL_MSG_CONFIG, socket.AF_UNSPEC, 0, b"".join(attributes), res_id=group)
 
 
 def open_nflog_socket(
@@ -205,18 +188,19 @@ def open_nflog_socket(
     `batch`; `flush_cs` hundredths of a second flush a partial batch, and
     `nlbufsiz` bounds one batch's datagram, which must fit the reader's buffer).
     """
-    sock = NfnlSocket(rcvbuf=rcvbuf)
+    sock = NfnlSocket(NFNL_SUBSYS_ULOG, rcvbuf=rcvbuf, timeout=2.0)
     try:
-        sock.transact(_config(group, pack_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))))
+        bind = attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
+        sock.transact(_config(group, bind), f"bind NFLOG group {group}")
         mode = struct.pack("!IBB", copy_range, NFULNL_COPY_PACKET, 0)
         options = [
-            pack_attr(NFULA_CFG_MODE, mode),
-            pack_attr(NFULA_CFG_QTHRESH, struct.pack("!I", batch)),
-            pack_attr(NFULA_CFG_TIMEOUT, struct.pack("!I", flush_cs)),
+            attr(NFULA_CFG_MODE, mode),
+            attr(NFULA_CFG_QTHRESH, struct.pack("!I", batch)),
+            attr(NFULA_CFG_TIMEOUT, struct.pack("!I", flush_cs)),
         ]
         if nlbufsiz is not None:
-            options.append(pack_attr(NFULA_CFG_NLBUFSIZ, struct.pack("!I", nlbufsiz)))
-        sock.transact(_config(group, *options))
+            options.append(attr(NFULA_CFG_NLBUFSIZ, struct.pack("!I", nlbufsiz)))
+        sock.transact(_config(group, *options), f"configure NFLOG group {group}")
     except BaseException:
         sock.close()
         raise
@@ -226,7 +210,8 @@ def open_nflog_socket(
 def close_nflog_socket(sock: NfnlSocket, group: int = NFLOG_GROUP) -> None:
     """Unbind the group (so another recorder may take it) and close."""
     try:
-        sock.transact(_config(group, pack_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND]))))
+        unbind = attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND]))
+        sock.transact(_config(group, unbind), f"unbind NFLOG group {group}")
     except OSError:
         pass
     finally:

@@ -42,14 +42,6 @@ from policyd.conventions import (
 from policyd.flowlog import conntrack, nflog, sessions
 from policyd.flowlog.attribution import Attributor
 from policyd.flowlog.auditchain import AuditChain
-from policyd.flowlog.netlink import (
-    DEFAULT_RCVBUF,
-    NfnlSocket,
-    in_netns,
-    is_enobufs,
-    read_sysctl,
-    write_sysctl,
-)
 from policyd.flowlog.records import (
     AuditEvent,
     Record,
@@ -60,6 +52,8 @@ from policyd.flowlog.records import (
 )
 from policyd.flowlog.sinks import LiveStream, Sink
 from policyd.flowlog.stream import ReportsLoss
+from policyd.flowlog.sysctl import read_sysctl, write_sysctl
+from policyd.nfnetlink import DEFAULT_RCVBUF, MalformedNetlink, NfnlSocket, in_netns, is_enobufs
 from topology.model import Topology
 
 CT_NEW, CT_DESTROY, NFLOG = "conntrack-new", "conntrack-destroy", "nflog"
@@ -301,7 +295,10 @@ class FlowRecorder:
             if n == 0:
                 count -= 1
                 break
-            handle(buf, n)
+            try:
+                handle(buf, n)
+            except MalformedNetlink as exc:
+                self.errors.append(f"{kind}: {exc}")
         self._flush()
         return count
 
@@ -402,7 +399,7 @@ class FlowRecorder:
             assert self._loop is not None
             try:
                 entries = await self._loop.run_in_executor(None, self._dump)
-            except OSError as exc:
+            except (OSError, MalformedNetlink) as exc:
                 self.errors.append(f"resync: {exc}")
                 return
             self.resyncs += 1

@@ -7,11 +7,7 @@ import struct
 
 from policyd.flowlog import conntrack as ct
 from policyd.flowlog import nflog
-from policyd.flowlog.netlink import NLA_F_NESTED, nfnl_message, pack_attr
-
-
-def nest(kind: int, *children: bytes) -> bytes:
-    return pack_attr(kind | NLA_F_NESTED, b"".join(children))
+from policyd.nfnetlink import attr, nest, nfnl_message
 
 
 def ct_message(destroy: bool, tcp_state: int | None = 7, status: int = 0x0E) -> bytes:
@@ -19,47 +15,45 @@ def ct_message(destroy: bool, tcp_state: int | None = 7, status: int = 0x0E) -> 
         ct.CTA_TUPLE_ORIG,
         nest(
             ct.CTA_TUPLE_IP,
-            pack_attr(ct.CTA_IP_V4_SRC, socket.inet_aton("100.64.1.1")),
-            pack_attr(ct.CTA_IP_V4_DST, socket.inet_aton("10.1.1.5")),
+            attr(ct.CTA_IP_V4_SRC, socket.inet_aton("100.64.1.1")),
+            attr(ct.CTA_IP_V4_DST, socket.inet_aton("10.1.1.5")),
         ),
         nest(
             ct.CTA_TUPLE_PROTO,
-            pack_attr(ct.CTA_PROTO_NUM, bytes([6])),
-            pack_attr(ct.CTA_PROTO_SRC_PORT, struct.pack("!H", 40000)),
-            pack_attr(ct.CTA_PROTO_DST_PORT, struct.pack("!H", 502)),
+            attr(ct.CTA_PROTO_NUM, bytes([6])),
+            attr(ct.CTA_PROTO_SRC_PORT, struct.pack("!H", 40000)),
+            attr(ct.CTA_PROTO_DST_PORT, struct.pack("!H", 502)),
         ),
     )
     body = [
         tuple_orig,
-        pack_attr(ct.CTA_STATUS, struct.pack("!I", status)),
-        pack_attr(ct.CTA_MARK, struct.pack("!I", 0x5A123456)),
-        pack_attr(ct.CTA_ID, struct.pack("!I", 77)),
+        attr(ct.CTA_STATUS, struct.pack("!I", status)),
+        attr(ct.CTA_MARK, struct.pack("!I", 0x5A123456)),
+        attr(ct.CTA_ID, struct.pack("!I", 77)),
     ]
     if tcp_state is not None:
         body.append(
             nest(
                 ct.CTA_PROTOINFO,
-                nest(
-                    ct.CTA_PROTOINFO_TCP, pack_attr(ct.CTA_PROTOINFO_TCP_STATE, bytes([tcp_state]))
-                ),
+                nest(ct.CTA_PROTOINFO_TCP, attr(ct.CTA_PROTOINFO_TCP_STATE, bytes([tcp_state]))),
             )
         )
     if destroy:
         body += [
             nest(
                 ct.CTA_COUNTERS_ORIG,
-                pack_attr(ct.CTA_COUNTERS_PACKETS, struct.pack("!Q", 6)),
-                pack_attr(ct.CTA_COUNTERS_BYTES, struct.pack("!Q", 372)),
+                attr(ct.CTA_COUNTERS_PACKETS, struct.pack("!Q", 6)),
+                attr(ct.CTA_COUNTERS_BYTES, struct.pack("!Q", 372)),
             ),
             nest(
                 ct.CTA_COUNTERS_REPLY,
-                pack_attr(ct.CTA_COUNTERS_PACKETS, struct.pack("!Q", 5)),
-                pack_attr(ct.CTA_COUNTERS_BYTES, struct.pack("!Q", 520)),
+                attr(ct.CTA_COUNTERS_PACKETS, struct.pack("!Q", 5)),
+                attr(ct.CTA_COUNTERS_BYTES, struct.pack("!Q", 520)),
             ),
             nest(
                 ct.CTA_TIMESTAMP,
-                pack_attr(ct.CTA_TIMESTAMP_START, struct.pack("!Q", 1_700_000_000_000_000_000)),
-                pack_attr(ct.CTA_TIMESTAMP_STOP, struct.pack("!Q", 1_700_000_002_500_000_000)),
+                attr(ct.CTA_TIMESTAMP_START, struct.pack("!Q", 1_700_000_000_000_000_000)),
+                attr(ct.CTA_TIMESTAMP_STOP, struct.pack("!Q", 1_700_000_002_500_000_000)),
             ),
         ]
     msg = ct.IPCTNL_MSG_CT_DELETE if destroy else ct.IPCTNL_MSG_CT_NEW
@@ -126,10 +120,10 @@ def _tcp_packet(payload: bytes, src: str = "100.64.1.1", dst: str = "10.1.1.5") 
 
 def nflog_message(packet: bytes, prefix: bytes = b"zg deny modbus-write\0") -> bytes:
     body = (
-        pack_attr(nflog.NFULA_PREFIX, prefix)
-        + pack_attr(nflog.NFULA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000))
-        + pack_attr(nflog.NFULA_IFINDEX_INDEV, struct.pack("!I", 3))
-        + pack_attr(nflog.NFULA_PAYLOAD, packet)
+        attr(nflog.NFULA_PREFIX, prefix)
+        + attr(nflog.NFULA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000))
+        + attr(nflog.NFULA_IFINDEX_INDEV, struct.pack("!I", 3))
+        + attr(nflog.NFULA_PAYLOAD, packet)
     )
     return nfnl_message(nflog.NFNL_SUBSYS_ULOG, nflog.NFULNL_MSG_PACKET, 0, socket.AF_INET, 7, body)
 

@@ -10,8 +10,8 @@ import pytest
 
 from policyd.conventions import MARK_TAG, MARK_TAG_MASK
 from policyd.flowlog import conntrack
-from policyd.flowlog.netlink import in_netns
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
+from policyd.nfnetlink import in_netns
 from tests.flowlog.plant import require_tools, run
 from topology.model import Topology
 

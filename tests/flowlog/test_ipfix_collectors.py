@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from policyd.flowlog.ipfix import DOCUMENTATION_PEN, TEMPLATES, IpfixExporter, epoch_ms
-from policyd.flowlog.netlink import in_netns
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.records import Record
 from policyd.flowlog.sinks import JsonLinesFile
+from policyd.nfnetlink import in_netns
 from tests.flowlog.collectors import (
     Capture,
     CollectorNet,

@@ -12,6 +12,7 @@ from policyd.flowlog import conntrack
 from policyd.flowlog.attribution import MARK_TAG
 from policyd.flowlog.recorder import FlowRecorder, RecorderConfig
 from policyd.flowlog.sinks import LiveStream
+from policyd.nfnetlink import NFNL_HDRLEN, attr, nfnl_message
 
 
 def ev(ct_id: int, src: str, sport: int, destroy: bool = False) -> conntrack.CtEvent:
@@ -52,3 +53,30 @@ def test_the_open_flow_table_is_bounded(
         _feed(rec, feed, ev(i, "100.64.1.10", 40000 + i))
     assert len(rec._open) == 3 and rec.evicted == 7
     assert rec.status()["evicted_open_flows"] == 7
+
+
+class _OneDatagram:
+    """Stands in for an event socket: hands out one datagram, then nothing."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def recv_into(self, buf: bytearray) -> int:
+        if self.data is None:
+            return 0
+        buf[: len(self.data)] = self.data
+        n, self.data = len(self.data), None
+        return n
+
+
+def test_a_malformed_datagram_is_reported_and_reading_goes_on() -> None:
+    """A length pointing past the message is an error in status, not a dead reader."""
+    topo = topology.load(Path(__file__).resolve().parents[2] / "examples" / "plant").topology
+    rec = FlowRecorder(topo, "plant-a", [LiveStream("plant-a")], RecorderConfig())
+    bad = bytearray(nfnl_message(1, 2, 0, 2, 0, attr(1, b"\0" * 8)))
+    bad[NFNL_HDRLEN] = 200  # the first attribute claims 200 bytes
+    rec._socks["conntrack-destroy"] = _OneDatagram(bytes(bad))  # type: ignore[assignment]
+    assert rec._drain("conntrack-destroy") == 1
+    assert rec.errors == [
+        f"conntrack-destroy: attribute at offset {NFNL_HDRLEN}: length 200, 12 left"
+    ]

@@ -16,10 +16,10 @@ import pytest
 from policyd.conventions import NFLOG_RECORD_GROUP, NFLOG_RECORD_PREFIX
 from policyd.flowlog import nflog
 from policyd.flowlog.attribution import Attributor
-from policyd.flowlog.netlink import nfnl_message, pack_attr
 from policyd.flowlog.pcap import LINKTYPE_RAW, PcapWriter, read_pcap
 from policyd.flowlog.records import AuditEvent
 from policyd.flowlog.sessions import SessionRecorder, cid_file_part, flow_key
+from policyd.nfnetlink import attr, nfnl_message
 from tests.policyd.conftest import build_plant
 
 PLANT = build_plant()
@@ -107,9 +107,9 @@ def test_tcpdump_reads_our_pcap(tmp_path: Path) -> None:
 def test_copied_packets_decode_whole() -> None:
     pkt = tcp_packet(VENDOR, 40000, PLC, 502, READ)
     body = (
-        pack_attr(nflog.NFULA_PREFIX, PREFIX.encode() + b"\0")
-        + pack_attr(nflog.NFULA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000))
-        + pack_attr(nflog.NFULA_PAYLOAD, pkt)
+        attr(nflog.NFULA_PREFIX, PREFIX.encode() + b"\0")
+        + attr(nflog.NFULA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000))
+        + attr(nflog.NFULA_PAYLOAD, pkt)
     )
     msg = nfnl_message(
         nflog.NFNL_SUBSYS_ULOG, nflog.NFULNL_MSG_PACKET, 0, socket.AF_INET, NFLOG_RECORD_GROUP, body

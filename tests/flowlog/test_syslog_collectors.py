@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from policyd.flowlog.auditchain import AuditChain, verify
-from policyd.flowlog.netlink import in_netns
 from policyd.flowlog.records import AuditEvent, Record, audit_record
 from policyd.flowlog.syslog_stream import SyslogStream, octet_counted
+from policyd.nfnetlink import in_netns
 from tests.flowlog.collectors import (
     CollectorNet,
     make_pki,

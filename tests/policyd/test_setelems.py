@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from policyd import nfnl
+from policyd import nfnetlink as nfnl
 from policyd.setelems import MAX_ELEMENTS, SetInfo, encode, parse_set
 
 HASH = SetInfo(ipv4=True, interval=False, timeout=True)
