@@ -141,7 +141,7 @@ class KernelGrants:
             raise KernelRefused("no policy is applied yet")
         try:
             self.daemon.nft.add_grant(rs, grant.conduit, grant.identity, timeout, tag=grant.id)
-        except (kernel.GrantError, kernel.NftError) as exc:
+        except (kernel.ElementRefused, kernel.NftError) as exc:
             raise KernelRefused(str(exc)) from None
 
     def delete(self, conduit: str, address: str) -> None:

@@ -49,12 +49,15 @@ class ApplyError(NftError):
     """The new ruleset was rejected; the running ruleset is unchanged."""
 
 
-class GrantError(ValueError):
-    """A grant names a conduit or source the compiled policy does not allow."""
+class ElementRefused(ValueError):
+    """A grant element names a conduit or source the compiled policy does not allow
+    (the grant book's own refusals are policyd.grants.GrantError)."""
 
 
 @dataclass(frozen=True)
-class Grant:
+class GrantElement:
+    """A grant as the kernel holds it: one element with a timeout in a grant set."""
+
     conduit: str
     source: str  # identity name or "site/zone"
     set_name: str
@@ -264,7 +267,7 @@ class NftHandle:
         duration: timedelta,
         now: datetime | None = None,
         tag: str | None = None,
-    ) -> Grant:
+    ) -> GrantElement:
         """Open `conduit` for `source` (identity name or zone ref) for `duration`.
 
         Capped at the conduit's approval/emergency maximum and the identity's validity;
@@ -282,10 +285,12 @@ class NftHandle:
         elif source in plan.zones and plan.zone_set:
             set_name, value = plan.zone_set, network(plan.zones[source])
         else:
-            raise GrantError(f"conduit {conduit} does not admit {source} (or it is not valid now)")
+            raise ElementRefused(
+                f"conduit {conduit} does not admit {source} (or it is not valid now)"
+            )
         seconds = int((until - now).total_seconds())
         if seconds < 1:
-            raise GrantError(f"grant for {source} on {conduit} would expire immediately")
+            raise ElementRefused(f"grant for {source} on {conduit} would expire immediately")
         # Re-granting replaces the old expiry: delete (if present) and add in one batch.
         # Look first: a transaction the kernel aborts (deleting an absent element) costs
         # ~15 ms of RCU grace period, a lookup 0.03 ms.
@@ -299,7 +304,7 @@ class NftHandle:
                 self.add_elements(set_name, [el])  # there was none to delete
         else:
             self.add_elements(set_name, [el])
-        return Grant(conduit, source, set_name, value, now + timedelta(seconds=seconds))
+        return GrantElement(conduit, source, set_name, value, now + timedelta(seconds=seconds))
 
     def _replace_element(self, set_name: str, value: Any, el: Any, what: str) -> None:
         """Delete `value` and add `el` in one transaction (fails if `value` is absent)."""
@@ -318,7 +323,7 @@ class NftHandle:
         elif source in plan.zones and plan.zone_set:
             set_name, value = plan.zone_set, network(plan.zones[source])
         else:
-            raise GrantError(f"conduit {conduit} does not admit {source}")
+            raise ElementRefused(f"conduit {conduit} does not admit {source}")
         try:
             self.delete_elements(set_name, [value])
         except NftError as e:
@@ -427,9 +432,9 @@ def _without_timed_elements(objects: list[Json]) -> list[Json]:
 def _grant_plan(ruleset: Ruleset, conduit: str) -> ConduitPlan:
     plan = ruleset.conduits.get(conduit)
     if plan is None:
-        raise GrantError(f"conduit {conduit} is not enforced on gateway {ruleset.gateway}")
+        raise ElementRefused(f"conduit {conduit} is not enforced on gateway {ruleset.gateway}")
     if not plan.needs_grant:
-        raise GrantError(f"conduit {conduit} needs no grant (it has no approval or emergency)")
+        raise ElementRefused(f"conduit {conduit} needs no grant (it has no approval or emergency)")
     return plan
 
 
