@@ -18,6 +18,7 @@ from pathlib import Path
 
 from policyd.compiler import CompileError, CompileOptions, Ruleset, compile_ruleset
 from policyd.conventions import API_PORT
+from policyd.flowlog.auditchain import files_of, verify
 from policyd.flowlog.evidence import LogEvidence, read_evidence
 from policyd.flowlog.reader import parse_since
 from policyd.ruleset_digest import DigestCheck, compare, digest, grant_sets
@@ -71,20 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def audit_chain_evidence(paths: Sequence[Path]) -> list[Evidence | Gap]:
-    """Verification of the audit log's hash chain (SR 3.9): comes with issue 13.
-
-    Until then the SR 3.9 check lists the missing feature. When issue 13's
-    `policyd.flowlog.auditchain` lands, this becomes (and the `feature` gap in
-    `boundary_checks.sr_3_9` goes):
-
-        v = verify(files_of(paths))
-        if v.ok:
-            return [Evidence(f"audit chain intact: {v.records} records, seq "
-                             f"{v.first}..{v.last}", "zonegate audit verify", "gateway")]
-        return [Gap("runtime", p, "zonegate audit verify", source="gateway")
-                for p in v.problems]
-    """
-    return []
+    """Verification of the audit log's hash chain (SR 3.9) over the given log files."""
+    if not paths:
+        return []
+    v = verify(files_of(paths))
+    if v.ok:
+        return [
+            Evidence(
+                f"audit chain intact: {v.records} records, seq {v.first}..{v.last}",
+                "zonegate audit verify",
+                "gateway",
+            )
+        ]
+    return [Gap("runtime", p, "zonegate audit verify", source="gateway") for p in v.problems]
 
 
 def _compiled(

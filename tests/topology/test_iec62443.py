@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from tests.conftest import sr_properties
 from topology import load
 from topology.diagnostics import TopologyError
-from topology.iec62443 import pending
 from topology.iec62443.assess import EvidenceReport, assess
 from topology.iec62443.catalogue import DEFAULT_LEVELS, load_catalogue
 from topology.iec62443.checks import CHECKS
@@ -223,24 +222,47 @@ def test_any_levels_give_evidence_or_gap_for_each_listed_requirement(levels: lis
             assert a.evidence or a.gaps
 
 
-def test_approvers_need_a_second_factor_and_the_feature_slots_in(
-    plant: Topology, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a = _assessment(assess(plant, load_catalogue()), "plant-a/control", "SR 1.1 RE2")
-    texts = [g.text for g in a.gaps]
-    assert any(
-        t.startswith("shift-lead-1 reaches the zone and approves vendor-maintenance") for t in texts
+def test_a_second_factor_comes_from_the_conduit(tmp_path: Path) -> None:
+    """vendor-maintenance (into level-3 plant-a/control) asks no second factor: a
+    configuration gap at the conduit; `second_factor: totp` turns it into evidence."""
+    copy = tmp_path / "plant"
+    shutil.copytree(EXAMPLE, copy)
+    mfa = _assessment(
+        assess(load(copy).topology, load_catalogue()), "plant-a/control", "SR 1.1 RE2"
     )
-    assert all(g.kind == "feature" and "issue 15" in g.text for g in a.gaps)
-    # issue 15 changes this one function; the gaps become evidence
-    monkeypatch.setattr(pending, "second_factor_of", lambda identity: "TOTP (issue 15)")
-    a = _assessment(assess(plant, load_catalogue()), "plant-a/control", "SR 1.1 RE2")
-    assert a.gaps == () and a.status == "met"
-    assert any(
-        "shift-lead-1 (reaches the zone and approves vendor-maintenance) uses a second factor"
-        in e.text
-        for e in a.evidence
+    gaps = [g for g in mfa.gaps if "vendor-maintenance" in g.text]
+    assert len(gaps) == 1 and gaps[0].kind == "configuration"
+    assert "without a second factor" in gaps[0].text
+
+    conduits = copy / "conduits.yaml"
+    conduits.write_text(
+        conduits.read_text().replace(
+            "    approval: {by: [shift-lead], max: 4h}\n",
+            "    approval: {by: [shift-lead], max: 4h, second_factor: totp}\n",
+        )
     )
+    mfa = _assessment(
+        assess(load(copy).topology, load_catalogue()), "plant-a/control", "SR 1.1 RE2"
+    )
+    assert not [g for g in mfa.gaps if "vendor-maintenance" in g.text]
+    assert any(
+        "vendor-maintenance: people get in only after a second factor (TOTP" in e.text
+        for e in mfa.evidence
+    )
+
+
+def test_dual_approval_comes_from_the_conduit(tmp_path: Path) -> None:
+    from topology.iec62443 import features
+
+    copy = tmp_path / "plant"
+    shutil.copytree(EXAMPLE, copy)
+    topo = load(copy).topology
+    single = topo.conduits["vendor-maintenance"]
+    assert features.dual_approval_of(single) is None
+    assert single.approval is not None
+    dual = dataclasses.replace(single, approval=dataclasses.replace(single.approval, count=2))
+    assert "2 distinct approvers" in (features.dual_approval_of(dual) or "")
+    assert "holding_registers" in (features.register_ranges_of(single) or "")
 
 
 def test_sr_marker_ids_must_be_in_the_table() -> None:

@@ -231,3 +231,23 @@ def test_tags_reach_the_results_file_that_scripts_test_writes(tmp_path: Path) ->
     assert case.passed and case.name.endswith(
         "::test_revoke_by_holder_approver_or_administrator_only"
     )
+
+
+@pytest.mark.sr("SR 3.9")
+def test_the_audit_chain_is_evidence_and_an_edit_is_a_gap(tmp_path: Path) -> None:
+    from policyd.flowlog.auditchain import AuditChain
+    from zonegate.iec62443 import audit_chain_evidence
+
+    log = tmp_path / "flows.jsonl"
+    chain = AuditChain()
+    lines = []
+    for i in range(3):
+        rec = audit_record("plant-a", AuditEvent("grant_approved", actor="a", message=f"g{i}"))
+        chain.seal(rec.data)
+        lines.append(rec.line)
+    log.write_text("\n".join(lines) + "\n")
+    [ok] = audit_chain_evidence([log])
+    assert ok.text == "audit chain intact: 3 records, seq 1..3"
+    log.write_text(log.read_text().replace('"g1"', '"g9"'))  # someone edits a record
+    gaps = audit_chain_evidence([log])
+    assert gaps and all(getattr(g, "kind", "") == "runtime" for g in gaps)

@@ -4,7 +4,7 @@ applies is stated in its evidence and gap texts."""
 
 from __future__ import annotations
 
-from topology.iec62443 import pending
+from topology.iec62443 import features
 from topology.iec62443.view import (
     FLOWLOG_DOC,
     POLICYD_DOC,
@@ -65,26 +65,28 @@ def sr_1_1_re1(v: ZoneView, f: Found) -> None:
 
 
 def _second_factor(v: ZoneView, f: Found, which: str) -> None:
-    """People who reach the zone, and people who approve their access, need one."""
-    people = {p.name: (p, "reaches the zone") for c in v.remote() for p in v.people(c)}
-    for c in v.conduits:
-        for a in v.approvers(c):
-            role = f"approves {c.name}"
-            people[a.name] = (a, f"{people[a.name][1]} and {role}" if a.name in people else role)
-    if not people:
-        f.ev(f"No conduit into the zone admits or is approved by people ({which})")
+    """Every conduit that lets people in asks for a second factor on its grant actions
+    (the tunnel key is the first); an always-open conduit for people cannot."""
+    human = [c for c in v.remote() if v.people(c)]
+    if not human:
+        f.ev(f"No conduit into the zone admits people ({which})")
         return
-    for name in sorted(people):
-        person, does = people[name]
-        factor = pending.second_factor_of(person)
+    for c in human:
+        factor = features.second_factor_of(c)
         if factor:
-            f.ev(f"{name} ({does}) uses a second factor: {factor}", where(person))
+            f.ev(f"{c.name}: people get in only after a second factor ({factor})", where(c))
+        elif c.needs_grant:
+            f.conduit_gap(
+                c,
+                f"{c.name} lets people in on a tunnel key and an approval without a second factor",
+                "add `second_factor: totp` to its approval or emergency clause",
+            )
         else:
-            f.gap(
-                "feature",
-                f"{name} {does} with a tunnel key only: Zonegate has no second factor yet "
-                "(issue 15)",
-                where(person),
+            f.conduit_gap(
+                c,
+                f"{c.name} admits people on their tunnel key alone (always open: no grant "
+                "action could ask a second factor)",
+                "make it an approval or emergency conduit with `second_factor: totp`",
             )
 
 
@@ -184,12 +186,16 @@ def sr_2_1_re1(v: ZoneView, f: Found) -> None:
                     f"a level-{v.zone.security_level} zone",
                     f"narrow it, e.g. `{{{ref.service}: read}}`",
                 )
-            if ref.classes and "write" in ref.classes and pending.register_ranges_of(c) is None:
-                f.ev(
-                    f"{c.name}: {ref} allowed; writes are not yet limited to register "
-                    "ranges (issue 12)",
-                    where(c),
-                )
+            if ref.classes and "write" in ref.classes:
+                ranges = features.register_ranges_of(c)
+                if ranges is None:
+                    f.conduit_gap(
+                        c,
+                        f"{c.name}: {ref} allowed with writes to any register",
+                        "limit writes to ranges: `{modbus: {write: {holding_registers: [0-9]}}}`",
+                    )
+                else:
+                    f.ev(f"{c.name}: writes limited to {ranges}", where(c))
 
 
 def sr_2_1_re2(v: ZoneView, f: Found) -> None:
@@ -234,15 +240,21 @@ def sr_2_1_re3(v: ZoneView, f: Found) -> None:
 def sr_2_1_re4(v: ZoneView, f: Found) -> None:
     gated = [c for c in v.conduits if c.needs_grant]
     for c in v.conduits:
-        dual = pending.dual_approval_of(c)
+        dual = features.dual_approval_of(c)
         if dual:
             f.ev(f"{c.name}: {dual}", where(c))
-        elif c.approval is not None or c.emergency is not None:
-            f.gap(
-                "feature",
-                f"{c.name} opens on one person's decision: Zonegate has no dual approval "
-                "yet (issue 15)",
-                where(c),
+        elif c.approval is not None:
+            f.conduit_gap(
+                c,
+                f"{c.name} opens on one person's decision",
+                "require two approvers: `approval: {count: 2}`",
+            )
+        elif c.emergency is not None:
+            f.conduit_gap(
+                c,
+                f"{c.name} is break-glass access opened by one person (by design: audited "
+                "loudly and short)",
+                "keep it short, recorded and reviewed after each use",
             )
     if not gated and v.conduits:
         names = ", ".join(c.name for c in v.conduits)
