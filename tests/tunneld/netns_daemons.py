@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import stop
 from tests.tunneld.nsutil import Pair, in_ns, need, ns_pair
 from tunneld.keys import keygen
 
@@ -62,13 +62,8 @@ class Node:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=ROOT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop(self.proc)
         self.proc = None
 
     def signal(self, sig: int) -> None:
