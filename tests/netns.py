@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from types import TracebackType
 from typing import IO, Any
@@ -97,6 +97,28 @@ def stop(p: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 1
             p.kill()
             p.wait(timeout=5)
     return p.returncode
+
+
+def wait_for(
+    cond: Callable[[], bool],
+    timeout: float,
+    what: str,
+    procs: Iterable[subprocess.Popen[Any]] = (),
+    logs: Callable[[], str] = str,
+    poll: float = 0.05,
+) -> None:
+    """Poll `cond` until `timeout` (a deadline, not a timing assert); fail naming `what`
+    with `logs()`, at once if one of `procs` dies."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(poll)
+    details = logs()
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{details}" if details else ""))
 
 
 def _end_all(ns: str) -> None:

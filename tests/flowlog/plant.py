@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from policyd.conventions import NFLOG_DENY_PREFIX, NFLOG_GROUP, TABLE_FAMILY, TABLE_NAME
+from tests import netns
 from tests.netns import Namespaces, require, sh
 from topology.model import Topology
 
@@ -203,11 +204,6 @@ class Plant:
         self.nets.close()
 
 
-def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     """Poll until predicate() is true; fail naming `what` (a deadline, not a timing assert)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    netns.wait_for(predicate, timeout, what)

@@ -27,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import netns
 from tests.netns import Namespaces, need, sh, stop
 from tunneld import profile as prof
 from tunneld.keyring import Materialized, materialize_keys
@@ -106,14 +106,14 @@ def status(sock: Path) -> dict[str, Any] | None:
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, *procs: Proc) -> None:
     """Poll `cond`; on timeout (or a daemon dying) fail with the daemons' log tails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if any(not p.running() for p in procs):
-            break
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.log_tail() for p in procs))
+    netns.wait_for(
+        cond,
+        timeout,
+        what,
+        [p.p for p in procs],
+        lambda: "\n".join(p.log_tail() for p in procs),
+        poll=0.2,
+    )
 
 
 def psk_digest(ns: str, ifname: str, wg_public_b64: str) -> str | None:
