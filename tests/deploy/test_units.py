@@ -11,7 +11,6 @@ then real paths, the host's are untouched, and two runs cannot collide.
 from __future__ import annotations
 
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.netns import Namespaces, stop
 from tunneld.keyring import materialize_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +77,9 @@ class Gateway:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.ns = "zgu" + secrets.token_hex(3)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.nets = Namespaces("zgu")
+        self.ns = self.nets.tag
+        self.proc: subprocess.Popen[str] | None = None
         self.log = base / "daemon.log"
 
     def etc(self) -> Path:
@@ -126,13 +127,10 @@ class Gateway:
             ip link set lo up
             exec {shlex.join(argv)}
         """
-        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        self.nets.add(self.ns)
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, "unshare", "-m", "sh", "-c", script],
-                stdout=log,
-                stderr=log,
-            )
+            argv = ["unshare", "-m", "sh", "-c", script]
+            self.proc = self.nets.spawn(self.ns, argv, stdout=log, stderr=log)
 
     def inside(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Run a command in the daemon's own namespaces (its /run, its network)."""
@@ -154,14 +152,9 @@ class Gateway:
         pytest.fail(f"{what} within {timeout}s; daemon log:\n{self.log.read_text()}")
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
+        if self.proc is not None:
+            stop(self.proc, timeout=15)
+        self.nets.close()
 
 
 @pytest.fixture

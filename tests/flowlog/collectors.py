@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.flowlog.plant import run, wait_for
+from tests.netns import Namespaces, stop
 
 TOOLS = {
     "nfcapd": "nfdump",
@@ -44,37 +45,20 @@ class CollectorNet:
     """One namespace with loopback up, and the collector processes started in it."""
 
     def __init__(self, tag: str) -> None:
-        self.ns = f"{tag}-col"
-        self._procs: list[subprocess.Popen[bytes]] = []
-        run("ip", "netns", "add", self.ns)
-        try:
-            run("ip", "-n", self.ns, "link", "set", "lo", "up")
-        except BaseException:
-            self.close()
-            raise
+        self.nets = Namespaces(tag)
+        self.ns = self.nets.add(f"{tag}-col")
 
-    def start(self, *cmd: str, log: Path) -> subprocess.Popen[bytes]:
+    def start(self, *cmd: str, log: Path) -> subprocess.Popen[str]:
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, *cmd], stdout=fh, stderr=subprocess.STDOUT
-            )
-        self._procs.append(proc)
-        return proc
+            return self.nets.spawn(self.ns, cmd, stdout=fh)
 
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    def stop(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+        stop(proc, sig)
 
     def close(self) -> None:
-        for proc in self._procs:
-            self.stop(proc)
-        self._procs.clear()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        for proc in self.nets.procs:
+            stop(proc)
+        self.nets.close()
 
     def listening(self, port: int, udp: bool) -> bool:
         out = run("ss", "-Hlnu" if udp else "-Hlnt", ns=self.ns)
@@ -84,7 +68,7 @@ class CollectorNet:
 # -- nfdump ----------------------------------------------------------------------
 
 
-def start_nfcapd(net: CollectorNet, port: int, flowdir: Path) -> subprocess.Popen[bytes]:
+def start_nfcapd(net: CollectorNet, port: int, flowdir: Path) -> subprocess.Popen[str]:
     flowdir.mkdir(parents=True, exist_ok=True)
     proc = net.start(
         "nfcapd", "-p", str(port), "-b", "127.0.0.1", "-w", str(flowdir), "-t", "3600",
@@ -265,7 +249,7 @@ action(type="omfile" file="{out}" template="zgtest")
 
 def start_rsyslogd(
     net: CollectorNet, port: int, directory: Path, pki: dict[str, Path] | None
-) -> tuple[subprocess.Popen[bytes], Path]:
+) -> tuple[subprocess.Popen[str], Path]:
     """rsyslogd in the foreground, TLS (gtls) when `pki` is given, else plain TCP."""
     work = directory / "rsyslog-work"
     work.mkdir(parents=True, exist_ok=True)

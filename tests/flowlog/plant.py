@@ -10,14 +10,14 @@ Every name carries a random `zf` + 4 hex prefix; `close()` removes everything.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from policyd.conventions import NFLOG_DENY_PREFIX, NFLOG_GROUP, TABLE_FAMILY, TABLE_NAME
+from tests import netns
+from tests.netns import Namespaces, require, sh
 from topology.model import Topology
 
 HERE = Path(__file__).parent
@@ -33,19 +33,11 @@ TOOLS = {"ip": "iproute2", "nft": "nftables", "conntrack": "conntrack"}
 
 def require_tools() -> None:
     """A missing tool fails the test and says what to install (never a skip)."""
-    missing = [
-        f"{tool} (apt-get install {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)
-    ]
-    if missing:
-        raise AssertionError("namespace tests need: " + ", ".join(missing))
+    require(TOOLS)
 
 
 def run(*cmd: str, ns: str | None = None, input: str | None = None) -> str:
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    proc = subprocess.run(full, input=input, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(full)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
+    return sh(*cmd, ns=ns, input=input, timeout=60)
 
 
 def standin_ruleset(topo: Topology) -> str:
@@ -159,10 +151,9 @@ class Plant:
 
     def __init__(self, topo: Topology) -> None:
         require_tools()
-        self.tag = "zf" + secrets.token_hex(2)
+        self.nets = Namespaces("zf")
+        self.tag = self.nets.tag
         self.client, self.gateway, self.server = (f"{self.tag}-{x}" for x in "cgs")
-        self._made: list[str] = []
-        self._server: subprocess.Popen[str] | None = None
         try:
             self._build(topo)
         except BaseException:
@@ -170,62 +161,30 @@ class Plant:
             raise
 
     def _build(self, topo: Topology) -> None:
-        t = self.tag
+        t, nets = self.tag, self.nets
         for ns in (self.client, self.gateway, self.server):
-            run("ip", "netns", "add", ns)
-            self._made.append(ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run(
-            "ip",
-            "link",
-            "add",
-            f"{t}c",
-            "netns",
-            self.client,
-            "type",
-            "veth",
-            "peer",
-            f"{t}gc",
-            "netns",
-            self.gateway,
+            nets.add(ns)
+        nets.veth(
+            (self.client, f"{t}c"),
+            (self.gateway, f"{t}gc"),
+            [f"{CLIENT_IDENTITY}/24", f"{CLIENT_UNKNOWN}/24"],
+            [f"{GATEWAY_CLIENT_SIDE}/24"],
         )
-        run(
-            "ip",
-            "link",
-            "add",
-            f"{t}s",
-            "netns",
-            self.server,
-            "type",
-            "veth",
-            "peer",
-            f"{t}gs",
-            "netns",
-            self.gateway,
+        nets.veth(
+            (self.server, f"{t}s"),
+            (self.gateway, f"{t}gs"),
+            [f"{PLC}/24", f"{OTHER_HOST}/24"],
+            [f"{GATEWAY_PLANT_SIDE}/24"],
         )
-        for ns, dev, addrs in (
-            (self.client, f"{t}c", [CLIENT_IDENTITY, CLIENT_UNKNOWN]),
-            (self.gateway, f"{t}gc", [GATEWAY_CLIENT_SIDE]),
-            (self.gateway, f"{t}gs", [GATEWAY_PLANT_SIDE]),
-            (self.server, f"{t}s", [PLC, OTHER_HOST]),
-        ):
-            for addr in addrs:
-                run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
         run("ip", "-n", self.client, "route", "add", "default", "via", GATEWAY_CLIENT_SIDE)
         run("ip", "-n", self.server, "route", "add", "default", "via", GATEWAY_PLANT_SIDE)
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.gateway)
         run("nft", "-f", "-", ns=self.gateway, input=standin_ruleset(topo))
-        self._server = subprocess.Popen(
-            ["ip", "netns", "exec", self.server, sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self._server.stdout is not None
-        line = self._server.stdout.readline()
+        server = nets.spawn(self.server, [sys.executable, "-c", SERVER], stderr=subprocess.PIPE)
+        assert server.stdout is not None
+        line = server.stdout.readline()
         if line.strip() != "ready":
-            err = self._server.stderr.read() if self._server.stderr else ""
+            err = server.stderr.read() if server.stderr else ""
             raise RuntimeError(f"test server did not start: {err}")
 
     def connect(self, spec: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -242,22 +201,9 @@ class Plant:
         return run("conntrack", "-L", "-o", "extended,id", ns=self.gateway)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.kill()
-            self._server.wait(timeout=10)
-            for stream in (self._server.stdout, self._server.stderr):
-                if stream is not None:
-                    stream.close()
-        for ns in reversed(self._made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self._made.clear()
+        self.nets.close()
 
 
-def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     """Poll until predicate() is true; fail naming `what` (a deadline, not a timing assert)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    netns.wait_for(predicate, timeout, what)

@@ -7,18 +7,17 @@ nft only ever runs inside these namespaces.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import select
-import shutil
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from tests.netns import Namespaces, require
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -36,11 +35,7 @@ PLC1, PLC2 = "10.10.1.5", "10.10.1.6"
 
 
 def require_tools() -> None:
-    missing = [t for t in ("ip", "nft", "sysctl") if shutil.which(t) is None]
-    if missing:
-        raise AssertionError(
-            f"missing {', '.join(missing)}: apt-get install iproute2 nftables procps"
-        )
+    require({"ip": "iproute2", "nft": "nftables", "sysctl": "procps"})
     try:
         import nftables  # noqa: F401
     except ImportError as e:
@@ -111,114 +106,51 @@ class Session:
 
 
 class Net:
+    """identity -- gateway -- zone (and `add_lan` hosts) on `tests.netns.Namespaces`."""
+
     def __init__(self, prefix: str = "zp") -> None:
-        self.tag = prefix + secrets.token_hex(2)
+        self.nets = Namespaces(prefix, env=ENV)
+        self.tag = self.nets.tag
         self.ident, self.gw, self.zone = self.tag + "i", self.tag + "g", self.tag + "z"
         self.tunnel = self.tag + "t"
-        self.procs: list[subprocess.Popen[str]] = []
-        self.made: list[str] = []
+        self.procs = self.nets.procs
+        self.made = self.nets.made
 
     def sh(
         self, *argv: str, check: bool = True, timeout: float = 20
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            argv, capture_output=True, text=True, check=check, timeout=timeout, env=ENV
-        )
+        return self.nets.run(None, *argv, check=check, timeout=timeout)
 
     def ns(
         self, ns: str, *argv: str, check: bool = True, timeout: float = 20
     ) -> subprocess.CompletedProcess[str]:
-        return self.sh("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
+        return self.nets.run(ns, *argv, check=check, timeout=timeout)
 
     def up(self) -> None:
         for ns in (self.ident, self.gw, self.zone):
-            self.sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-            self.ns(ns, "ip", "link", "set", "lo", "up")
+            self.nets.add(ns)
         t = self.tag
-        self.sh(
-            "ip",
-            "link",
-            "add",
-            t + "t",
-            "netns",
-            self.gw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            t + "a",
-            "netns",
-            self.ident,
-        )
-        self.sh(
-            "ip",
-            "link",
-            "add",
-            t + "l",
-            "netns",
-            self.gw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            t + "b",
-            "netns",
-            self.zone,
-        )
-        self.ns(self.gw, "ip", "addr", "add", "100.64.0.1/16", "dev", t + "t")
-        self.ns(self.gw, "ip", "addr", "add", "10.10.1.1/24", "dev", t + "l")
-        for addr in IDENTITIES.values():
-            self.ns(self.ident, "ip", "addr", "add", f"{addr}/16", "dev", t + "a")
-        for addr in (PLC1, PLC2):
-            self.ns(self.zone, "ip", "addr", "add", f"{addr}/24", "dev", t + "b")
-        for ns, dev in (
+        self.nets.veth(
             (self.gw, t + "t"),
-            (self.gw, t + "l"),
             (self.ident, t + "a"),
-            (self.zone, t + "b"),
-        ):
-            self.ns(ns, "ip", "link", "set", dev, "up")
+            ["100.64.0.1/16"],
+            [f"{addr}/16" for addr in IDENTITIES.values()],
+        )
+        self.nets.veth(
+            (self.gw, t + "l"), (self.zone, t + "b"), ["10.10.1.1/24"], [f"{PLC1}/24", f"{PLC2}/24"]
+        )
         self.ns(self.ident, "ip", "route", "add", "10.10.1.0/24", "via", "100.64.0.1")
         self.ns(self.zone, "ip", "route", "add", "default", "via", "10.10.1.1")
         self.ns(self.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
     def spawn(self, ns: str, *argv: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=ENV,
-        )
-        self.procs.append(p)
-        return p
+        return self.nets.spawn(ns, argv)
 
     def start_servers(self) -> None:
-        p = self.spawn(
-            self.zone,
-            PY,
-            "-m",
-            "zonegate.lab.assetsim",
-            "--modbus",
-            "502",
-            "--tcp",
-            "22",
-            "--tcp",
-            "5900",
+        argv = ["--modbus", "502", "--tcp", "22", "--tcp", "5900"]
+        self.wait_ready(
+            self.spawn(self.zone, PY, "-m", "zonegate.lab.assetsim", *argv), "zone servers"
         )
-        assert p.stdout is not None
-        seen = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([p.stdout], [], [], 0.5)
-            if not ready:
-                continue
-            line = p.stdout.readline()
-            seen.append(line)
-            if line.strip() == "ready" or not line:
-                break
-        assert seen and seen[-1].strip() == "ready", f"zone servers did not start: {seen}"
 
     def wait_ready(self, p: subprocess.Popen[str], what: str) -> None:
         assert p.stdout is not None
@@ -243,44 +175,16 @@ class Net:
     def session(self, src: str, dst: str, ns: str | None = None) -> Session:
         """A raw Modbus client from `src` (TCP connection kept open; UDP per datagram)."""
         argv = [PY, str(HERE / "witness_client.py"), src, dst]
-        p = subprocess.Popen(
-            ["ip", "netns", "exec", ns or self.ident, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=ENV,
-        )
-        self.procs.append(p)
+        p = self.nets.spawn(ns or self.ident, argv, stdin=subprocess.PIPE)
         return Session(p)
 
     def add_lan(self, suffix: str, gw_cidr: str, host_cidr: str) -> str:
         """Another LAN behind the gateway (interface `<tag><suffix>`) with one host
         namespace; returns the host namespace's name."""
-        ns = self.tag + suffix + "h"
-        self.sh("ip", "netns", "add", ns)
-        self.made.append(ns)
-        self.ns(ns, "ip", "link", "set", "lo", "up")
-        gif, hif = self.tag + suffix, self.tag + suffix + "p"
-        self.sh(
-            "ip",
-            "link",
-            "add",
-            gif,
-            "netns",
-            self.gw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            hif,
-            "netns",
-            ns,
+        ns = self.nets.add(self.tag + suffix + "h")
+        self.nets.veth(
+            (self.gw, self.tag + suffix), (ns, self.tag + suffix + "p"), [gw_cidr], [host_cidr]
         )
-        self.ns(self.gw, "ip", "addr", "add", gw_cidr, "dev", gif)
-        self.ns(ns, "ip", "addr", "add", host_cidr, "dev", hif)
-        self.ns(self.gw, "ip", "link", "set", gif, "up")
-        self.ns(ns, "ip", "link", "set", hif, "up")
         self.ns(ns, "ip", "route", "add", "default", "via", gw_cidr.split("/")[0])
         return ns
 
@@ -307,11 +211,4 @@ class Net:
         return self.ns(self.gw, "nft", "list", "table", "inet", "zonegate", check=False).stdout
 
     def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
-        for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        time.sleep(0.05)
+        self.nets.close()

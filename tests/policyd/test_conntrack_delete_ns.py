@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from tests.netns import Namespaces
 from tests.policyd.nsnet import ENV, PY
 
 pytestmark = pytest.mark.root
@@ -29,12 +29,8 @@ print(json.dumps({"zones": sorted({f.zone for f in flows}), "deleted": n, "again
 def ns() -> Iterator[str]:
     if shutil.which("conntrack") is None:
         raise AssertionError("conntrack missing: apt-get install conntrack")
-    name = "zk" + secrets.token_hex(2)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with Namespaces("zk") as nets:
+        yield nets.add(nets.tag)
 
 
 def insert(ns: str, src: str, sport: int, mark: int, zone: int) -> None:

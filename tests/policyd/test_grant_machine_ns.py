@@ -3,13 +3,13 @@ in a network namespace of its own."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.netns import Namespaces
 from tests.policyd.nsnet import ENV, require_tools
 
 pytestmark = pytest.mark.root
@@ -18,9 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_grant_state_machine_on_the_real_kernel() -> None:
     require_tools()
-    ns = "zm" + secrets.token_hex(2)
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
+    with Namespaces("zm") as nets:
+        ns = nets.add(nets.tag)
         out = subprocess.run(
             [
                 "ip",
@@ -40,5 +39,3 @@ def test_grant_state_machine_on_the_real_kernel() -> None:
             check=False,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

@@ -24,11 +24,9 @@ import base64
 import hashlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -39,7 +37,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.tunneld.nsutil import need, sh
+from tests import netns
+from tests.netns import Namespaces, need, sh, stop
 from tunneld import profile as prof
 from tunneld.keyring import Materialized, materialize_keys
 from tunneld.keys import load_public
@@ -68,12 +67,10 @@ def _env() -> dict[str, str]:
 class Proc:
     """A daemon in a namespace, with its output in a log file for failure messages."""
 
-    def __init__(self, ns: str, argv: list[str], log: Path) -> None:
+    def __init__(self, nets: Namespaces, ns: str, argv: list[str], log: Path) -> None:
         self.ns, self.argv, self.log = ns, argv, log
         with log.open("ab") as f:
-            self.p = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv], env=_env(), stdout=f, stderr=f, cwd=ROOT
-            )
+            self.p = nets.spawn(ns, argv, stdout=f, stderr=f, cwd=ROOT)
 
     def running(self) -> bool:
         return self.p.poll() is None
@@ -83,14 +80,7 @@ class Proc:
             self.p.send_signal(sig)
 
     def stop(self) -> int | None:
-        if self.running():
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(timeout=5)
-        return self.p.returncode
+        return stop(self.p)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -116,19 +106,19 @@ def status(sock: Path) -> dict[str, Any] | None:
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, *procs: Proc) -> None:
     """Poll `cond`; on timeout (or a daemon dying) fail with the daemons' log tails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if any(not p.running() for p in procs):
-            break
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.log_tail() for p in procs))
+    netns.wait_for(
+        cond,
+        timeout,
+        what,
+        [p.p for p in procs],
+        lambda: "\n".join(p.log_tail() for p in procs),
+        poll=0.2,
+    )
 
 
 def psk_digest(ns: str, ifname: str, wg_public_b64: str) -> str | None:
     """Hash of the PSK WireGuard holds for one peer: tests compare digests, never keys."""
-    for line in sh("ip", "netns", "exec", ns, "wg", "show", ifname, "dump").splitlines()[1:]:
+    for line in sh("wg", "show", ifname, "dump", ns=ns).splitlines()[1:]:
         cols = line.split("\t")
         if cols[0] == wg_public_b64:
             return None if cols[1] == "(none)" else hashlib.sha256(cols[1].encode()).hexdigest()
@@ -169,12 +159,15 @@ class User:
 @dataclass
 class PlantNet:
     base: Path
-    tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    tag: str = field(init=False)  # 4 hex digits: every name is zr<tag>...
     keys: Materialized | None = None
     gateway: Proc | None = None
     users: dict[str, User] = field(default_factory=dict)
-    _namespaces: list[str] = field(default_factory=list)
     _procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.nets = Namespaces("zr", env=_env())
+        self.tag = self.nets.tag[2:]
 
     # -- names ----------------------------------------------------------------------
 
@@ -225,64 +218,31 @@ class PlantNet:
         self.keys = materialize_keys(EXAMPLE, self.base / "plant", names)
         self.edit_topology(_underlays)
         t = self.tag
-        for ns in (self.gw_ns, self.lan_ns):
-            sh("ip", "netns", "add", ns)
-            self._namespaces.append(ns)
-            self.in_ns(ns, "ip", "link", "set", "lo", "up")
+        self.nets.add(self.gw_ns)
+        self.nets.add(self.lan_ns)
         self.gw("sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.gw("ip", "link", "add", f"zr{t}br", "type", "bridge")
         self.gw("ip", "addr", "add", f"{GW_UNDERLAY}/24", "dev", f"zr{t}br")
         self.gw("ip", "link", "set", f"zr{t}br", "up")
-        zg, zh = f"zr{t}zg", f"zr{t}zh"
-        sh(
-            "ip",
-            "link",
-            "add",
-            zg,
-            "netns",
-            self.gw_ns,
-            "type",
-            "veth",
-            "peer",
-            zh,
-            "netns",
-            self.lan_ns,
+        self.nets.veth(
+            (self.gw_ns, f"zr{t}zg"),
+            (self.lan_ns, f"zr{t}zh"),
+            LAN_GATEWAY,
+            [f"{addr}/24" for addr in LAN_HOSTS.values()],
         )
-        for cidr in LAN_GATEWAY:
-            self.gw("ip", "addr", "add", cidr, "dev", zg)
-        self.gw("ip", "link", "set", zg, "up")
-        for addr in LAN_HOSTS.values():
-            self.in_ns(self.lan_ns, "ip", "addr", "add", f"{addr}/24", "dev", zh)
-        self.in_ns(self.lan_ns, "ip", "link", "set", zh, "up")
         self.in_ns(self.lan_ns, "ip", "route", "add", "default", "via", "10.10.1.1")
 
     def add_user_ns(self, identity: str) -> User:
         """A namespace for `identity` on the 'internet' bridge; no route but the bridge."""
         i = len(self.users) + 1
-        ns, t = f"zr{self.tag}u{i}", self.tag
-        sh("ip", "netns", "add", ns)
-        self._namespaces.append(ns)
+        t = self.tag
+        ns = self.nets.add(f"zr{t}u{i}")
         uside, gside = f"zr{t}u{i}", f"zr{t}u{i}g"
-        sh(
-            "ip",
-            "link",
-            "add",
-            uside,
-            "netns",
-            ns,
-            "type",
-            "veth",
-            "peer",
-            gside,
-            "netns",
-            self.gw_ns,
-        )
+        address = f"10.98.0.{10 + i}"
+        self.nets.veth((ns, uside), (self.gw_ns, gside), [f"{address}/24"], up=False)
         self.gw("ip", "link", "set", gside, "master", f"zr{t}br")
         self.gw("ip", "link", "set", gside, "up")
-        address = f"10.98.0.{10 + i}"
-        self.in_ns(ns, "ip", "addr", "add", f"{address}/24", "dev", uside)
         self.in_ns(ns, "ip", "link", "set", uside, "up")
-        self.in_ns(ns, "ip", "link", "set", "lo", "up")
         user = User(identity, ns, address, f"zr{t}w{i}", self.base / f"user-{identity}.sock")
         self.users[identity] = user
         return user
@@ -415,7 +375,7 @@ class PlantNet:
         return self.in_ns(self.gw_ns, *args, check=check)
 
     def in_ns(self, ns: str, *args: str, check: bool = True) -> str:
-        return sh("ip", "netns", "exec", ns, *args, check=check)
+        return sh(*args, ns=ns, check=check)
 
     def spawn_gw(self, argv: list[str], log_name: str) -> Proc:
         """Run another daemon (policyd, a server) in the gateway namespace; stopped at close."""
@@ -425,7 +385,7 @@ class PlantNet:
         return self._spawn(self.lan_ns, argv, log_name)
 
     def _spawn(self, ns: str, argv: list[str], log_name: str) -> Proc:
-        p = Proc(ns, argv, self.base / log_name)
+        p = Proc(self.nets, ns, argv, self.base / log_name)
         self._procs.append(p)
         return p
 
@@ -438,10 +398,7 @@ class PlantNet:
         for p in reversed(self._procs):
             with suppress(Exception):
                 p.stop()
-        for ns in reversed(self._namespaces):
-            for pid in sh("ip", "netns", "pids", ns, check=False).split():
-                sh("kill", "-9", pid, check=False)
-            sh("ip", "netns", "del", ns, check=False)
+        self.nets.close()
         for ifname in [self.gw_ifname, *(u.ifname for u in self.users.values())]:
             (UAPI_DIR / f"{ifname}.sock").unlink(missing_ok=True)
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
+from tests import netns
+from tests.netns import stop
 from tests.tunneld.nsutil import Pair, in_ns, need, ns_pair
 from tunneld.keys import keygen
 
@@ -62,13 +60,8 @@ class Node:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=ROOT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop(self.proc)
         self.proc = None
 
     def signal(self, sig: int) -> None:
@@ -109,15 +102,14 @@ class Node:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, *nodes: Node) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if any(n.proc is not None and n.proc.poll() is not None for n in nodes):
-            break
-        time.sleep(0.2)
-    logs = "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in nodes)
-    pytest.fail(f"timed out waiting for {what}\n{logs}")
+    netns.wait_for(
+        cond,
+        timeout,
+        what,
+        [n.proc for n in nodes if n.proc is not None],
+        lambda: "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in nodes),
+        poll=0.2,
+    )
 
 
 def rotations(node: Node) -> int:
