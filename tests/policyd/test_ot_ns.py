@@ -387,3 +387,33 @@ def test_tier_killed_closes_modbus_conduits(plant: Plant) -> None:
         check=False,
     )
     assert "tproxy" in out.stdout  # the steering stays: it is what keeps the conduit shut
+
+
+@pytest.mark.sr("SR 5.2")
+def test_a_tier_that_cannot_start_leaves_modbus_conduits_shut(tmp_path: Path) -> None:
+    """The tier's port is taken when policyd starts: policyd still enforces the rest of
+    the policy, audits `ot_tier_down`, and the steered Modbus conduit carries nothing
+    (no request reaches the device), instead of exiting or letting flows around the tier."""
+    require_tools()
+    net = Net("zq")
+    try:
+        net.up()
+        blocker = net.spawn(
+            net.gw,
+            PY,
+            "-c",
+            "import socket, sys, time\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 15020)); s.listen(8)\n"
+            "print('ready', flush=True); time.sleep(600)",
+        )
+        assert blocker.stdout is not None and blocker.stdout.readline().strip() == "ready"
+        plant = Plant(net, tmp_path)
+        plant.policyd.wait_for("OT tier cannot start")
+        pos = plant.mark()
+        got = plant.send("engineer-1", PLC1, read(91), timeout=1.5)
+        assert got["replies"] == [] and plant.since(pos) == [], got
+        audit = plant.records("audit")
+        assert any(r.get("action") == "ot_tier_down" for r in audit), audit
+        assert plant.policyd.proc.poll() is None  # still running, still enforcing
+    finally:
+        net.down()
