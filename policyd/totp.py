@@ -96,6 +96,7 @@ class TotpStore:
     def remove(self, identity: str) -> bool:
         path = self._path(identity)
         self._attempts.pop(identity, None)
+        path.with_suffix(".used").unlink(missing_ok=True)
         if path.exists():
             path.unlink()
             return True
@@ -114,6 +115,22 @@ class TotpStore:
             return base64.b32decode(text)
         except ValueError:
             raise TotpError(f"{path} is not a TOTP secret") from None
+
+    def _used_step(self, identity: str) -> int:
+        """The last step accepted for this identity, kept on disk so that a code stays
+        used across a policyd restart (it would otherwise be valid again for ~60 s)."""
+        try:
+            return int(self._path(identity).with_suffix(".used").read_text())
+        except (OSError, ValueError):
+            return -1
+
+    def _remember_step(self, identity: str, step: int) -> None:
+        path = self._path(identity).with_suffix(".used")
+        tmp = path.with_suffix(".used-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(step))
+        os.replace(tmp, path)
 
     def verify(self, identity: str, code: str | None, now: float) -> None:
         """Accept the code or raise TotpError saying why (and count the failure)."""
@@ -134,10 +151,11 @@ class TotpStore:
                 totp.verify(code.encode(), candidate * STEP)
             except InvalidToken:
                 continue
-            if candidate <= attempts.last_step:
+            if candidate <= max(attempts.last_step, self._used_step(identity)):
                 attempts.failures.append(now)
                 raise TotpError("that second-factor code was already used; wait for the next")
             attempts.last_step = candidate
+            self._remember_step(identity, candidate)
             attempts.failures.clear()
             return
         attempts.failures.append(now)

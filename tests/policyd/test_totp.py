@@ -68,6 +68,17 @@ def test_a_code_works_once(store: TotpStore) -> None:
         store.verify("shift-lead-1", code_at(secret, now - STEP), now + 2)
 
 
+def test_a_used_code_stays_used_after_a_restart(store: TotpStore) -> None:
+    secret = secret_of(store, "shift-lead-1")
+    now = 1_800_000_000.0
+    code = code_at(secret, now)
+    store.verify("shift-lead-1", code, now)
+    restarted = TotpStore(store.directory)  # policyd restarted: no memory of its own
+    with pytest.raises(TotpError, match="already used"):
+        restarted.verify("shift-lead-1", code, now + 5)
+    restarted.verify("shift-lead-1", code_at(secret, now + STEP), now + STEP)
+
+
 def test_failures_lock_out_then_release(store: TotpStore) -> None:
     secret = secret_of(store, "shift-lead-1")
     now = 1_800_000_000.0
